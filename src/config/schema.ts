@@ -1,0 +1,106 @@
+import { z } from 'zod'
+
+// The configuration file's shape. Keys are snake_case as users write them; every object is strict,
+// so a misspelt key is refused instead of silently ignored.
+
+export const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'] as const
+export type SslMode = (typeof SSL_MODES)[number]
+
+const port = z.number().int().min(1).max(65535)
+const positiveMs = z.number().int().positive()
+
+/** `host:port`, `[v6]:port`, or a bare port (host defaults to 127.0.0.1). */
+export const listenAddress = z.union([port, z.string().min(1)]).transform((value, ctx) => {
+  const parsed = parseListenAddress(String(value))
+  if (!parsed) {
+    ctx.addIssue({ code: 'custom', message: `expected host:port (e.g. 127.0.0.1:6432), got "${value}"` })
+    return z.NEVER
+  }
+  return parsed
+})
+
+export function parseListenAddress(value: string): { host: string; port: number } | undefined {
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value) ?? /^()()(\d{1,5})$/.exec(value)
+  if (!match) return undefined
+  const portNumber = Number(match[3])
+  if (portNumber < 0 || portNumber > 65535) return undefined
+  return { host: match[1] || match[2] || '127.0.0.1', port: portNumber }
+}
+
+export const configSchema = z
+  .object({
+    listen: listenAddress.default({ host: '127.0.0.1', port: 5432 }),
+    socket_dir: z.string().min(1).optional(),
+    socket_mode: z
+      .string()
+      .regex(/^0?[0-7]{3}$/, 'expected an octal file mode such as "0700"')
+      .default('0700'),
+    allow_remote: z.boolean().default(false),
+    owner_role: z.string().min(1).max(63),
+    max_client_connections: z.number().int().positive().default(100),
+    startup_timeout_ms: positiveMs.default(10_000),
+    upstream: z
+      .object({
+        host: z.string().min(1),
+        port: port.default(5432),
+        database: z.string().min(1).max(63).optional(),
+        sslmode: z.enum(SSL_MODES).default('prefer'),
+        sslrootcert: z.string().min(1).optional(),
+        sslcert: z.string().min(1).optional(),
+        sslkey: z.string().min(1).optional(),
+        channel_binding: z.enum(['disable', 'prefer', 'require']).default('prefer'),
+        allow_cleartext_password: z.boolean().default(false),
+        connect_timeout_ms: positiveMs.default(10_000),
+      })
+      .strict(),
+    credentials: z
+      .object({
+        static: z
+          .object({
+            username: z.string().min(1).max(63),
+            password: z.string().optional(),
+            password_file: z.string().min(1).optional(),
+          })
+          .strict()
+          .optional(),
+      })
+      .strict(),
+    log: z
+      .object({
+        level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+      })
+      .strict()
+      .default({ level: 'info' }),
+  })
+  .strict()
+  .superRefine((config, ctx) => {
+    const { upstream, credentials } = config
+    if (!credentials.static) {
+      ctx.addIssue({ code: 'custom', path: ['credentials'], message: 'set credentials.static (username and password_file)' })
+    } else if ((credentials.static.password === undefined) === (credentials.static.password_file === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['credentials', 'static', 'password_file'],
+        message: 'set exactly one of credentials.static.password_file or credentials.static.password',
+      })
+    }
+    if ((upstream.sslmode === 'verify-ca' || upstream.sslmode === 'verify-full') && !upstream.sslrootcert) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['upstream', 'sslrootcert'],
+        message: `sslmode ${upstream.sslmode} needs a CA to verify against: set upstream.sslrootcert to a PEM file, or "system" for the system CAs`,
+      })
+    }
+    if ((upstream.sslcert === undefined) !== (upstream.sslkey === undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['upstream', 'sslkey'], message: 'set upstream.sslcert and upstream.sslkey together' })
+    }
+    if (upstream.sslmode === 'disable' && (upstream.sslrootcert || upstream.sslcert)) {
+      ctx.addIssue({ code: 'custom', path: ['upstream', 'sslmode'], message: 'TLS files are set but upstream.sslmode is disable' })
+    }
+    if (upstream.channel_binding === 'require' && upstream.sslmode === 'disable') {
+      ctx.addIssue({ code: 'custom', path: ['upstream', 'channel_binding'], message: 'channel_binding require needs TLS (upstream.sslmode)' })
+    }
+  })
+
+export type RawConfig = z.input<typeof configSchema>
+export type ParsedConfig = z.output<typeof configSchema>

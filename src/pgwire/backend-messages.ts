@@ -1,0 +1,102 @@
+import { BackendCode, type TransactionStatus } from './codes.js'
+
+// Encoders for the backend messages the proxy itself sends to clients, and a bounded decoder for
+// ErrorResponse/NoticeResponse fields. pg-protocol only serializes frontend messages, so these are ours.
+
+function message(code: number, body: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(5 + body.length)
+  out[0] = code
+  out.writeUInt32BE(4 + body.length, 1)
+  body.copy(out, 5)
+  return out
+}
+
+function cstring(value: string): Buffer {
+  return Buffer.from(`${value}\0`, 'utf8')
+}
+
+export function encodeAuthenticationOk(): Buffer {
+  const body = Buffer.alloc(4) // code 0
+  return message(BackendCode.Authentication, body)
+}
+
+export function encodeParameterStatus(name: string, value: string): Buffer {
+  return message(BackendCode.ParameterStatus, Buffer.concat([cstring(name), cstring(value)]))
+}
+
+export function encodeBackendKeyData(processId: number, secretKey: Buffer): Buffer {
+  const body = Buffer.allocUnsafe(4 + secretKey.length)
+  body.writeUInt32BE(processId, 0)
+  secretKey.copy(body, 4)
+  return message(BackendCode.BackendKeyData, body)
+}
+
+export function encodeReadyForQuery(status: TransactionStatus): Buffer {
+  return message(BackendCode.ReadyForQuery, Buffer.from(status, 'latin1'))
+}
+
+/** NegotiateProtocolVersion: the newest minor version we speak and the `_pq_.` options we did not recognise. */
+export function encodeNegotiateProtocolVersion(minorVersion: number, unrecognisedOptions: readonly string[]): Buffer {
+  const head = Buffer.allocUnsafe(8)
+  head.writeUInt32BE((3 << 16) | minorVersion, 0)
+  head.writeUInt32BE(unrecognisedOptions.length, 4)
+  return message(BackendCode.NegotiateProtocolVersion, Buffer.concat([head, ...unrecognisedOptions.map(cstring)]))
+}
+
+/**
+ * Error and notice fields by their one-letter codes (protocol docs, "Error and Notice Message Fields"):
+ * S severity, V severity (not localised), C SQLSTATE, M message, D detail, H hint, R routine, ...
+ */
+export type ErrorFields = Map<string, string>
+
+export interface ProxyErrorFields {
+  severity: 'ERROR' | 'FATAL'
+  sqlState: string
+  message: string
+  detail?: string | undefined
+  hint?: string | undefined
+}
+
+export function errorFields(error: ProxyErrorFields): ErrorFields {
+  const fields: ErrorFields = new Map([
+    ['S', error.severity],
+    ['V', error.severity],
+    ['C', error.sqlState],
+    ['M', error.message],
+  ])
+  if (error.detail !== undefined) fields.set('D', error.detail)
+  if (error.hint !== undefined) fields.set('H', error.hint)
+  return fields
+}
+
+export function encodeErrorResponse(fields: ErrorFields): Buffer {
+  return message(BackendCode.ErrorResponse, encodeFields(fields))
+}
+
+export function encodeNoticeResponse(fields: ErrorFields): Buffer {
+  return message(BackendCode.NoticeResponse, encodeFields(fields))
+}
+
+function encodeFields(fields: ErrorFields): Buffer {
+  const parts: Buffer[] = []
+  for (const [code, value] of fields) parts.push(Buffer.from(code, 'latin1'), cstring(value))
+  parts.push(Buffer.from([0]))
+  return Buffer.concat(parts)
+}
+
+/**
+ * Decodes ErrorResponse/NoticeResponse fields from an untrusted peer. Field order and unknown fields are
+ * kept, so a relayed error stays as the server sent it. Never assume `C` exists (pgbouncer CVE-2026-6666).
+ */
+export function decodeErrorFields(body: Buffer): ErrorFields {
+  const fields: ErrorFields = new Map()
+  let offset = 0
+  while (offset < body.length && body[offset] !== 0) {
+    const code = String.fromCharCode(body[offset] as number)
+    const end = body.indexOf(0, offset + 1)
+    if (end < 0) break // unterminated field: keep what was well formed
+    fields.set(code, body.toString('utf8', offset + 1, end))
+    offset = end + 1
+  }
+  return fields
+}

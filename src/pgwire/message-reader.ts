@@ -1,0 +1,147 @@
+import type { Socket } from 'node:net'
+import { MAX_STARTUP_PACKET_BODY } from './codes.js'
+
+/** The peer closed or broke the socket before a whole packet arrived. */
+export class ConnectionClosedError extends Error {
+  override name = 'ConnectionClosedError'
+}
+
+/** A length word that cannot be right: the peer is not speaking the protocol, or lost framing. */
+export class FramingError extends Error {
+  override name = 'FramingError'
+}
+
+export interface TypedMessage {
+  code: number
+  /** The message body, without the type byte and length word. */
+  body: Buffer
+}
+
+/**
+ * Reads whole packets from a socket during the startup phases (client handshake, upstream login),
+ * where the proxy decodes messages one at a time. It never buffers more than one packet beyond what
+ * it was asked for: the socket is paused while nobody waits, so a peer cannot make us hold unbounded
+ * data. After startup, `detach()` hands any bytes already read to the relay, so none are lost.
+ */
+export class MessageReader {
+  private buffered: Buffer = Buffer.alloc(0)
+  private ended: Error | undefined
+  private wake: (() => void) | undefined
+  private readonly onData = (chunk: Buffer): void => {
+    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk])
+    this.socket.pause()
+    this.notify()
+  }
+  private readonly onEnd = (): void => {
+    this.ended ??= new ConnectionClosedError('connection closed by peer')
+    this.notify()
+  }
+  private readonly onError = (err: Error): void => {
+    this.ended ??= new ConnectionClosedError(`connection error: ${err.message}`, { cause: err })
+    this.notify()
+  }
+
+  constructor(private socket: Socket) {
+    socket.pause()
+    this.attach(socket)
+  }
+
+  /** Continue reading from a new socket (after a TLS upgrade); no plaintext bytes may be pending. */
+  replaceSocket(socket: Socket): void {
+    this.detachListeners()
+    this.socket = socket
+    socket.pause()
+    this.attach(socket)
+  }
+
+  /** How many bytes were received and not yet consumed. */
+  get pendingBytes(): number {
+    return this.buffered.length
+  }
+
+  /** Reads exactly one byte (the answer to SSLRequest). */
+  async readByte(): Promise<number> {
+    await this.fill(1)
+    const byte = this.buffered[0] as number
+    this.consume(1)
+    return byte
+  }
+
+  /**
+   * Reads a startup-phase packet (Int32 length including itself, then the body) and returns it whole.
+   * Lengths outside PostgreSQL's limits throw FramingError, as the server closes on them.
+   */
+  async readStartupPacket(): Promise<Buffer> {
+    await this.fill(4)
+    const length = this.buffered.readUInt32BE(0)
+    if (length < 8 || length - 4 > MAX_STARTUP_PACKET_BODY) {
+      throw new FramingError(`invalid length of startup packet: ${length}`)
+    }
+    await this.fill(length)
+    const packet = Buffer.from(this.buffered.subarray(0, length))
+    this.consume(length)
+    return packet
+  }
+
+  /** Reads one typed message (Byte1 code, Int32 length, body), refusing bodies over maxLength bytes. */
+  async readMessage(maxLength: number): Promise<TypedMessage> {
+    await this.fill(5)
+    const code = this.buffered[0] as number
+    const length = this.buffered.readUInt32BE(1)
+    if (length < 4 || length - 4 > maxLength) {
+      throw new FramingError(`invalid message length ${length} for message type ${describeCode(code)}`)
+    }
+    await this.fill(1 + length)
+    const body = Buffer.from(this.buffered.subarray(5, 1 + length))
+    this.consume(1 + length)
+    return { code, body }
+  }
+
+  /** Stops reading and returns whatever was received but not consumed. */
+  detach(): Buffer {
+    this.detachListeners()
+    const rest = this.buffered
+    this.buffered = Buffer.alloc(0)
+    return rest
+  }
+
+  private attach(socket: Socket): void {
+    socket.on('data', this.onData)
+    socket.on('end', this.onEnd)
+    socket.on('close', this.onEnd)
+    socket.on('error', this.onError)
+  }
+
+  private detachListeners(): void {
+    this.socket.off('data', this.onData)
+    this.socket.off('end', this.onEnd)
+    this.socket.off('close', this.onEnd)
+    this.socket.off('error', this.onError)
+    // Keep an error listener so a late socket error cannot crash the process before the next owner attaches.
+    if (this.socket.listenerCount('error') === 0) this.socket.on('error', () => {})
+  }
+
+  private async fill(wanted: number): Promise<void> {
+    while (this.buffered.length < wanted) {
+      if (this.ended) throw this.ended
+      await new Promise<void>((resolve) => {
+        this.wake = resolve
+        this.socket.resume()
+      })
+    }
+  }
+
+  private consume(n: number): void {
+    this.buffered = this.buffered.subarray(n)
+  }
+
+  private notify(): void {
+    const wake = this.wake
+    this.wake = undefined
+    wake?.()
+  }
+}
+
+export function describeCode(code: number): string {
+  return code >= 0x20 && code < 0x7f ? `'${String.fromCharCode(code)}'` : `0x${code.toString(16).padStart(2, '0')}`
+}

@@ -1,0 +1,22 @@
+/** A database login the proxy uses upstream. Never log `password`. */
+export interface DbCredential {
+  readonly username: string
+  readonly password: string
+  /** What issued it, for logs and error messages (a file path, a Vault lease id); never secret. */
+  readonly origin: string
+}
+
+/**
+ * Where upstream credentials come from. The proxy asks for one per upstream login; a source is
+ * expected to cache, so every session of a route shares one credential.
+ */
+export interface CredentialSource {
+  /** A credential believed valid now. Rejects with a ProxyError the client can be shown. */
+  get(): Promise<DbCredential>
+  /**
+   * The upstream refused `credential` at login: drop it, so the next get() fetches a fresh one.
+   * Returns true when a retry may succeed (something was refreshed), false when it cannot.
+   */
+  invalidate(credential: DbCredential): Promise<boolean>
+  close(): Promise<void>
+}

@@ -1,0 +1,63 @@
+import { readFile, stat } from 'node:fs/promises'
+import { ProxyError } from '../proxy/proxy-error.js'
+import type { CredentialSource, DbCredential } from './credential-source.js'
+
+export interface StaticSourceOptions {
+  username: string
+  /** Inline password (discouraged: it sits in the config file). */
+  password?: string | undefined
+  /** A file holding the password, re-read when it changes (so external rotation just works). */
+  passwordFile?: string | undefined
+}
+
+/**
+ * Credentials from the configuration: a fixed username and a password given inline or in a file.
+ * The file's trailing newline is dropped, as with .pgpass-style secret files written by tools.
+ */
+export class StaticCredentialSource implements CredentialSource {
+  private cached: { credential: DbCredential; mtimeMs: number; size: number } | undefined
+
+  constructor(private readonly options: StaticSourceOptions) {}
+
+  async get(): Promise<DbCredential> {
+    const { username, password, passwordFile } = this.options
+    if (passwordFile === undefined) return { username, password: password ?? '', origin: 'credentials.static' }
+    return this.readPasswordFile(passwordFile)
+  }
+
+  async invalidate(): Promise<boolean> {
+    if (this.options.passwordFile === undefined) return false
+    const before = this.cached?.credential.password
+    this.cached = undefined
+    const after = await this.get().then((c) => c.password, () => undefined)
+    return after !== undefined && after !== before
+  }
+
+  async close(): Promise<void> {
+    this.cached = undefined
+    return Promise.resolve()
+  }
+
+  private async readPasswordFile(path: string): Promise<DbCredential> {
+    try {
+      const info = await stat(path)
+      const cached = this.cached
+      if (cached && cached.mtimeMs === info.mtimeMs && cached.size === info.size) return cached.credential
+      const text = await readFile(path, 'utf8')
+      const credential = { username: this.options.username, password: text.replace(/\r?\n$/, ''), origin: path }
+      this.cached = { credential, mtimeMs: info.mtimeMs, size: info.size }
+      return credential
+    } catch (err) {
+      const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message
+      throw new ProxyError(
+        'credentials_unavailable',
+        {
+          sqlState: '08001',
+          message: `pg-vault-proxy cannot read the upstream password file ${path} (${why})`,
+          hint: 'Check credentials.static.password_file: the file must exist and be readable by the proxy.',
+        },
+        { cause: err },
+      )
+    }
+  }
+}
