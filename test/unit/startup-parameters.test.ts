@@ -26,7 +26,7 @@ t.test('forwards everything but what the proxy owns', async (t) => {
 
 t.test('replication connections are refused with 0A000', async (t) => {
   for (const value of ['true', 'database', 'on', '1']) {
-    t.throws(() => splitClientStartup([['user', 'u'], ['replication', value]]), { clientError: { sqlState: '0A000' } })
+    t.throws(() => splitClientStartup([['user', 'u'], ['replication', value]]), { name: 'ProxyError', clientError: { sqlState: '0A000' } })
   }
 })
 
