@@ -28,7 +28,10 @@ async function run(options: RunOptions): Promise<void> {
     process.stderr.write(`pg-vault-proxy: ${(err as Error).message}\n`)
     process.exit(EXIT_START)
   }
-  logger.info({ port: server.port, ownerRole: config.owner_role, upstream: `${config.upstream.host}:${config.upstream.port}` }, 'pg-vault-proxy ready')
+  logger.info(
+    { port: server.port, ownerRole: config.owner_role, upstream: `${config.upstream.host}:${config.upstream.port}` },
+    'pg-vault-proxy ready',
+  )
 
   let stopping = false
   const stop = (signal: NodeJS.Signals): void => {

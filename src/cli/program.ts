@@ -16,7 +16,9 @@ export interface ProgramActions {
 /** The command-line definition only; what each command does is handed in. */
 export function buildProgram(actions: ProgramActions): Command {
   const program = new Command('pg-vault-proxy')
-    .description('A local PostgreSQL auth proxy: clients connect without a password; the proxy logs in upstream and every session acts as the owner role.')
+    .description(
+      'A local PostgreSQL auth proxy: clients connect without a password; the proxy logs in upstream and every session acts as the owner role.',
+    )
     .version(version)
     .showHelpAfterError()
 
@@ -25,7 +27,17 @@ export function buildProgram(actions: ProgramActions): Command {
     .description('run the proxy until SIGTERM or SIGINT')
     .requiredOption('-c, --config <file>', 'YAML configuration file (see docs/configuration.md)')
     .option('-l, --listen <host:port>', 'TCP address to listen on; overrides `listen` in the file')
-    .addOption(new Option('--log-level <level>', 'overrides log.level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']))
+    .addOption(
+      new Option('--log-level <level>', 'overrides log.level').choices([
+        'trace',
+        'debug',
+        'info',
+        'warn',
+        'error',
+        'fatal',
+        'silent',
+      ]),
+    )
     .addHelpText(
       'after',
       `

@@ -76,7 +76,11 @@ export const configSchema = z
   .superRefine((config, ctx) => {
     const { upstream, credentials } = config
     if (!credentials.static) {
-      ctx.addIssue({ code: 'custom', path: ['credentials'], message: 'set credentials.static (username and password_file)' })
+      ctx.addIssue({
+        code: 'custom',
+        path: ['credentials'],
+        message: 'set credentials.static (username and password_file)',
+      })
     } else if ((credentials.static.password === undefined) === (credentials.static.password_file === undefined)) {
       ctx.addIssue({
         code: 'custom',
@@ -92,13 +96,25 @@ export const configSchema = z
       })
     }
     if ((upstream.sslcert === undefined) !== (upstream.sslkey === undefined)) {
-      ctx.addIssue({ code: 'custom', path: ['upstream', 'sslkey'], message: 'set upstream.sslcert and upstream.sslkey together' })
+      ctx.addIssue({
+        code: 'custom',
+        path: ['upstream', 'sslkey'],
+        message: 'set upstream.sslcert and upstream.sslkey together',
+      })
     }
     if (upstream.sslmode === 'disable' && (upstream.sslrootcert || upstream.sslcert)) {
-      ctx.addIssue({ code: 'custom', path: ['upstream', 'sslmode'], message: 'TLS files are set but upstream.sslmode is disable' })
+      ctx.addIssue({
+        code: 'custom',
+        path: ['upstream', 'sslmode'],
+        message: 'TLS files are set but upstream.sslmode is disable',
+      })
     }
     if (upstream.channel_binding === 'require' && upstream.sslmode === 'disable') {
-      ctx.addIssue({ code: 'custom', path: ['upstream', 'channel_binding'], message: 'channel_binding require needs TLS (upstream.sslmode)' })
+      ctx.addIssue({
+        code: 'custom',
+        path: ['upstream', 'channel_binding'],
+        message: 'channel_binding require needs TLS (upstream.sslmode)',
+      })
     }
   })
 

@@ -33,7 +33,8 @@ export class CancelRegistry {
   /** Runs the owner's handler when the key matches; resolves false (and does nothing) otherwise. */
   async cancel(processId: number, secretKey: Buffer): Promise<boolean> {
     const entry = this.sessions.get(processId)
-    if (!entry || entry.secretKey.length !== secretKey.length || !timingSafeEqual(entry.secretKey, secretKey)) return false
+    if (!entry || entry.secretKey.length !== secretKey.length || !timingSafeEqual(entry.secretKey, secretKey))
+      return false
     await entry.onCancel()
     return true
   }

@@ -89,7 +89,8 @@ export class ClientSession {
         })
       }
       const startup = splitClientStartup(packet.parameters)
-      if (startup.stripped.length > 0) this.log.debug({ stripped: startup.stripped }, 'removed client startup parameters the proxy owns')
+      if (startup.stripped.length > 0)
+        this.log.debug({ stripped: startup.stripped }, 'removed client startup parameters the proxy owns')
       const upstream = await this.loginUpstream(startup)
       this.startRelay(upstream, startup, packet.minorVersion, reader.detach())
       const result = await (this.relay as Relay).done
@@ -116,7 +117,10 @@ export class ClientSession {
     } catch (err) {
       // A refused credential may have been rotated: one fresh credential, one retry.
       if (!(err instanceof UpstreamRefusedError) || !['28P01', '28000'].includes(err.sqlState)) throw err
-      this.log.warn({ user: credential.username, origin: credential.origin, sqlState: err.sqlState }, 'upstream refused the credential')
+      this.log.warn(
+        { user: credential.username, origin: credential.origin, sqlState: err.sqlState },
+        'upstream refused the credential',
+      )
       if (!(await credentials.invalidate(credential))) throw err
       credential = await credentials.get()
       return { session: await connector.connect(this.upstreamParameters(startup, credential), credential), credential }
@@ -149,7 +153,9 @@ export class ClientSession {
       // Only a busy session is cancelled: a late cancel must not hit the client's next statement.
       if (!tracker.isBusy) return
       this.log.info('forwarding cancel request')
-      await connector.cancel(upstream.processId, upstream.secretKey).catch((err: Error) => this.log.warn({ err: err.message }, 'cancel forwarding failed'))
+      await connector
+        .cancel(upstream.processId, upstream.secretKey)
+        .catch((err: Error) => this.log.warn({ err: err.message }, 'cancel forwarding failed'))
     })
     this.socket.once('close', () => cancels.unregister(key.processId))
 
@@ -159,11 +165,23 @@ export class ClientSession {
     }
     greeting.push(encodeAuthenticationOk())
     for (const [name, value] of upstream.parameters) greeting.push(encodeParameterStatus(name, value))
-    greeting.push(encodeBackendKeyData(key.processId, key.secretKey), ...upstream.notices, encodeReadyForQuery(upstream.transactionStatus))
+    greeting.push(
+      encodeBackendKeyData(key.processId, key.secretKey),
+      ...upstream.notices,
+      encodeReadyForQuery(upstream.transactionStatus),
+    )
     this.socket.write(Buffer.concat(greeting))
 
     this.phase = SessionPhase.Relay
-    this.log.info({ upstreamUser: credential.username, upstreamPid: upstream.processId, auth: upstream.authMethod, tls: upstream.isTls }, 'session started')
+    this.log.info(
+      {
+        upstreamUser: credential.username,
+        upstreamPid: upstream.processId,
+        auth: upstream.authMethod,
+        tls: upstream.isTls,
+      },
+      'session started',
+    )
     this.relay = new Relay({
       client: this.socket,
       upstream: upstream.socket,
@@ -197,7 +215,11 @@ export class ClientSession {
     this.log.error({ err }, 'internal error in session')
     socket.end(
       encodeErrorResponse(
-        errorFields({ severity: 'FATAL', sqlState: 'XX000', message: `pg-vault-proxy internal error (session ${this.id}); see the proxy log` }),
+        errorFields({
+          severity: 'FATAL',
+          sqlState: 'XX000',
+          message: `pg-vault-proxy internal error (session ${this.id}); see the proxy log`,
+        }),
       ),
     )
   }

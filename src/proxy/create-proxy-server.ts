@@ -26,7 +26,11 @@ export function createProxyServer(config: Config, logger: Logger): ProxyServer {
     socketDir: config.socket_dir,
     socketMode: parseInt(config.socket_mode, 8),
     maxClientConnections: config.max_client_connections,
-    settings: { ownerRole: config.owner_role, database: upstream.database, startupTimeoutMs: config.startup_timeout_ms },
+    settings: {
+      ownerRole: config.owner_role,
+      database: upstream.database,
+      startupTimeoutMs: config.startup_timeout_ms,
+    },
     connector,
     credentials: createCredentialSource(config, logger),
     logger,
@@ -37,7 +41,13 @@ function createCredentialSource(config: Config, logger: Logger): CredentialSourc
   const source = config.credentials.static
   if (!source) throw new Error('credentials: no credential source configured')
   if (source.password !== undefined) {
-    logger.warn('credentials.static.password is written inline in the config file; prefer credentials.static.password_file')
+    logger.warn(
+      'credentials.static.password is written inline in the config file; prefer credentials.static.password_file',
+    )
   }
-  return new StaticCredentialSource({ username: source.username, password: source.password, passwordFile: source.password_file })
+  return new StaticCredentialSource({
+    username: source.username,
+    password: source.password,
+    passwordFile: source.password_file,
+  })
 }

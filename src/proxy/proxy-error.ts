@@ -12,7 +12,11 @@ export class ProxyError extends Error {
   /** Stable, greppable reason; also the label used in logs. */
   readonly reason: string
 
-  constructor(reason: string, clientError: Omit<ProxyErrorFields, 'severity'> & { severity?: 'ERROR' | 'FATAL' }, options?: ErrorOptions) {
+  constructor(
+    reason: string,
+    clientError: Omit<ProxyErrorFields, 'severity'> & { severity?: 'ERROR' | 'FATAL' },
+    options?: ErrorOptions,
+  ) {
     super(clientError.message, options)
     this.reason = reason
     this.clientError = { severity: 'FATAL', ...clientError }

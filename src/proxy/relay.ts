@@ -8,7 +8,13 @@ import type { TransactionTracker } from './transaction-tracker.js'
 // control messages up to 10000 bytes.
 const LARGE_MESSAGE_LIMIT = 0x3fff_ffff
 const SMALL_MESSAGE_LIMIT = 10_000
-const FRONTEND_LARGE = new Set<number>([FrontendCode.Query, FrontendCode.Parse, FrontendCode.Bind, FrontendCode.FunctionCall, FrontendCode.CopyData])
+const FRONTEND_LARGE = new Set<number>([
+  FrontendCode.Query,
+  FrontendCode.Parse,
+  FrontendCode.Bind,
+  FrontendCode.FunctionCall,
+  FrontendCode.CopyData,
+])
 const FRONTEND_KNOWN = new Set<number>([...FRONTEND_LARGE, ...[0x43, 0x44, 0x45, 0x48, 0x53, 0x58, 0x63, 0x66, 0x70]])
 // R K Z T N A G W I V n s t 1 2 3 v S E C D H d c
 const BACKEND_KNOWN = new Set<number>(Array.from('RKZTNAGWIVnst123vSECDHdc', (c) => c.charCodeAt(0)))
@@ -77,7 +83,9 @@ export class Relay {
       isKnownCode: (code) => BACKEND_KNOWN.has(code),
       maxLength: () => LARGE_MESSAGE_LIMIT,
       wantsWhole: (code) =>
-        code === BackendCode.ReadyForQuery || code === BackendCode.NotificationResponse || code === BackendCode.ErrorResponse,
+        code === BackendCode.ReadyForQuery ||
+        code === BackendCode.NotificationResponse ||
+        code === BackendCode.ErrorResponse,
       maxInspectLength: MAX_INSPECTED,
       onMessage: (code, whole) => this.onUpstreamMessage(code, whole),
     })
@@ -95,7 +103,13 @@ export class Relay {
   }
 
   /** Ends the session from outside (shutdown): the client is told why, the upstream gets Terminate. */
-  stop(fields = errorFields({ severity: 'FATAL', sqlState: '57P01', message: 'terminating connection: pg-vault-proxy is shutting down' })): void {
+  stop(
+    fields = errorFields({
+      severity: 'FATAL',
+      sqlState: '57P01',
+      message: 'terminating connection: pg-vault-proxy is shutting down',
+    }),
+  ): void {
     if (!this.upstreamFramer.isMidMessage) this.options.client.write(encodeErrorResponse(fields))
     this.finish('stopped')
   }
@@ -112,12 +126,19 @@ export class Relay {
     if (code === BackendCode.ErrorResponse && whole) {
       const fields = decodeErrorFields(whole.subarray(5))
       const severity = fields.get('V') ?? fields.get('S')
-      if (severity === 'FATAL' || severity === 'PANIC') this.upstreamSentFatal = `${fields.get('C') ?? '?'} ${fields.get('M') ?? ''}`
+      if (severity === 'FATAL' || severity === 'PANIC')
+        this.upstreamSentFatal = `${fields.get('C') ?? '?'} ${fields.get('M') ?? ''}`
     }
     tracker.onBackend(code)
   }
 
-  private pipe(from: Socket, to: Socket, framer: MessageFramer, count: (n: number) => void, side: 'client' | 'upstream'): void {
+  private pipe(
+    from: Socket,
+    to: Socket,
+    framer: MessageFramer,
+    count: (n: number) => void,
+    side: 'client' | 'upstream',
+  ): void {
     from.on('data', (chunk: Buffer) => {
       count(chunk.length)
       let out: Buffer

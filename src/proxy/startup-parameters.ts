@@ -26,7 +26,13 @@ const PROXY_OWNED = new Set(['role', 'session_authorization'])
  * so the upstream validates it exactly as a direct connection would.
  */
 export function splitClientStartup(parameters: readonly StartupParameter[]): ClientStartup {
-  const result: ClientStartup = { clientUser: '', database: undefined, forwarded: [], unsupportedProtocolOptions: [], stripped: [] }
+  const result: ClientStartup = {
+    clientUser: '',
+    database: undefined,
+    forwarded: [],
+    unsupportedProtocolOptions: [],
+    stripped: [],
+  }
   for (const [name, value] of parameters) {
     const key = normalise(name)
     if (name === 'user') result.clientUser = value

@@ -100,7 +100,8 @@ export class UpstreamConnector {
       return session
     } catch (err) {
       socket.destroy()
-      if (signal.aborted) throw this.endpoint.unreachable(`timed out after ${this.options.connectTimeoutMs} ms`, err as Error)
+      if (signal.aborted)
+        throw this.endpoint.unreachable(`timed out after ${this.options.connectTimeoutMs} ms`, err as Error)
       if (err instanceof ConnectionClosedError) {
         throw this.endpoint.unreachable('the server closed the connection during startup', err)
       }
@@ -181,12 +182,15 @@ export class UpstreamConnector {
           if (body.length < 4) throw this.protocolError('truncated authentication request')
           const request = body.readInt32BE(0)
           if (request === AuthCode.Ok) {
-            if (scram && !scram.isComplete) throw this.protocolError('the server ended SCRAM authentication without proving it knows the password')
+            if (scram && !scram.isComplete)
+              throw this.protocolError('the server ended SCRAM authentication without proving it knows the password')
             authenticated = true
             break
           }
           if (authenticated) throw this.protocolError('authentication request after AuthenticationOk')
-          authMethod = (await this.answerAuthentication(request, body, socket, credential, isTls, scram, (s) => (scram = s))) ?? authMethod
+          authMethod =
+            (await this.answerAuthentication(request, body, socket, credential, isTls, scram, (s) => (scram = s))) ??
+            authMethod
           break
         }
         case BackendCode.ErrorResponse:
@@ -265,8 +269,15 @@ export class UpstreamConnector {
           .split('\0')
           .filter((m) => m !== '')
         const bindingData = isTls ? this.channelBindingData(socket as TLSSocket) : undefined
-        const mechanism = this.guardScram(() => chooseScramMechanism(mechanisms, bindingData, this.options.channelBinding))
-        const client = new ScramClient({ password, mechanism, channelBindingData: bindingData, keyCache: this.keyCache })
+        const mechanism = this.guardScram(() =>
+          chooseScramMechanism(mechanisms, bindingData, this.options.channelBinding),
+        )
+        const client = new ScramClient({
+          password,
+          mechanism,
+          channelBindingData: bindingData,
+          keyCache: this.keyCache,
+        })
         setScram(client)
         socket.write(serialize.sendSASLInitialResponseMessage(mechanism, client.clientFirstMessage().toString('utf8')))
         return mechanism
@@ -365,7 +376,8 @@ export class UpstreamConnector {
         `The owner role ${role ? `"${role}" ` : ''}does not exist on the upstream server. Create it (CREATE ROLE ${quoteIdent(role ?? 'owner_role')} NOLOGIN;) and GRANT it to the login user, or fix owner_role in the proxy configuration.`,
       )
     }
-    if (!fields.has('D')) fields.set('D', `Reported to pg-vault-proxy by the upstream server at ${this.endpoint.address}.`)
+    if (!fields.has('D'))
+      fields.set('D', `Reported to pg-vault-proxy by the upstream server at ${this.endpoint.address}.`)
     return new UpstreamRefusedError(fields)
   }
 }
@@ -395,4 +407,3 @@ function authName(request: number): string {
       return `authentication code ${request}`
   }
 }
-

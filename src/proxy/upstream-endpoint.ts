@@ -32,7 +32,10 @@ export class UpstreamEndpoint {
     this.socketPath = options.host.startsWith('/') ? `${options.host}/.s.PGSQL.${options.port}` : undefined
     // Read once at start: a missing file is a configuration error, reported before any client arrives.
     this.tlsFiles = {
-      ca: options.sslrootcert === 'system' ? [...rootCertificates] : readTlsFile(options.sslrootcert, 'upstream.sslrootcert'),
+      ca:
+        options.sslrootcert === 'system'
+          ? [...rootCertificates]
+          : readTlsFile(options.sslrootcert, 'upstream.sslrootcert'),
       cert: readTlsFile(options.sslcert, 'upstream.sslcert'),
       key: readTlsFile(options.sslkey, 'upstream.sslkey'),
     }
@@ -67,19 +70,22 @@ export class UpstreamEndpoint {
   tlsOptions(socket: Socket): ConnectionOptions {
     // libpq: with sslmode=require and a root certificate configured, the chain is verified (as verify-ca).
     const verifiesChain =
-      this.sslmode === 'verify-ca' || this.sslmode === 'verify-full' || (this.sslmode === 'require' && this.tlsFiles.ca !== undefined)
+      this.sslmode === 'verify-ca' ||
+      this.sslmode === 'verify-full' ||
+      (this.sslmode === 'require' && this.tlsFiles.ca !== undefined)
     const isIp = /^[\d.]+$|:/.test(this.host)
-    return {
+    const options: ConnectionOptions = {
       socket,
-      servername: isIp ? undefined : this.host,
       ALPNProtocols: ['postgresql'],
       ca: this.tlsFiles.ca,
       cert: this.tlsFiles.cert,
       key: this.tlsFiles.key,
       rejectUnauthorized: verifiesChain,
-      // verify-ca checks the chain only; Node checks the name unless told not to.
-      checkServerIdentity: this.verifiesHostName ? undefined : () => undefined,
     }
+    if (!isIp) options.servername = this.host
+    // verify-ca checks the chain only; Node checks the name unless told not to.
+    if (!this.verifiesHostName) options.checkServerIdentity = () => undefined
+    return options
   }
 
   /** Opens the transport (TCP with Nagle off and keepalive on, or the Unix socket). */
@@ -123,7 +129,9 @@ function readTlsFile(path: string | undefined, key: string): Buffer | undefined 
   try {
     return readFileSync(path)
   } catch (err) {
-    throw new Error(`${key}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? String(err)})`, { cause: err })
+    throw new Error(`${key}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? String(err)})`, {
+      cause: err,
+    })
   }
 }
 

@@ -29,7 +29,10 @@ export class StaticCredentialSource implements CredentialSource {
     if (this.options.passwordFile === undefined) return false
     const before = this.cached?.credential.password
     this.cached = undefined
-    const after = await this.get().then((c) => c.password, () => undefined)
+    const after = await this.get().then(
+      (c) => c.password,
+      () => undefined,
+    )
     return after !== undefined && after !== before
   }
 

@@ -32,7 +32,11 @@ interface Teardown {
  * Starts a proxy in this process in front of the test cluster, on a free port and a private socket
  * directory, logging into the scram user by default. `overrides` are merged into the raw config.
  */
-export async function startProxy(t: Teardown, cluster: PgCluster, overrides: Record<string, unknown> = {}): Promise<RunningProxy> {
+export async function startProxy(
+  t: Teardown,
+  cluster: PgCluster,
+  overrides: Record<string, unknown> = {},
+): Promise<RunningProxy> {
   const socketDir = await mkdtemp(join(tmpdir(), 'pgvp-sock-'))
   const passwordFile = join(socketDir, 'password')
   await writeFile(passwordFile, `${cluster.users.scram.password}\n`, { mode: 0o600 })
@@ -51,7 +55,8 @@ export async function startProxy(t: Teardown, cluster: PgCluster, overrides: Rec
   const sink = new Writable({
     write(chunk: Buffer, _enc, done) {
       text += chunk.toString()
-      for (const line of chunk.toString().split('\n')) if (line.trim()) logs.push(JSON.parse(line) as Record<string, unknown>)
+      for (const line of chunk.toString().split('\n'))
+        if (line.trim()) logs.push(JSON.parse(line) as Record<string, unknown>)
       done()
     },
   })
@@ -76,7 +81,13 @@ export async function startProxy(t: Teardown, cluster: PgCluster, overrides: Rec
     logs,
     logText: () => text,
     async client(options = {}) {
-      const client = new pg.Client({ host: '127.0.0.1', port: server.port, user: 'anyone', database: cluster.database, ...options })
+      const client = new pg.Client({
+        host: '127.0.0.1',
+        port: server.port,
+        user: 'anyone',
+        database: cluster.database,
+        ...options,
+      })
       client.on('error', () => {})
       await client.connect()
       clients.push(client)

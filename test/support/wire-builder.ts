@@ -59,7 +59,8 @@ export function startupMessage(params: Record<string, string>, version = 0x30000
 
 export const sslRequest = (): Buffer => new BufferList().int32(80877103).packet()
 export const gssEncRequest = (): Buffer => new BufferList().int32(80877104).packet()
-export const cancelRequest = (pid: number, key: Buffer): Buffer => new BufferList().int32(80877102).int32(pid).bytes(key).packet()
+export const cancelRequest = (pid: number, key: Buffer): Buffer =>
+  new BufferList().int32(80877102).int32(pid).bytes(key).packet()
 
 /** Splits a buffer at every offset: [a, b] pairs to feed a framer in two chunks. */
 export function* splits(buf: Buffer): Generator<[Buffer, Buffer, number]> {

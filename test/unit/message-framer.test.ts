@@ -23,7 +23,7 @@ const stream = Buffer.concat([
   new BufferList().byte(0x49).message('Z'),
 ])
 
-t.test('at every split offset: same messages, same bytes out, inspected ones whole and patched', async (t) => {
+void t.test('at every split offset: same messages, same bytes out, inspected ones whole and patched', async (t) => {
   const reference: Array<[string, string | undefined]> = []
   const refOut = framer(reference).push(Buffer.from(stream))
   t.same(
@@ -44,7 +44,7 @@ t.test('at every split offset: same messages, same bytes out, inspected ones who
   t.pass('all splits agree')
 })
 
-t.test('one byte at a time', async (t) => {
+void t.test('one byte at a time', async (t) => {
   const seen: Array<[string, string | undefined]> = []
   const f = framer(seen)
   const out: Buffer[] = []
@@ -53,15 +53,18 @@ t.test('one byte at a time', async (t) => {
   t.equal(seen.length, 5)
 })
 
-t.test('mid-message state is reported', async (t) => {
+void t.test('mid-message state is reported', async (t) => {
   const f = framer([])
   f.push(stream.subarray(0, 20))
   t.ok(f.isMidMessage)
 })
 
-t.test('unknown type and bad lengths are protocol violations', async (t) => {
+void t.test('unknown type and bad lengths are protocol violations', async (t) => {
   t.throws(() => framer([]).push(new BufferList().message('?')), ProtocolViolation)
   const short = Buffer.from([0x51, 0, 0, 0, 3])
   t.throws(() => framer([]).push(short), { message: /invalid length 3/ })
-  t.throws(() => framer([], { maxLength: 100 }).push(new BufferList().bytes(Buffer.alloc(200)).message('d')), ProtocolViolation)
+  t.throws(
+    () => framer([], { maxLength: 100 }).push(new BufferList().bytes(Buffer.alloc(200)).message('d')),
+    ProtocolViolation,
+  )
 })

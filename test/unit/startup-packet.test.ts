@@ -11,7 +11,7 @@ function refusal(packet: Buffer): StartupPacketError | undefined {
   return undefined
 }
 
-t.test('SSLRequest, GSSENCRequest and CancelRequest', async (t) => {
+void t.test('SSLRequest, GSSENCRequest and CancelRequest', async (t) => {
   t.same(decodeStartupPacket(sslRequest()), { kind: 'SSLRequest' })
   t.same(decodeStartupPacket(gssEncRequest()), { kind: 'GSSENCRequest' })
   const key = Buffer.from([1, 2, 3, 4])
@@ -24,8 +24,10 @@ t.test('SSLRequest, GSSENCRequest and CancelRequest', async (t) => {
   t.throws(() => decodeStartupPacket(new BufferList().int32(80877103).int32(0).packet()), StartupPacketError)
 })
 
-t.test('StartupMessage 3.0 keeps parameters in order, including duplicates', async (t) => {
-  const packet = decodeStartupPacket(startupMessage({ user: 'u', database: 'd', application_name: 'psql', options: '-c x=1' }))
+void t.test('StartupMessage 3.0 keeps parameters in order, including duplicates', async (t) => {
+  const packet = decodeStartupPacket(
+    startupMessage({ user: 'u', database: 'd', application_name: 'psql', options: '-c x=1' }),
+  )
   t.same(packet, {
     kind: 'StartupMessage',
     majorVersion: 3,
@@ -39,7 +41,7 @@ t.test('StartupMessage 3.0 keeps parameters in order, including duplicates', asy
   })
 })
 
-t.test('3.2 is accepted for negotiation; other majors are refused with 0A000', async (t) => {
+void t.test('3.2 is accepted for negotiation; other majors are refused with 0A000', async (t) => {
   const p = decodeStartupPacket(startupMessage({ user: 'u' }, 0x30002))
   t.match(p, { kind: 'StartupMessage', minorVersion: 2 })
   t.throws(() => decodeStartupPacket(startupMessage({ user: 'u' }, 0x20000)), {
@@ -49,7 +51,7 @@ t.test('3.2 is accepted for negotiation; other majors are refused with 0A000', a
   t.match(refusal(startupMessage({ user: 'u' }, 0x40000)), { sqlState: '0A000' })
 })
 
-t.test('layout errors are 08P01; a missing user is 28000', async (t) => {
+void t.test('layout errors are 08P01; a missing user is 28000', async (t) => {
   const noTerminator = new BufferList().int32(0x30000).cstring('user').cstring('u').packet()
   t.match(refusal(noTerminator), { sqlState: '08P01', message: /expected terminator as last byte/ })
   const missingValue = new BufferList().int32(0x30000).cstring('user').byte(0).packet()

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { filterOptions, splitClientStartup, splitOptions } from '../../src/proxy/startup-parameters.js'
 
-t.test('forwards everything but what the proxy owns', async (t) => {
+void t.test('forwards everything but what the proxy owns', async (t) => {
   const s = splitClientStartup([
     ['user', 'alice'],
     ['database', 'appdb'],
@@ -24,19 +24,40 @@ t.test('forwards everything but what the proxy owns', async (t) => {
   t.same(s.stripped, ['role', 'Session_Authorization'])
 })
 
-t.test('replication connections are refused with 0A000', async (t) => {
+void t.test('replication connections are refused with 0A000', async (t) => {
   for (const value of ['true', 'database', 'on', '1']) {
-    t.throws(() => splitClientStartup([['user', 'u'], ['replication', value]]), { name: 'ProxyError', clientError: { sqlState: '0A000' } })
+    t.throws(
+      () =>
+        splitClientStartup([
+          ['user', 'u'],
+          ['replication', value],
+        ]),
+      { name: 'ProxyError', clientError: { sqlState: '0A000' } },
+    )
   }
 })
 
-t.test('options: role switches are removed in every spelling, the rest kept and re-escaped', async (t) => {
+void t.test('options: role switches are removed in every spelling, the rest kept and re-escaped', async (t) => {
   const stripped: string[] = []
   t.equal(filterOptions('-c role=postgres -c statement_timeout=5s', stripped), '-c statement_timeout=5s')
   t.equal(filterOptions('-crole=postgres --search-path=a\\ b', stripped), '--search-path=a\\ b')
   t.equal(filterOptions('--role=x --session-authorization=y -c SESSION_AUTHORIZATION=z', stripped), '')
   t.equal(filterOptions('-c ROLE=x', stripped), '')
-  t.same(stripped, ['options:role', 'options:role', 'options:role', 'options:session_authorization', 'options:session_authorization', 'options:role'])
+  t.same(stripped, [
+    'options:role',
+    'options:role',
+    'options:role',
+    'options:session_authorization',
+    'options:session_authorization',
+    'options:role',
+  ])
   t.same(splitOptions('  -c  a=b\\ c   d\\\\e '), ['-c', 'a=b c', 'd\\e'])
-  t.same(splitClientStartup([['user', 'u'], ['options', '-c role=x']]).forwarded, [], 'options left empty is dropped')
+  t.same(
+    splitClientStartup([
+      ['user', 'u'],
+      ['options', '-c role=x'],
+    ]).forwarded,
+    [],
+    'options left empty is dropped',
+  )
 })

@@ -10,7 +10,7 @@ function feed(tracker: TransactionTracker, frontend: string, backend: Array<stri
   }
 }
 
-t.test('simple query: idle after ReadyForQuery', async (t) => {
+void t.test('simple query: idle after ReadyForQuery', async (t) => {
   const tr = new TransactionTracker()
   t.ok(tr.isIdle)
   tr.onFrontend(c('Q'))
@@ -20,7 +20,7 @@ t.test('simple query: idle after ReadyForQuery', async (t) => {
   t.ok(tr.isIdle)
 })
 
-t.test('pipelined extended batches with an error in a transaction: T, E, E', async (t) => {
+void t.test('pipelined extended batches with an error in a transaction: T, E, E', async (t) => {
   const tr = new TransactionTracker()
   feed(tr, 'PBES'.repeat(3), [])
   t.equal(tr.outstanding, 3)
@@ -35,7 +35,7 @@ t.test('pipelined extended batches with an error in a transaction: T, E, E', asy
   t.ok(tr.isIdle)
 })
 
-t.test('Flush without Sync is not idle; the RFQ after Sync is', async (t) => {
+void t.test('Flush without Sync is not idle; the RFQ after Sync is', async (t) => {
   const tr = new TransactionTracker()
   feed(tr, 'PBDEH', ['1', '2', 'T', 'D', 'C'])
   t.equal(tr.outstanding, 0)
@@ -45,7 +45,7 @@ t.test('Flush without Sync is not idle; the RFQ after Sync is', async (t) => {
   t.ok(tr.isIdle)
 })
 
-t.test('extended COPY FROM: two Syncs, one ReadyForQuery', async (t) => {
+void t.test('extended COPY FROM: two Syncs, one ReadyForQuery', async (t) => {
   const tr = new TransactionTracker()
   feed(tr, 'PBES', ['1', '2', 'G'])
   t.notOk(tr.isIdle, 'in copy')
@@ -55,7 +55,7 @@ t.test('extended COPY FROM: two Syncs, one ReadyForQuery', async (t) => {
   t.equal(tr.outstanding, 0)
 })
 
-t.test('simple COPY FROM and COPY TO', async (t) => {
+void t.test('simple COPY FROM and COPY TO', async (t) => {
   const tr = new TransactionTracker()
   feed(tr, 'Q', ['G'])
   feed(tr, 'ddc', ['C', 'ZI'])
@@ -64,7 +64,7 @@ t.test('simple COPY FROM and COPY TO', async (t) => {
   t.ok(tr.isIdle)
 })
 
-t.test('COPY FROM failing on the server before CopyDone', async (t) => {
+void t.test('COPY FROM failing on the server before CopyDone', async (t) => {
   const tr = new TransactionTracker()
   // extended: the server errors mid-stream; the client's later CopyDone is dropped by the server
   feed(tr, 'PBES', ['1', '2', 'G'])
@@ -81,7 +81,7 @@ t.test('COPY FROM failing on the server before CopyDone', async (t) => {
   t.ok(tr.isIdle)
 })
 
-t.test('asynchronous messages do not change idleness', async (t) => {
+void t.test('asynchronous messages do not change idleness', async (t) => {
   const tr = new TransactionTracker()
   feed(tr, '', ['A', 'N', 'S'])
   t.ok(tr.isIdle)
