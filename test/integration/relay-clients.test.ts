@@ -134,7 +134,7 @@ void t.test('LISTEN/NOTIFY, including the pid of the own backend as the client k
 void t.test('NoticeResponse passes through', async (t) => {
   const client = await proxy.client()
   const notices: string[] = []
-  client.on('notice', (n) => notices.push(n.message))
+  client.on('notice', (n) => notices.push(n.message ?? ''))
   await client.query("do $$ begin raise notice 'hello from plpgsql'; end $$")
   t.same(notices, ['hello from plpgsql'])
 })
