@@ -76,6 +76,8 @@ export class UpstreamEndpoint {
     const isIp = /^[\d.]+$|:/.test(this.host)
     const options: ConnectionOptions = {
       socket,
+      // The name verify-full checks (Node would otherwise fall back to "localhost" for an IP).
+      host: this.host,
       ALPNProtocols: ['postgresql'],
       ca: this.tlsFiles.ca,
       cert: this.tlsFiles.cert,
