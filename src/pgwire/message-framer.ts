@@ -3,6 +3,13 @@ import { describeCode } from './message-reader.js'
 /** A message that breaks framing: the byte stream can no longer be trusted. */
 export class ProtocolViolation extends Error {
   override name = 'ProtocolViolation'
+  constructor(
+    message: string,
+    /** The whole messages that preceded the bad header in this chunk: still safe to forward. */
+    readonly forwardable: Buffer = Buffer.alloc(0),
+  ) {
+    super(message)
+  }
 }
 
 export interface FramerOptions {
@@ -50,9 +57,14 @@ export class MessageFramer {
       if (buf.length - offset < 5) return this.hold(buf, offset)
       const code = buf[offset] as number
       const length = buf.readUInt32BE(offset + 1)
-      if (!options.isKnownCode(code)) throw new ProtocolViolation(`invalid message type ${describeCode(code)}`)
+      if (!options.isKnownCode(code)) {
+        throw new ProtocolViolation(`invalid message type ${describeCode(code)}`, buf.subarray(0, offset))
+      }
       if (length < 4 || length > options.maxLength(code)) {
-        throw new ProtocolViolation(`invalid length ${length} for message type ${describeCode(code)}`)
+        throw new ProtocolViolation(
+          `invalid length ${length} for message type ${describeCode(code)}`,
+          buf.subarray(0, offset),
+        )
       }
       const total = 1 + length
       const available = buf.length - offset

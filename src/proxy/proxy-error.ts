@@ -37,14 +37,23 @@ export class UpstreamRefusedError extends ProxyError {
   readonly upstreamFields: ErrorFields
 
   constructor(upstreamFields: ErrorFields, hint?: string) {
-    const sqlState = upstreamFields.get('C') ?? 'XX000'
+    // A server that omits the SQLSTATE broke the protocol; never assume the field exists.
+    const sqlState = upstreamFields.get('C') ?? '08P01'
     super('upstream_refused', {
       sqlState,
       message: upstreamFields.get('M') ?? 'the upstream server refused the connection without a message',
       hint,
     })
     this.upstreamFields = new Map(upstreamFields)
-    if (!this.upstreamFields.has('C')) this.upstreamFields.set('C', sqlState)
+    // Every client expects severity, SQLSTATE and message; fill what a broken server left out.
+    for (const [code, value] of [
+      ['S', 'FATAL'],
+      ['V', 'FATAL'],
+      ['C', sqlState],
+      ['M', this.clientError.message],
+    ] as const) {
+      if (!this.upstreamFields.has(code)) this.upstreamFields.set(code, value)
+    }
     if (hint !== undefined) this.upstreamFields.set('H', hint)
   }
 

@@ -146,6 +146,8 @@ export class Relay {
         out = framer.push(chunk)
       } catch (err) {
         if (!(err instanceof ProtocolViolation)) throw err
+        // Whole messages before the bad header still go through, so anything written next lands on a boundary.
+        if (err.forwardable.length > 0) to.write(err.forwardable)
         this.violation(side, err)
         return
       }
@@ -163,7 +165,9 @@ export class Relay {
   private violation(side: 'client' | 'upstream', err: ProtocolViolation): void {
     const { client } = this.options
     if (side === 'client') {
-      client.write(encodeErrorResponse(errorFields({ severity: 'FATAL', sqlState: '08P01', message: err.message })))
+      if (!this.upstreamFramer.isMidMessage) {
+        client.write(encodeErrorResponse(errorFields({ severity: 'FATAL', sqlState: '08P01', message: err.message })))
+      }
       this.finish('client_protocol_violation', err.message)
     } else {
       client.write(
@@ -187,6 +191,11 @@ export class Relay {
     }
     if (this.upstreamSentFatal !== undefined) {
       this.finish('upstream_fatal', this.upstreamSentFatal)
+      return
+    }
+    // After the client's Terminate the upstream closing is the expected end: nothing more to say.
+    if (this.clientSentTerminate) {
+      this.finish('client_terminated')
       return
     }
     // The upstream vanished without a word: tell the client, unless that would land mid-message.

@@ -2,7 +2,7 @@ import type { Socket } from 'node:net'
 import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import { serialize } from 'pg-protocol'
 import { decodeErrorFields, type ErrorFields } from '../pgwire/backend-messages.js'
-import { AuthCode, BackendCode, type TransactionStatus } from '../pgwire/codes.js'
+import { AuthCode, BackendCode, MAX_STARTUP_PACKET_BODY, type TransactionStatus } from '../pgwire/codes.js'
 import { encodeStartupMessage } from '../pgwire/frontend-messages.js'
 import { md5PasswordResponse } from '../pgwire/md5-password.js'
 import { ConnectionClosedError, FramingError, MessageReader, describeCode } from '../pgwire/message-reader.js'
@@ -53,12 +53,21 @@ export class UpstreamConnector {
 
   async connect(parameters: readonly StartupParameter[], credential: DbCredential): Promise<UpstreamSession> {
     const { endpoint } = this
+    const startup = encodeStartupMessage(parameters)
+    if (startup.length - 4 > MAX_STARTUP_PACKET_BODY) {
+      // The server would close without a word; say why instead.
+      throw new ProxyError('startup_packet_too_long', {
+        sqlState: '54000',
+        message: `pg-vault-proxy: the upstream startup packet would be ${startup.length - 4} bytes, over PostgreSQL's limit of ${MAX_STARTUP_PACKET_BODY}, once the login user and owner role are added`,
+        hint: 'Send fewer or shorter startup parameters (options, application_name, ...).',
+      })
+    }
     try {
-      return await this.attempt(parameters, credential, endpoint.triesTlsFirst)
+      return await this.attempt(startup, credential, endpoint.triesTlsFirst)
     } catch (err) {
       // libpq's sslmode=allow: plaintext first, and one TLS attempt if the server refused it.
       if (endpoint.retriesWithTls && err instanceof UpstreamRefusedError) {
-        return this.attempt(parameters, credential, true)
+        return this.attempt(startup, credential, true)
       }
       throw err
     }
@@ -83,11 +92,7 @@ export class UpstreamConnector {
     }
   }
 
-  private async attempt(
-    parameters: readonly StartupParameter[],
-    credential: DbCredential,
-    useTls: boolean,
-  ): Promise<UpstreamSession> {
+  private async attempt(startup: Buffer, credential: DbCredential, useTls: boolean): Promise<UpstreamSession> {
     const signal = AbortSignal.timeout(this.options.connectTimeoutMs)
     let socket = await this.endpoint.dial(signal)
     const onAbort = (): void => void socket.destroy()
@@ -95,7 +100,7 @@ export class UpstreamConnector {
     const reader = new MessageReader(socket)
     try {
       if (useTls) socket = await this.negotiateTls(socket, reader)
-      socket.write(encodeStartupMessage(parameters))
+      socket.write(startup)
       const session = await this.login(socket, reader, credential)
       return session
     } catch (err) {
