@@ -429,7 +429,7 @@ void t.test('startup parameters: replication refused, GUCs forwarded, upstream e
   t.ok(closed, 'unknown GUC: closed')
 
   // Within PostgreSQL's limit from the client, over it once the proxy adds the login user and role.
-  const big = await exchange(proxy.port, [startup({ application_name: 'a'.repeat(9_900) })])
+  const big = await exchange(proxy.port, [startup({ application_name: 'a'.repeat(9_940) })])
   const tooLong = onlyFatal(t, big.messages)
   t.equal(tooLong.C, '54000', 'oversized upstream startup packet: SQLSTATE')
   t.match(tooLong.M, /over PostgreSQL's limit of 10000/, 'oversized upstream startup packet: says why')
