@@ -53,6 +53,32 @@ export const configSchema = z
         connect_timeout_ms: positiveMs.default(10_000),
       })
       .strict(),
+    vault: z
+      .object({
+        address: z.string().url().optional(),
+        namespace: z.string().min(1).optional(),
+        ca_cert: z.string().min(1).optional(),
+        client_cert: z.string().min(1).optional(),
+        client_key: z.string().min(1).optional(),
+        skip_verify: z.boolean().default(false),
+        timeout_ms: positiveMs.default(10_000),
+        auth: z
+          .object({
+            method: z.enum(['token', 'approle', 'kubernetes', 'jwt']).default('token'),
+            token: z.string().min(1).optional(),
+            token_file: z.string().min(1).optional(),
+            role_id: z.string().min(1).optional(),
+            secret_id: z.string().min(1).optional(),
+            secret_id_file: z.string().min(1).optional(),
+            role: z.string().min(1).optional(),
+            jwt_file: z.string().min(1).optional(),
+            mount: z.string().min(1).optional(),
+          })
+          .strict()
+          .default({ method: 'token' }),
+      })
+      .strict()
+      .optional(),
     credentials: z
       .object({
         static: z
@@ -63,6 +89,23 @@ export const configSchema = z
           })
           .strict()
           .optional(),
+        vault: z
+          .object({
+            mount: z.string().min(1).default('database'),
+            role: z.string().min(1).optional(),
+            static_role: z.string().min(1).optional(),
+          })
+          .strict()
+          .optional(),
+        kv: z
+          .object({
+            mount: z.string().min(1).default('secret'),
+            path: z.string().min(1),
+            refresh_seconds: z.number().int().positive().default(60),
+          })
+          .strict()
+          .optional(),
+        revoke_on_shutdown: z.boolean().default(true),
       })
       .strict(),
     log: z

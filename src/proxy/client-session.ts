@@ -92,9 +92,15 @@ export class ClientSession {
       if (startup.stripped.length > 0)
         this.log.debug({ stripped: startup.stripped }, 'removed client startup parameters the proxy owns')
       const upstream = await this.loginUpstream(startup)
-      this.startRelay(upstream, startup, packet.minorVersion, reader.detach())
-      const result = await (this.relay as Relay).done
-      this.logEnd(result)
+      // Held until the session ends, so a lease is never revoked under a running session.
+      const release = this.context.credentials.use(upstream.credential)
+      try {
+        this.startRelay(upstream, startup, packet.minorVersion, reader.detach())
+        const result = await (this.relay as Relay).done
+        this.logEnd(result, upstream.credential)
+      } finally {
+        release()
+      }
     } catch (err) {
       clearTimeout(timer)
       this.refuse(err)
@@ -224,8 +230,16 @@ export class ClientSession {
     )
   }
 
-  private logEnd(result: RelayResult): void {
-    this.log.info({ ...result, durationMs: Date.now() - this.startedAt }, 'session ended')
+  private logEnd(result: RelayResult, credential: DbCredential): void {
+    this.log.info(
+      {
+        ...result,
+        upstreamUser: credential.username,
+        credential: credential.origin,
+        durationMs: Date.now() - this.startedAt,
+      },
+      'session ended',
+    )
   }
 }
 

@@ -1,14 +1,21 @@
 import type { Logger } from 'pino'
+import { resolveVaultSettings } from '../config/vault-settings.js'
 import type { Config } from '../config/load-config.js'
 import { ScramKeyCache } from '../pgwire/scram-client.js'
-import { StaticCredentialSource } from '../vault/static-source.js'
 import type { CredentialSource } from '../vault/credential-source.js'
+import { DynamicCredentialSource } from '../vault/dynamic-source.js'
+import { KvCredentialSource } from '../vault/kv-source.js'
+import { StaticCredentialSource } from '../vault/static-source.js'
+import { StaticRoleCredentialSource } from '../vault/static-role-source.js'
+import { VaultAuthenticator } from '../vault/vault-authenticator.js'
+import { VaultClient } from '../vault/vault-client.js'
+import { VaultSession } from '../vault/vault-session.js'
 import { ProxyServer } from './proxy-server.js'
 import { UpstreamConnector } from './upstream-connector.js'
 import { UpstreamEndpoint } from './upstream-endpoint.js'
 
 /** Composition root: turns a validated Config into a ready-to-start ProxyServer. */
-export function createProxyServer(config: Config, logger: Logger): ProxyServer {
+export function createProxyServer(config: Config, logger: Logger, env: NodeJS.ProcessEnv = process.env): ProxyServer {
   const { upstream } = config
   const endpoint = new UpstreamEndpoint(upstream)
   const connector = new UpstreamConnector(
@@ -32,22 +39,45 @@ export function createProxyServer(config: Config, logger: Logger): ProxyServer {
       startupTimeoutMs: config.startup_timeout_ms,
     },
     connector,
-    credentials: createCredentialSource(config, logger),
+    credentials: createCredentialSource(config, logger, env),
     logger,
   })
 }
 
-function createCredentialSource(config: Config, logger: Logger): CredentialSource {
-  const source = config.credentials.static
-  if (!source) throw new Error('credentials: no credential source configured')
-  if (source.password !== undefined) {
-    logger.warn(
-      'credentials.static.password is written inline in the config file; prefer credentials.static.password_file',
-    )
+function createCredentialSource(config: Config, logger: Logger, env: NodeJS.ProcessEnv): CredentialSource {
+  const { static: fixed, vault, kv, revoke_on_shutdown } = config.credentials
+  if (fixed) {
+    if (fixed.password !== undefined) {
+      logger.warn(
+        'credentials.static.password is written inline in the config file; prefer credentials.static.password_file',
+      )
+    }
+    return new StaticCredentialSource({
+      username: fixed.username,
+      password: fixed.password,
+      passwordFile: fixed.password_file,
+    })
   }
-  return new StaticCredentialSource({
-    username: source.username,
-    password: source.password,
-    passwordFile: source.password_file,
-  })
+  const settings = resolveVaultSettings(config, env)
+  const log = logger.child({ component: 'vault' })
+  if (settings.client.skipVerify)
+    log.warn(
+      { address: settings.client.address },
+      'TLS verification of Vault is OFF (vault.skip_verify / VAULT_SKIP_VERIFY): anyone on the path can impersonate Vault',
+    )
+  if (config.vault?.auth.token || config.vault?.auth.secret_id)
+    log.warn(
+      'a Vault secret is written inline in the config file; prefer vault.auth.token_file or vault.auth.secret_id_file',
+    )
+  const client = new VaultClient(settings.client)
+  const session = new VaultSession(client, new VaultAuthenticator(client, settings.auth, log), log)
+  if (vault?.role)
+    return new DynamicCredentialSource(session, {
+      mount: vault.mount,
+      role: vault.role,
+      revokeOnShutdown: revoke_on_shutdown,
+    })
+  if (vault?.static_role) return new StaticRoleCredentialSource(session, vault.mount, vault.static_role)
+  if (kv) return new KvCredentialSource(session, { mount: kv.mount, path: kv.path, refreshSeconds: kv.refresh_seconds })
+  throw new Error('credentials: no credential source configured')
 }

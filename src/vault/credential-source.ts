@@ -18,5 +18,11 @@ export interface CredentialSource {
    * Returns true when a retry may succeed (something was refreshed), false when it cannot.
    */
   invalidate(credential: DbCredential): Promise<boolean>
+  /**
+   * A session logged in with `credential` and runs on it until the returned function is called;
+   * sources that hold leases revoke the ones no session uses any more.
+   */
+  use(credential: DbCredential): () => void
+  /** Stops timers; sources that hold leases revoke them (unless configured not to). */
   close(): Promise<void>
 }

@@ -36,6 +36,10 @@ export class StaticCredentialSource implements CredentialSource {
     return after !== undefined && after !== before
   }
 
+  use(): () => void {
+    return () => undefined
+  }
+
   async close(): Promise<void> {
     this.cached = undefined
     return Promise.resolve()

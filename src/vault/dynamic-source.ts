@@ -1,0 +1,220 @@
+import type { Logger } from 'pino'
+import type { CredentialSource, DbCredential } from './credential-source.js'
+import { RefusalBackoff } from './refusal-backoff.js'
+import { credentialUnavailable, type VaultSession } from './vault-session.js'
+import type { VaultSecret } from './vault-client.js'
+
+export interface DynamicSourceOptions {
+  mount: string
+  role: string
+  /** Revoke every lease at shutdown (default true): no login user outlives the proxy. */
+  revokeOnShutdown: boolean
+}
+
+/** One Vault lease and the sessions running on it. */
+interface Lease {
+  credential: DbCredential
+  leaseId: string
+  /** Requested TTL for renewals: the lease's original duration. */
+  ttlSeconds: number
+  expiresAt: number
+  renewable: boolean
+  sessions: number
+  retired: boolean
+  timer?: NodeJS.Timeout | undefined
+}
+
+const RENEW_AT = 2 / 3 // renew renewable leases at 2/3 of their TTL (Vault Agent's rule)
+const REFETCH_AT = 0.85 // fetch the next credential at 85% of a lease that cannot be renewed further
+/** A credential this close to its end is not handed to a new session. */
+const MIN_REMAINING_MS = 2_000
+
+/**
+ * Credentials from Vault's database secrets engine (`<mount>/creds/<role>`). One lease serves every
+ * session; concurrent demands for a new one make exactly one Vault call. Leases are renewed at 2/3
+ * of their TTL; once renewal is capped by max_ttl or refused, the next credential is fetched early
+ * enough that no new session meets an expired one. Retired leases are revoked as soon as no session
+ * uses them, and all leases at shutdown.
+ */
+export class DynamicCredentialSource implements CredentialSource {
+  private current: Lease | undefined
+  private fetching: Promise<Lease> | undefined
+  private readonly leases = new Map<string, Lease>()
+  private readonly backoff = new RefusalBackoff()
+  private readonly log: Logger
+  private closed = false
+
+  constructor(
+    private readonly vault: VaultSession,
+    private readonly options: DynamicSourceOptions,
+  ) {
+    this.log = vault.log.child({ source: `${options.mount}/creds/${options.role}` })
+  }
+
+  private get path(): string {
+    return `${this.options.mount}/creds/${this.options.role}`
+  }
+
+  async get(): Promise<DbCredential> {
+    const current = this.current
+    if (current && current.expiresAt - Date.now() > MIN_REMAINING_MS) return current.credential
+    try {
+      return (await this.fetch()).credential
+    } catch (err) {
+      // Vault is down: a credential that has not yet expired keeps serving.
+      if (current && current.expiresAt > Date.now()) return current.credential
+      throw credentialUnavailable(err, this.vault.client.address)
+    }
+  }
+
+  invalidate(credential: DbCredential): Promise<boolean> {
+    const lease = this.current
+    if (!lease || lease.credential !== credential) return Promise.resolve(true) // already replaced: retry with the new one
+    if (!this.backoff.allow()) {
+      this.log.warn(
+        { leaseId: lease.leaseId, retryInMs: this.backoff.remainingMs },
+        'upstream keeps refusing fresh credentials; backing off',
+      )
+      return Promise.resolve(false)
+    }
+    this.log.warn(
+      { leaseId: lease.leaseId, user: credential.username },
+      'upstream refused the credential; fetching a new one',
+    )
+    this.retire(lease)
+    return Promise.resolve(true)
+  }
+
+  use(credential: DbCredential): () => void {
+    const lease = [...this.leases.values()].find((l) => l.credential === credential)
+    if (!lease) return () => undefined
+    lease.sessions++
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      lease.sessions--
+      if (lease.retired && lease.sessions === 0) void this.revoke(lease)
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    for (const lease of this.leases.values()) clearTimeout(lease.timer)
+    if (this.options.revokeOnShutdown) await Promise.all([...this.leases.values()].map((lease) => this.revoke(lease)))
+    this.vault.stop()
+  }
+
+  /** Single flight: every caller waiting for a new credential shares one Vault request. */
+  private fetch(): Promise<Lease> {
+    this.fetching ??= this.issue().finally(() => (this.fetching = undefined))
+    return this.fetching
+  }
+
+  private async issue(): Promise<Lease> {
+    const secret = await this.vault.call(this.path, (client) => client.read(this.path))
+    const lease = this.leaseOf(secret)
+    const previous = this.current
+    this.current = lease
+    this.leases.set(lease.leaseId, lease)
+    this.log.info(
+      {
+        leaseId: lease.leaseId,
+        user: lease.credential.username,
+        ttlSeconds: secret.leaseDurationSeconds,
+        renewable: lease.renewable,
+      },
+      'issued a database credential',
+    )
+    if (previous) this.retire(previous)
+    this.schedule(lease, secret.leaseDurationSeconds)
+    return lease
+  }
+
+  private leaseOf(secret: VaultSecret): Lease {
+    const { username, password } = secret.data
+    if (typeof username !== 'string' || typeof password !== 'string' || secret.leaseId === '') {
+      throw new Error(`Vault's answer for ${this.path} has no username, password and lease`)
+    }
+    return {
+      credential: { username, password, origin: `Vault lease ${secret.leaseId}` },
+      leaseId: secret.leaseId,
+      ttlSeconds: secret.leaseDurationSeconds,
+      expiresAt: Date.now() + secret.leaseDurationSeconds * 1000,
+      renewable: secret.renewable,
+      sessions: 0,
+      retired: false,
+    }
+  }
+
+  /** Plans the lease's next step: a renewal at 2/3 of the TTL, or the next credential at 85%. */
+  private schedule(lease: Lease, ttlSeconds: number): void {
+    if (this.closed || lease.retired) return
+    clearTimeout(lease.timer)
+    const ttlMs = ttlSeconds * 1000
+    const canRenew = lease.renewable && ttlSeconds >= lease.ttlSeconds
+    const delay = canRenew ? ttlMs * RENEW_AT : Math.min(ttlMs * REFETCH_AT, ttlMs - MIN_REMAINING_MS * 1.5)
+    lease.timer = setTimeout(() => void (canRenew ? this.renew(lease) : this.replace(lease)), Math.max(0, delay))
+    lease.timer.unref()
+  }
+
+  private async renew(lease: Lease): Promise<void> {
+    try {
+      const secret = await this.vault.call('sys/leases/renew', (client) =>
+        client.renewLease(lease.leaseId, lease.ttlSeconds),
+      )
+      lease.expiresAt = Date.now() + secret.leaseDurationSeconds * 1000
+      const capped = secret.leaseDurationSeconds < lease.ttlSeconds
+      this.log.info(
+        { leaseId: lease.leaseId, ttlSeconds: secret.leaseDurationSeconds, capped, warnings: secret.warnings },
+        'renewed a lease',
+      )
+      this.schedule(lease, secret.leaseDurationSeconds)
+    } catch (err) {
+      this.log.warn(
+        { leaseId: lease.leaseId, err: (err as Error).message },
+        'lease renewal refused; fetching the next credential',
+      )
+      await this.replace(lease)
+    }
+  }
+
+  /** Fetches the next credential before `lease` ends; retries while the old one still has time. */
+  private async replace(lease: Lease): Promise<void> {
+    if (this.closed || lease !== this.current) return
+    try {
+      await this.fetch()
+    } catch (err) {
+      const remaining = lease.expiresAt - Date.now()
+      this.log.error(
+        { leaseId: lease.leaseId, remainingMs: remaining, err: (err as Error).message },
+        'could not fetch the next credential',
+      )
+      if (remaining > 0) {
+        lease.timer = setTimeout(() => void this.replace(lease), Math.min(5_000, Math.max(250, remaining / 4)))
+        lease.timer.unref()
+      }
+    }
+  }
+
+  private retire(lease: Lease): void {
+    lease.retired = true
+    clearTimeout(lease.timer)
+    if (this.current === lease) this.current = undefined
+    if (lease.sessions === 0) void this.revoke(lease)
+  }
+
+  private async revoke(lease: Lease): Promise<void> {
+    if (!this.leases.delete(lease.leaseId)) return
+    clearTimeout(lease.timer)
+    try {
+      await this.vault.call('sys/leases/revoke', (client) => client.revokeLease(lease.leaseId))
+      this.log.info({ leaseId: lease.leaseId }, 'revoked a lease')
+    } catch (err) {
+      this.log.warn(
+        { leaseId: lease.leaseId, err: (err as Error).message },
+        'could not revoke a lease; Vault revokes it at expiry',
+      )
+    }
+  }
+}
