@@ -118,18 +118,47 @@ export const configSchema = z
   .strict()
   .superRefine((config, ctx) => {
     const { upstream, credentials } = config
-    if (!credentials.static) {
+    const sources = (['static', 'vault', 'kv'] as const).filter((k) => credentials[k] !== undefined)
+    if (sources.length !== 1) {
       ctx.addIssue({
         code: 'custom',
         path: ['credentials'],
-        message: 'set credentials.static (username and password_file)',
+        message: `set exactly one credential source: credentials.vault (role or static_role), credentials.kv or credentials.static${sources.length > 1 ? ` (found ${sources.join(', ')})` : ''}`,
       })
-    } else if ((credentials.static.password === undefined) === (credentials.static.password_file === undefined)) {
+    }
+    if (
+      credentials.static &&
+      (credentials.static.password === undefined) === (credentials.static.password_file === undefined)
+    ) {
       ctx.addIssue({
         code: 'custom',
         path: ['credentials', 'static', 'password_file'],
         message: 'set exactly one of credentials.static.password_file or credentials.static.password',
       })
+    }
+    if (credentials.vault && (credentials.vault.role === undefined) === (credentials.vault.static_role === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['credentials', 'vault', 'role'],
+        message: 'set exactly one of credentials.vault.role (dynamic) or credentials.vault.static_role',
+      })
+    }
+    const auth = config.vault?.auth
+    if (auth) {
+      const needs = (key: keyof typeof auth, why: string): void => {
+        if (auth[key] === undefined) ctx.addIssue({ code: 'custom', path: ['vault', 'auth', key], message: why })
+      }
+      if (auth.method === 'approle') needs('role_id', 'required by vault.auth.method approle')
+      if (auth.method === 'kubernetes' || auth.method === 'jwt')
+        needs('role', `required by vault.auth.method ${auth.method}`)
+      if (auth.method === 'jwt') needs('jwt_file', 'required by vault.auth.method jwt')
+      if (auth.token && auth.token_file) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['vault', 'auth', 'token_file'],
+          message: 'set vault.auth.token or vault.auth.token_file, not both',
+        })
+      }
     }
     if ((upstream.sslmode === 'verify-ca' || upstream.sslmode === 'verify-full') && !upstream.sslrootcert) {
       ctx.addIssue({
