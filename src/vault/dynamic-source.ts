@@ -26,8 +26,13 @@ interface Lease {
 
 const RENEW_AT = 2 / 3 // renew renewable leases at 2/3 of their TTL (Vault Agent's rule)
 const REFETCH_AT = 0.85 // fetch the next credential at 85% of a lease that cannot be renewed further
-/** A credential this close to its end is not handed to a new session. */
-const MIN_REMAINING_MS = 2_000
+/**
+ * A credential this close to its end is not handed to a new session: 2 s, or a quarter of the
+ * lease for very short leases (which are renewed long before).
+ */
+function minRemainingMs(lease: Lease): number {
+  return Math.min(2_000, lease.ttlSeconds * 250)
+}
 
 /**
  * Credentials from Vault's database secrets engine (`<mount>/creds/<role>`). One lease serves every
@@ -57,7 +62,7 @@ export class DynamicCredentialSource implements CredentialSource {
 
   async get(): Promise<DbCredential> {
     const current = this.current
-    if (current && current.expiresAt - Date.now() > MIN_REMAINING_MS) return current.credential
+    if (current && current.expiresAt - Date.now() > minRemainingMs(current)) return current.credential
     try {
       return (await this.fetch()).credential
     } catch (err) {
@@ -153,7 +158,7 @@ export class DynamicCredentialSource implements CredentialSource {
     clearTimeout(lease.timer)
     const ttlMs = ttlSeconds * 1000
     const canRenew = lease.renewable && ttlSeconds >= lease.ttlSeconds
-    const delay = canRenew ? ttlMs * RENEW_AT : Math.min(ttlMs * REFETCH_AT, ttlMs - MIN_REMAINING_MS * 1.5)
+    const delay = canRenew ? ttlMs * RENEW_AT : Math.min(ttlMs * REFETCH_AT, ttlMs - minRemainingMs(lease) * 1.5)
     lease.timer = setTimeout(() => void (canRenew ? this.renew(lease) : this.replace(lease)), Math.max(0, delay))
     lease.timer.unref()
   }

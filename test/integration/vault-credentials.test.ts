@@ -1,0 +1,130 @@
+import pg from 'pg'
+import t from 'tap'
+import { clusterFor } from '../support/pg-cluster.js'
+import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
+import { eventually, vaultFor } from '../support/vault-target.js'
+
+// The proxy with credentials from the (dev) Vault: dynamic, static and KV sources, lease lifecycle.
+const cluster = await clusterFor(t)
+const vault = await vaultFor(t, cluster)
+const db = await vault.database()
+
+// A child token, so "never logged" is checked against a real token string.
+const child = await vault.call('POST', 'auth/token/create', { policies: ['root'] })
+const token = (child.json as { auth: { client_token: string } }).auth.client_token
+const viaToken = { address: vault.address, auth: { method: 'token', token } }
+const who = async (proxy: RunningProxy): Promise<{ current: string; session: string }> => {
+  const client = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'app', database: cluster.database })
+  await client.connect()
+  try {
+    return (
+      await client.query<{ current: string; session: string }>(
+        'select current_user as current, session_user as session',
+      )
+    ).rows[0]!
+  } finally {
+    await client.end()
+  }
+}
+const vaultUsers = async (): Promise<string[]> =>
+  (await cluster.query<{ rolname: string }>("select rolname from pg_roles where rolname like 'v-%' order by 1")).map(
+    (r) => r.rolname,
+  )
+
+void t.test('dynamic credentials: one shared lease, sessions act as the owner, revoked at shutdown', async (t) => {
+  await db.createDynamicRole({ name: 'app', defaultTtl: 60, maxTtl: 120 })
+  const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { role: 'app' } } })
+  const results = await Promise.all(Array.from({ length: 6 }, () => who(proxy)))
+  for (const r of results) t.equal(r.current, 'app_owner')
+  t.match(results[0]?.session, /^v-/, 'session_user is a Vault-issued user')
+  t.equal(new Set(results.map((r) => r.session)).size, 1, 'six concurrent clients shared one credential')
+  t.same(await vaultUsers(), [results[0]?.session], 'exactly one Vault call made exactly one user')
+  t.ok(
+    proxy.logs.some(
+      (l) =>
+        l.msg === 'issued a database credential' &&
+        typeof l.leaseId === 'string' &&
+        String(l.leaseId).startsWith(`${db.mount}/creds/app/`),
+    ),
+  )
+  t.notMatch(proxy.logText(), token, 'the Vault token is never logged')
+  await proxy.stop()
+  t.ok(await eventually(5, async () => (await vaultUsers()).length === 0), 'no v- role left after shutdown')
+})
+
+void t.test(
+  'leases renew, then rotate before max_ttl with zero failed connections across several lifetimes',
+  async (t) => {
+    await db.createDynamicRole({ name: 'short', defaultTtl: 3, maxTtl: 6 })
+    const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { role: 'short' } } })
+    const seen = new Set<string>()
+    let failures = 0
+    let connections = 0
+    const until = Date.now() + 16_000
+    while (Date.now() < until) {
+      try {
+        const r = await who(proxy)
+        seen.add(r.session)
+        if (r.current !== 'app_owner') failures++
+      } catch (err) {
+        failures++
+        t.comment(`connection failed: ${(err as Error).message}`)
+      }
+      connections++
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    t.equal(failures, 0, `0 of ${connections} connections failed`)
+    t.ok(seen.size >= 2, `${seen.size} credentials used over 16 s of 6 s max_ttl leases`)
+    t.ok(
+      proxy.logs.some((l) => l.msg === 'renewed a lease'),
+      'leases were renewed',
+    )
+    t.ok(
+      proxy.logs.some((l) => l.msg === 'renewed a lease' && l.capped === true),
+      'a renewal was capped by max_ttl',
+    )
+    t.ok(await eventually(10, async () => (await vaultUsers()).length <= 1), 'replaced leases were revoked once unused')
+  },
+)
+
+void t.test('a lease revoked behind the proxy: the next client still gets in (refresh and retry)', async (t) => {
+  await db.createDynamicRole({ name: 'revoked', defaultTtl: 60, maxTtl: 120 })
+  const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { role: 'revoked' } } })
+  const first = await who(proxy)
+  const leaseId = proxy.logs.find((l) => l.msg === 'issued a database credential')?.leaseId as string
+  await vault.call('PUT', 'sys/leases/revoke', { lease_id: leaseId })
+  t.ok(await eventually(5, async () => !(await vaultUsers()).includes(first.session)), 'the role is gone')
+  const second = await who(proxy)
+  t.equal(second.current, 'app_owner')
+  t.not(second.session, first.session, 'a fresh credential')
+  t.ok(proxy.logs.some((l) => l.msg === 'upstream refused the credential; fetching a new one'))
+})
+
+void t.test('static role: rotation is picked up', async (t) => {
+  await cluster.query(`create role app_static login in role ${cluster.ownerRole}`)
+  await db.createStaticRole('static', 'app_static', 3600)
+  const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { static_role: 'static' } } })
+  t.same(await who(proxy), { current: 'app_owner', session: 'app_static' })
+  const before = await vault.call('GET', `${db.mount}/static-creds/static`)
+  await vault.call('POST', `${db.mount}/rotate-role/static`, {})
+  const after = await vault.call('GET', `${db.mount}/static-creds/static`)
+  t.not(
+    (after.json as { data: { password: string } }).data.password,
+    (before.json as { data: { password: string } }).data.password,
+    'Vault rotated the password',
+  )
+  t.same(await who(proxy), { current: 'app_owner', session: 'app_static' }, 'the proxy logs in with the new password')
+})
+
+void t.test('KV v2 source: username and password from a secret, a rotated password picked up', async (t) => {
+  const secretPath = vault.name('db-app')
+  const password1 = 'kv-password-one'
+  await cluster.query(`create role kv_user login password '${password1}' in role ${cluster.ownerRole}`)
+  await vault.call('POST', `secret/data/${secretPath}`, { data: { username: 'kv_user', password: password1 } })
+  const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { kv: { path: secretPath } } })
+  t.same(await who(proxy), { current: 'app_owner', session: 'kv_user' })
+  await cluster.query(`alter role kv_user password 'kv-password-two'`)
+  await vault.call('POST', `secret/data/${secretPath}`, { data: { username: 'kv_user', password: 'kv-password-two' } })
+  t.same(await who(proxy), { current: 'app_owner', session: 'kv_user' }, 'refused once, re-read, retried')
+  t.notMatch(proxy.logText(), 'kv-password')
+})
