@@ -92,8 +92,8 @@ export class ClientSession {
       if (startup.stripped.length > 0)
         this.log.debug({ stripped: startup.stripped }, 'removed client startup parameters the proxy owns')
       const upstream = await this.loginUpstream(startup)
-      // Held until the session ends, so a lease is never revoked under a running session.
-      const release = this.context.credentials.use(upstream.credential)
+      // The credential stays held until the session ends, so its lease is never revoked under it.
+      const { release } = upstream
       try {
         this.startRelay(upstream, startup, packet.minorVersion, reader.detach())
         const result = await (this.relay as Relay).done
@@ -115,21 +115,40 @@ export class ClientSession {
     else this.socket.destroy()
   }
 
-  private async loginUpstream(startup: ClientStartup): Promise<{ session: UpstreamSession; credential: DbCredential }> {
-    const { credentials, connector } = this.context
-    let credential = await credentials.get()
+  /**
+   * Logs in upstream. The credential is held (`use`) from the moment it is handed out, so a lease
+   * cannot be revoked while this session is still logging in with it; the caller releases it.
+   */
+  private async loginUpstream(
+    startup: ClientStartup,
+  ): Promise<{ session: UpstreamSession; credential: DbCredential; release: () => void }> {
+    const { credentials } = this.context
+    const credential = await credentials.get()
     try {
-      return { session: await connector.connect(this.upstreamParameters(startup, credential), credential), credential }
+      return await this.connectWith(startup, credential)
     } catch (err) {
-      // A refused credential may have been rotated: one fresh credential, one retry.
+      // A refused credential may have been rotated or revoked: one fresh credential, one retry.
       if (!(err instanceof UpstreamRefusedError) || !['28P01', '28000'].includes(err.sqlState)) throw err
       this.log.warn(
         { user: credential.username, origin: credential.origin, sqlState: err.sqlState },
         'upstream refused the credential',
       )
       if (!(await credentials.invalidate(credential))) throw err
-      credential = await credentials.get()
-      return { session: await connector.connect(this.upstreamParameters(startup, credential), credential), credential }
+      return this.connectWith(startup, await credentials.get())
+    }
+  }
+
+  private async connectWith(
+    startup: ClientStartup,
+    credential: DbCredential,
+  ): Promise<{ session: UpstreamSession; credential: DbCredential; release: () => void }> {
+    const release = this.context.credentials.use(credential)
+    try {
+      const session = await this.context.connector.connect(this.upstreamParameters(startup, credential), credential)
+      return { session, credential, release }
+    } catch (err) {
+      release()
+      throw err
     }
   }
 

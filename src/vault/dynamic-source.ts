@@ -54,6 +54,10 @@ export class DynamicCredentialSource implements CredentialSource {
     private readonly options: DynamicSourceOptions,
   ) {
     this.log = vault.log.child({ source: `${options.mount}/creds/${options.role}` })
+    // Leases die with the token that created them: after a new login, move to a lease of the new token.
+    vault.auth.onNewToken(() => {
+      if (this.current) void this.replace(this.current)
+    })
   }
 
   private get path(): string {

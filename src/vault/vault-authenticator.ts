@@ -30,6 +30,8 @@ export class VaultAuthenticator {
   private timer: NodeJS.Timeout | undefined
   private tokenFileStamp = ''
   private stopped = false
+  private hasLoggedIn = false
+  private readonly tokenListeners: Array<() => void> = []
 
   constructor(
     private readonly client: VaultClient,
@@ -74,6 +76,14 @@ export class VaultAuthenticator {
     clearTimeout(this.timer)
   }
 
+  /**
+   * Called after a login replaced an earlier token. Vault revokes a token's leases when the token
+   * expires, so credentials issued under the old token must be replaced before then.
+   */
+  onNewToken(listener: () => void): void {
+    this.tokenListeners.push(listener)
+  }
+
   private async login(): Promise<void> {
     this.loggingIn ??= this.doLogin().finally(() => (this.loggingIn = undefined))
     return this.loggingIn
@@ -98,6 +108,8 @@ export class VaultAuthenticator {
     }
     this.client.token = auth.clientToken
     this.accept(auth, 'logged in to Vault')
+    if (this.hasLoggedIn) for (const listener of this.tokenListeners) listener()
+    this.hasLoggedIn = true
   }
 
   private accept(auth: VaultAuth, message: string): void {
