@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process'
 import pg from 'pg'
 import t from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
@@ -84,6 +85,32 @@ void t.test(
       'a renewal was capped by max_ttl',
     )
     t.ok(await eventually(10, async () => (await vaultUsers()).length <= 1), 'replaced leases were revoked once unused')
+  },
+)
+
+void t.test(
+  'pgbench reconnecting for every transaction and psql, across several lease lifetimes, without a failure',
+  async (t) => {
+    await db.createDynamicRole({ name: 'bench', defaultTtl: 3, maxTtl: 6 })
+    const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { role: 'bench' } } })
+    const run = (cmd: string, args: string[]): Promise<{ code: number | null; out: string }> =>
+      new Promise((resolve) => {
+        const child = spawn(cmd, args)
+        let out = ''
+        child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+        child.stderr.on('data', (d: Buffer) => (out += d.toString()))
+        child.on('close', (code) => resolve({ code, out }))
+      })
+    const target = ['-h', '127.0.0.1', '-p', String(proxy.port), '-U', 'app']
+    const script = `${proxy.socketDir}/select.sql`
+    await import('node:fs/promises').then((fs) => fs.writeFile(script, 'select current_user;\n'))
+    const bench = await run('pgbench', [...target, '-n', '-C', '-c', '2', '-T', '14', '-f', script, cluster.database])
+    t.equal(bench.code, 0, 'pgbench succeeded')
+    t.match(bench.out, /number of failed transactions: 0 /)
+    const issued = proxy.logs.filter((l) => l.msg === 'issued a database credential').length
+    t.ok(issued >= 2, `${issued} credentials issued during the run`)
+    const psql = await run('psql', [...target, '-d', cluster.database, '-X', '-A', '-t', '-c', 'select current_user'])
+    t.equal(psql.out.trim(), 'app_owner')
   },
 )
 
