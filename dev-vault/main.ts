@@ -1,0 +1,57 @@
+/**
+ * `npm run dev-vault -- [--port 8200] [--host 127.0.0.1] [--root-token root]`: runs the dev Vault
+ * alone, like `vault server -dev`, until Ctrl-C. Everything else is configured through its HTTP
+ * API, as on a real Vault (e.g. with dev-vault/setup-database.ts).
+ */
+import { parseArgs } from 'node:util'
+import { DevVault } from './dev-vault-server.js'
+
+function usage(problem: string): never {
+  process.stderr.write(
+    `dev-vault: ${problem}\nusage: npm run dev-vault -- [--port N] [--host ADDR] [--root-token TOKEN]\n`,
+  )
+  process.exit(1)
+}
+
+let values: { port?: string; host?: string; 'root-token'?: string; help?: boolean }
+try {
+  ;({ values } = parseArgs({
+    options: {
+      port: { type: 'string', default: '8200' },
+      host: { type: 'string', default: '127.0.0.1' },
+      'root-token': { type: 'string', default: 'root' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  }))
+} catch (err) {
+  usage((err as Error).message)
+}
+if (values.help) usage('runs a Vault-API-compatible dev server (see docs/dev-vault.md)')
+const port = Number(values.port)
+if (!Number.isInteger(port) || port < 0 || port > 65535) usage(`--port must be a port number, not ${values.port}`)
+
+const vault = new DevVault({
+  host: values.host,
+  rootToken: values['root-token'],
+  log: (line) => process.stderr.write(`dev-vault: ${line}\n`),
+})
+try {
+  await vault.start(port)
+} catch (err) {
+  process.stderr.write(`dev-vault: cannot listen on ${values.host}:${port}: ${(err as Error).message}\n`)
+  process.exit(1)
+}
+process.stdout.write(
+  `Dev Vault (a Vault API emulator for tests and demos; in-memory, nothing persists)\n` +
+    `Api Address: ${vault.address}\n` +
+    `Root Token: ${vault.rootToken}\n\n` +
+    `    export VAULT_ADDR='${vault.address}'\n` +
+    `    export VAULT_TOKEN='${vault.rootToken}'\n\n`,
+)
+
+const exitCodes = { SIGINT: 130, SIGTERM: 143 } as const
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    void vault.stop().finally(() => process.exit(exitCodes[signal]))
+  })
+}
