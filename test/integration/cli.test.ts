@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtemp, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
@@ -10,6 +10,7 @@ import { clusterFor } from '../support/pg-cluster.js'
 // The real executable: `pg-vault-proxy run --config FILE`, run from source with tsx.
 const cluster = await clusterFor(t)
 const dir = await mkdtemp(join(tmpdir(), 'pgvp-cli-'))
+t.teardown(() => rm(dir, { recursive: true, force: true }))
 const passwordFile = join(dir, 'password')
 await writeFile(passwordFile, cluster.users.scram.password, { mode: 0o600 })
 

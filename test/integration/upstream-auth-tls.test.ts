@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { mkdtemp, readFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -119,6 +119,7 @@ void t.test(
 
     // A server certificate valid under its own CA but naming another host.
     const dir = await mkdtemp(join(tmpdir(), 'pgvp-name-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
     const ca = join(dir, 'ca'),
       srv = join(dir, 'srv')
     await exec('openssl', [

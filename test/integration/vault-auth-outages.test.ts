@@ -1,5 +1,5 @@
 import { createSign, generateKeyPairSync } from 'node:crypto'
-import { mkdtemp, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
@@ -14,6 +14,7 @@ const vault = await vaultFor(t, cluster)
 const db = await vault.database()
 await db.createDynamicRole({ name: 'app', defaultTtl: 60, maxTtl: 300 })
 const dir = await mkdtemp(join(tmpdir(), 'pgvp-auth-'))
+t.teardown(() => rm(dir, { recursive: true, force: true }))
 const policyText = [
   `path "${db.mount}/creds/app" { capabilities = ["read"] }`,
   'path "sys/leases/renew" { capabilities = ["update"] }',
