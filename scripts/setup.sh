@@ -21,4 +21,7 @@ fi
 # npm ci only when the lock file changed since the last install.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
+  # tap's runner is generated from the plugin list in package.json (tsx instead of ts-node); a fresh
+  # install ships the default one, and CI does not rebuild it on its own.
+  npx tap build
 fi
