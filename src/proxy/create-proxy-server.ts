@@ -77,7 +77,7 @@ function createCredentialSource(config: Config, logger: Logger, env: NodeJS.Proc
       role: vault.role,
       revokeOnShutdown: revoke_on_shutdown,
     })
-  if (vault?.static_role) return new StaticRoleCredentialSource(session, vault.mount, vault.static_role)
+  if (vault?.static_role) return StaticRoleCredentialSource.forRole(session, vault.mount, vault.static_role)
   if (kv) return new KvCredentialSource(session, { mount: kv.mount, path: kv.path, refreshSeconds: kv.refresh_seconds })
   throw new Error('credentials: no credential source configured')
 }

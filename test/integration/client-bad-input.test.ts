@@ -11,42 +11,14 @@ import {
   splits,
   sslRequest,
   startupMessage,
+  errorFieldsOf,
+  parseMessages,
+  type WireMessage,
 } from '../support/wire-builder.js'
 
 // Clients that break the startup or relay protocol, byte by byte over raw sockets: each gets what
 // PostgreSQL itself would send (or silence), and nobody else notices.
 const cluster = await clusterFor(t)
-
-interface BackendMessage {
-  type: string
-  body: Buffer
-}
-
-/** Whole backend messages in `buf`; a trailing partial message is left out. */
-function parseMessages(buf: Buffer): BackendMessage[] {
-  const messages: BackendMessage[] = []
-  let offset = 0
-  while (offset + 5 <= buf.length) {
-    const length = buf.readUInt32BE(offset + 1)
-    if (length < 4 || offset + 1 + length > buf.length) break
-    messages.push({ type: String.fromCharCode(buf[offset]!), body: buf.subarray(offset + 5, offset + 1 + length) })
-    offset += 1 + length
-  }
-  return messages
-}
-
-/** ErrorResponse/NoticeResponse fields by code (S, V, C, M, ...). */
-function errorFieldsOf(body: Buffer): Record<string, string> {
-  const fields: Record<string, string> = {}
-  let offset = 0
-  while (offset < body.length && body[offset] !== 0) {
-    const end = body.indexOf(0, offset + 1)
-    if (end < 0) break
-    fields[String.fromCharCode(body[offset]!)] = body.toString('utf8', offset + 1, end)
-    offset = end + 1
-  }
-  return fields
-}
 
 /** A client socket that records every byte the proxy sends and whether the proxy closed it. */
 class RawClient {
@@ -94,7 +66,7 @@ class RawClient {
   }
 
   /** Messages received from byte offset `from` on. */
-  messages(from = 0): BackendMessage[] {
+  messages(from = 0): WireMessage[] {
     return parseMessages(this.received.subarray(from))
   }
 
@@ -128,7 +100,7 @@ async function exchange(
   port: number,
   bytes: Buffer[],
   timeoutMs = 3_000,
-): Promise<{ data: Buffer; closed: boolean; messages: BackendMessage[] }> {
+): Promise<{ data: Buffer; closed: boolean; messages: WireMessage[] }> {
   const client = await RawClient.connect(port)
   client.write(...bytes)
   const closed = await client.untilClosed(timeoutMs)
@@ -142,7 +114,7 @@ const query = (sql: string): Buffer => new BufferList().cstring(sql).message('Q'
 const TERMINATE = new BufferList().message('X')
 
 /** Asserts `messages` is exactly one FATAL ErrorResponse and returns its fields. */
-function onlyFatal(t: Test, messages: BackendMessage[]): Record<string, string> {
+function onlyFatal(t: Test, messages: WireMessage[]): Record<string, string> {
   t.same(
     messages.map((m) => m.type),
     ['E'],
@@ -155,7 +127,7 @@ function onlyFatal(t: Test, messages: BackendMessage[]): Record<string, string> 
 }
 
 /** Checks a complete login sequence: R(0), ParameterStatus, K with a 4-byte key, Z(I). */
-function checkLogin(t: Test, messages: BackendMessage[]): Map<string, string> {
+function checkLogin(t: Test, messages: WireMessage[]): Map<string, string> {
   const types = messages.map((m) => m.type).join('')
   t.match(types, /^RS+KZ$/, `login sequence (${types})`)
   const auth = messages.find((m) => m.type === 'R')
@@ -180,7 +152,7 @@ function checkLogin(t: Test, messages: BackendMessage[]): Map<string, string> {
 async function rawLogin(
   proxy: RunningProxy,
   params: Record<string, string> = {},
-): Promise<{ client: RawClient; messages: BackendMessage[]; pid: number; key: Buffer }> {
+): Promise<{ client: RawClient; messages: WireMessage[]; pid: number; key: Buffer }> {
   const client = await RawClient.connect(proxy.port)
   client.write(startup(params))
   if (!(await client.untilMessage('Z'))) {
@@ -192,7 +164,7 @@ async function rawLogin(
 }
 
 /** Sends one simple Query and waits for its ReadyForQuery; returns the messages it produced. */
-async function simpleQuery(client: RawClient, sql: string, timeoutMs = 5_000): Promise<BackendMessage[]> {
+async function simpleQuery(client: RawClient, sql: string, timeoutMs = 5_000): Promise<WireMessage[]> {
   const from = client.received.length
   client.write(query(sql))
   await client.untilMessage('Z', from, 1, timeoutMs)
@@ -200,7 +172,7 @@ async function simpleQuery(client: RawClient, sql: string, timeoutMs = 5_000): P
 }
 
 /** First column of the first DataRow, as text. */
-function firstValue(messages: BackendMessage[]): string | undefined {
+function firstValue(messages: WireMessage[]): string | undefined {
   const row = messages.find((m) => m.type === 'D')
   if (!row || row.body.readInt16BE(0) < 1) return undefined
   const length = row.body.readInt32BE(2)

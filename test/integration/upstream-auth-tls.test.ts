@@ -119,7 +119,7 @@ void t.test(
 
     // A server certificate valid under its own CA but naming another host.
     const dir = await mkdtemp(join(tmpdir(), 'pgvp-name-'))
-  t.teardown(() => rm(dir, { recursive: true, force: true }))
+    t.teardown(() => rm(dir, { recursive: true, force: true }))
     const ca = join(dir, 'ca'),
       srv = join(dir, 'srv')
     await exec('openssl', [

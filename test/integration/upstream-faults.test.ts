@@ -6,43 +6,13 @@ import t, { type Test } from 'tap'
 import { freePort } from '../support/free-port.js'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
-import { BufferList, startupMessage } from '../support/wire-builder.js'
+import { BufferList, errorFieldsOf, parseMessages, startupMessage, type WireMessage } from '../support/wire-builder.js'
 
 // The proxy pointed at a fake upstream that answers its login with crafted bytes: a hostile or
 // broken server gets one clean FATAL to the client, never a crash, a hang or a leaked password.
 // The real cluster only provides the password the harness writes to the password file.
 const cluster = await clusterFor(t)
 const PASSWORD = cluster.users.scram.password
-
-interface Message {
-  type: string
-  body: Buffer
-}
-
-/** Whole typed messages in `buf`; a trailing partial message is left out. */
-function parseMessages(buf: Buffer): Message[] {
-  const messages: Message[] = []
-  let offset = 0
-  while (offset + 5 <= buf.length) {
-    const length = buf.readUInt32BE(offset + 1)
-    if (length < 4 || offset + 1 + length > buf.length) break
-    messages.push({ type: String.fromCharCode(buf[offset]!), body: buf.subarray(offset + 5, offset + 1 + length) })
-    offset += 1 + length
-  }
-  return messages
-}
-
-function errorFieldsOf(body: Buffer): Record<string, string> {
-  const fields: Record<string, string> = {}
-  let offset = 0
-  while (offset < body.length && body[offset] !== 0) {
-    const end = body.indexOf(0, offset + 1)
-    if (end < 0) break
-    fields[String.fromCharCode(body[offset]!)] = body.toString('utf8', offset + 1, end)
-    offset = end + 1
-  }
-  return fields
-}
 
 /** A socket end that records what arrives and can wait for it (used on both sides). */
 class Peer {
@@ -91,7 +61,7 @@ class Peer {
     return this.until(() => this.closed, timeoutMs)
   }
 
-  messages(from = 0): Message[] {
+  messages(from = 0): WireMessage[] {
     return parseMessages(this.received.subarray(from))
   }
 
@@ -104,7 +74,7 @@ class Peer {
     return { code: packet.readUInt32BE(4), body: packet.subarray(8) }
   }
 
-  async readMessage(): Promise<Message> {
+  async readMessage(): Promise<WireMessage> {
     await this.need(5)
     const length = this.unread.readUInt32BE(1)
     await this.need(1 + length)

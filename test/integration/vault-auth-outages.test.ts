@@ -2,7 +2,6 @@ import { createSign, generateKeyPairSync } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import pg from 'pg'
 import t from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
@@ -23,20 +22,7 @@ const policyText = [
 const policy = await vault.policy('proxy', policyText)
 const credentials = { vault: { mount: db.mount, role: 'app' } }
 
-async function connect(proxy: RunningProxy): Promise<{ current: string; session: string }> {
-  const client = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'app', database: cluster.database })
-  client.on('error', () => {})
-  await client.connect()
-  try {
-    return (
-      await client.query<{ current: string; session: string }>(
-        'select current_user as current, session_user as session',
-      )
-    ).rows[0]!
-  } finally {
-    await client.end()
-  }
-}
+const connect = (proxy: RunningProxy): Promise<{ current: string; session: string }> => proxy.whoAmI()
 const failure = (proxy: RunningProxy): Promise<Record<string, string>> =>
   connect(proxy).then(
     () => ({}),

@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process'
-import pg from 'pg'
 import t from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
@@ -14,19 +13,7 @@ const db = await vault.database()
 const child = await vault.call('POST', 'auth/token/create', { policies: ['root'] })
 const token = (child.json as { auth: { client_token: string } }).auth.client_token
 const viaToken = { address: vault.address, auth: { method: 'token', token } }
-const who = async (proxy: RunningProxy): Promise<{ current: string; session: string }> => {
-  const client = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'app', database: cluster.database })
-  await client.connect()
-  try {
-    return (
-      await client.query<{ current: string; session: string }>(
-        'select current_user as current, session_user as session',
-      )
-    ).rows[0]!
-  } finally {
-    await client.end()
-  }
-}
+const who = (proxy: RunningProxy): Promise<{ current: string; session: string }> => proxy.whoAmI()
 const vaultUsers = async (): Promise<string[]> =>
   (await cluster.query<{ rolname: string }>("select rolname from pg_roles where rolname like 'v-%' order by 1")).map(
     (r) => r.rolname,

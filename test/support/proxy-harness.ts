@@ -19,6 +19,8 @@ export interface RunningProxy {
   logs: Array<Record<string, unknown>>
   /** The raw log text. */
   logText(): string
+  /** One short session through the proxy: connect, ask who we are, disconnect. */
+  whoAmI(): Promise<{ current: string; session: string }>
   /** A connected node-postgres client through the proxy (closed at teardown). */
   client(options?: pg.ClientConfig): Promise<pg.Client>
   stop(): Promise<void>
@@ -80,6 +82,19 @@ export async function startProxy(
     socketDir,
     logs,
     logText: () => text,
+    async whoAmI() {
+      const client = new pg.Client({ host: '127.0.0.1', port: server.port, user: 'app', database: cluster.database })
+      client.on('error', () => {})
+      await client.connect()
+      try {
+        const result = await client.query<{ current: string; session: string }>(
+          'select current_user as current, session_user as session',
+        )
+        return result.rows[0]!
+      } finally {
+        await client.end()
+      }
+    },
     async client(options = {}) {
       const client = new pg.Client({
         host: '127.0.0.1',

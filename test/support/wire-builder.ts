@@ -66,3 +66,35 @@ export const cancelRequest = (pid: number, key: Buffer): Buffer =>
 export function* splits(buf: Buffer): Generator<[Buffer, Buffer, number]> {
   for (let i = 0; i <= buf.length; i++) yield [buf.subarray(0, i), buf.subarray(i), i]
 }
+
+/** A typed message as a test reads it back. */
+export interface WireMessage {
+  type: string
+  body: Buffer
+}
+
+/** Whole typed messages in `buf`; a trailing partial message is left out. */
+export function parseMessages(buf: Buffer): WireMessage[] {
+  const messages: WireMessage[] = []
+  let offset = 0
+  while (offset + 5 <= buf.length) {
+    const length = buf.readUInt32BE(offset + 1)
+    if (length < 4 || offset + 1 + length > buf.length) break
+    messages.push({ type: String.fromCharCode(buf[offset]!), body: buf.subarray(offset + 5, offset + 1 + length) })
+    offset += 1 + length
+  }
+  return messages
+}
+
+/** ErrorResponse/NoticeResponse fields by code (S, V, C, M, ...). */
+export function errorFieldsOf(body: Buffer): Record<string, string> {
+  const fields: Record<string, string> = {}
+  let offset = 0
+  while (offset < body.length && body[offset] !== 0) {
+    const end = body.indexOf(0, offset + 1)
+    if (end < 0) break
+    fields[String.fromCharCode(body[offset]!)] = body.toString('utf8', offset + 1, end)
+    offset = end + 1
+  }
+  return fields
+}
