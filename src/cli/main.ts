@@ -1,24 +1,37 @@
-import { ConfigError, loadConfig } from '../config/load-config.js'
+import { ConfigError, loadConfig, type Config } from '../config/load-config.js'
 import { createLogger } from '../ops/logger.js'
 import { createProxyServer } from '../proxy/create-proxy-server.js'
-import { buildProgram, type RunOptions } from './program.js'
+import { CheckFailure, runCheck } from './check-command.js'
+import { runExec } from './exec-command.js'
+import { buildProgram, type CheckFlags, type ConfigFlags, type ExecFlags } from './program.js'
 
-// Exit codes: 0 clean stop, 1 bad usage or configuration, 2 failure at start.
+// Exit codes: 0 clean stop, 1 bad usage or configuration, 2 failure at start or in a check step.
 const EXIT_CONFIG = 1
 const EXIT_START = 2
 
-async function run(options: RunOptions): Promise<void> {
-  let config
+/** Loads the configuration from the file, PGVP_* and flags, or exits 1 naming every problem. */
+async function configFrom(flags: ConfigFlags): Promise<Config> {
   try {
-    config = await loadConfig(options.config, { listen: options.listen })
+    return await loadConfig(flags.config, {
+      listen: flags.listen,
+      logLevel: flags.logLevel,
+      logFormat: flags.logFormat,
+    })
   } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`pg-vault-proxy: ${err.message}\n`)
-      process.exit(EXIT_CONFIG)
-    }
-    throw err
+    if (!(err instanceof ConfigError)) throw err
+    const hint = flags.config === undefined ? '\n  (no --config given: pass one, or set PGVP_* variables)' : ''
+    process.stderr.write(`pg-vault-proxy: ${err.message}${hint}\n`)
+    process.exit(EXIT_CONFIG)
   }
-  const logger = createLogger((options.logLevel ?? config.log.level) as 'info')
+}
+
+function loggerFor(config: Config, overrides: { level?: string } = {}): ReturnType<typeof createLogger> {
+  return createLogger((overrides.level ?? config.log.level) as 'info', process.stderr, config.log.format)
+}
+
+async function run(flags: ConfigFlags): Promise<void> {
+  const config = await configFrom(flags)
+  const logger = loggerFor(config)
   let server
   try {
     server = createProxyServer(config, logger)
@@ -50,7 +63,26 @@ async function run(options: RunOptions): Promise<void> {
   process.on('SIGINT', stop)
 }
 
-buildProgram({ run })
+async function check(flags: CheckFlags): Promise<void> {
+  const config = await configFrom(flags)
+  // The report goes to stdout; the log only carries warnings, unless asked for more.
+  const logger = loggerFor(config, { level: flags.logLevel ?? 'warn' })
+  try {
+    await runCheck(config, flags.database, logger, process.stdout)
+    process.exit(0)
+  } catch (err) {
+    process.stdout.write(`FAIL ${err instanceof CheckFailure ? err.message : String(err)}\n`)
+    process.exit(EXIT_START)
+  }
+}
+
+async function exec(command: string[], flags: ExecFlags): Promise<void> {
+  const config = await configFrom(flags)
+  const logger = loggerFor(config, { level: flags.logLevel ?? 'warn' })
+  process.exit(await runExec(config, command, flags.database, logger))
+}
+
+buildProgram({ run, check, exec })
   .parseAsync(process.argv)
   .catch((err: unknown) => {
     process.stderr.write(`pg-vault-proxy: ${err instanceof Error ? err.message : String(err)}\n`)

@@ -1,25 +1,56 @@
 import { readFile } from 'node:fs/promises'
 import { parse as parseYaml } from 'yaml'
 import type { z } from 'zod'
+import { ConfigError } from './config-error.js'
+import { configKeys, type ConfigKey } from './schema-keys.js'
 import { configSchema, type ParsedConfig } from './schema.js'
+import { resolveVaultSettings } from './vault-settings.js'
 
 export type Config = Readonly<ParsedConfig>
+export { ConfigError }
 
-/** The configuration was refused; `problems` name each key and what is wrong with it. */
-export class ConfigError extends Error {
-  override name = 'ConfigError'
-  constructor(readonly problems: string[]) {
-    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
-  }
-}
-
+/** Settings given as command-line flags: they win over everything else. */
 export interface ConfigOverrides {
-  /** --listen host:port */
   listen?: string | undefined
+  logLevel?: string | undefined
+  logFormat?: string | undefined
 }
 
-/** Reads the YAML file, applies overrides (flags win over the file), validates everything in one pass. */
-export async function loadConfig(file: string, overrides: ConfigOverrides = {}): Promise<Config> {
+export const CONFIG_KEYS: readonly ConfigKey[] = configKeys(configSchema)
+
+/**
+ * One precedence chain — flags > PGVP_* environment > YAML file > defaults — and one validation
+ * pass that reports every problem with its key path.
+ */
+export async function loadConfig(
+  file: string | undefined,
+  overrides: ConfigOverrides = {},
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<Config> {
+  const fromFile = file === undefined ? {} : await readConfigFile(file)
+  const { values: fromEnv, problems } = fromEnvironment(env)
+  if (problems.length > 0) throw new ConfigError(problems)
+  const fromFlags: Record<string, unknown> = {}
+  if (overrides.listen !== undefined) fromFlags.listen = overrides.listen
+  if (overrides.logLevel !== undefined || overrides.logFormat !== undefined) {
+    fromFlags.log = {
+      ...(overrides.logLevel ? { level: overrides.logLevel } : {}),
+      ...(overrides.logFormat ? { format: overrides.logFormat } : {}),
+    }
+  }
+  const config = parseConfig(merge(merge(fromFile, fromEnv), fromFlags))
+  // Vault settings also come from VAULT_* variables: check them now, not at the first client.
+  if (config.credentials.vault || config.credentials.kv) resolveVaultSettings(config, env)
+  return config
+}
+
+export function parseConfig(raw: unknown): Config {
+  const result = configSchema.safeParse(raw)
+  if (!result.success) throw new ConfigError(result.error.issues.map(describeIssue))
+  return Object.freeze(result.data)
+}
+
+async function readConfigFile(file: string): Promise<Record<string, unknown>> {
   let text: string
   try {
     text = await readFile(file, 'utf8')
@@ -35,13 +66,51 @@ export async function loadConfig(file: string, overrides: ConfigOverrides = {}):
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new ConfigError([`${file} must hold a YAML mapping of settings`])
   }
-  return parseConfig({ ...(raw as Record<string, unknown>), ...definedOnly(overrides) })
+  return raw as Record<string, unknown>
 }
 
-export function parseConfig(raw: unknown): Config {
-  const result = configSchema.safeParse(raw)
-  if (!result.success) throw new ConfigError(result.error.issues.map(describeIssue))
-  return Object.freeze(result.data)
+/** PGVP_<KEY_PATH> for every key of the schema, typed by the key's kind. */
+export function fromEnvironment(env: NodeJS.ProcessEnv): { values: Record<string, unknown>; problems: string[] } {
+  const values: Record<string, unknown> = {}
+  const problems: string[] = []
+  for (const key of CONFIG_KEYS) {
+    const text = env[key.env]
+    if (text === undefined || text === '') continue
+    let value: unknown = text
+    if (key.kind === 'number') {
+      value = Number(text)
+      if (!Number.isFinite(value)) problems.push(`${key.env} (${key.path}): expected a number, got "${text}"`)
+    } else if (key.kind === 'boolean') {
+      if (/^(1|true|yes|on)$/i.test(text)) value = true
+      else if (/^(0|false|no|off)$/i.test(text)) value = false
+      else problems.push(`${key.env} (${key.path}): expected true or false, got "${text}"`)
+    }
+    setPath(values, key.path, value)
+  }
+  return { values, problems }
+}
+
+function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const parts = path.split('.')
+  let node = target
+  for (const part of parts.slice(0, -1)) {
+    node[part] ??= {}
+    node = node[part] as Record<string, unknown>
+  }
+  node[parts.at(-1) as string] = value
+}
+
+function merge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base }
+  for (const [key, value] of Object.entries(over)) {
+    const existing = out[key]
+    out[key] = isPlainObject(existing) && isPlainObject(value) ? merge(existing, value) : value
+  }
+  return out
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {
@@ -52,8 +121,4 @@ function describeIssue(issue: z.core.$ZodIssue): string {
   }
   if (issue.code === 'invalid_type' && issue.input === undefined) return `${key}: required`
   return `${key || '(top level)'}: ${issue.message}`
-}
-
-function definedOnly(overrides: ConfigOverrides): Record<string, unknown> {
-  return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined))
 }

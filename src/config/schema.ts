@@ -111,9 +111,11 @@ export const configSchema = z
     log: z
       .object({
         level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+        // auto: human-readable on a terminal, JSON lines otherwise (a pipe, a log collector).
+        format: z.enum(['auto', 'json', 'pretty']).default('auto'),
       })
       .strict()
-      .default({ level: 'info' }),
+      .default({ level: 'info', format: 'auto' }),
   })
   .strict()
   .superRefine((config, ctx) => {

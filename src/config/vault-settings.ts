@@ -1,6 +1,7 @@
 import type { VaultAuthSettings } from '../vault/vault-authenticator.js'
 import type { VaultClientOptions } from '../vault/vault-client.js'
-import { ConfigError, type Config } from './load-config.js'
+import { ConfigError } from './config-error.js'
+import type { Config } from './load-config.js'
 
 export interface VaultSettings {
   client: VaultClientOptions

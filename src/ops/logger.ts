@@ -1,24 +1,31 @@
 import { pino, type Logger, type LevelWithSilent } from 'pino'
+import pretty from 'pino-pretty'
+
+export type LogFormat = 'auto' | 'json' | 'pretty'
 
 /**
- * pino JSON logs on stderr. Redaction is a second line of defence: code never passes secrets to the
- * logger, but if a credential object slips in, its password does not reach the log.
+ * pino logs on stderr: JSON lines, or human-readable ones on a terminal (`auto`) or on request.
+ * Redaction is a second line of defence: code never passes secrets to the logger, but if a
+ * credential object slips in, its password does not reach the log.
  */
 export function createLogger(
   level: LevelWithSilent = 'info',
   destination: NodeJS.WritableStream = process.stderr,
+  format: LogFormat = 'json',
 ): Logger {
-  return pino(
-    {
-      name: 'pg-vault-proxy',
-      level,
-      redact: {
-        paths: ['password', '*.password', 'credential.password', 'token', '*.token', 'secretKey', '*.secretKey'],
-        censor: '[redacted]',
-      },
+  const options = {
+    name: 'pg-vault-proxy',
+    level,
+    redact: {
+      paths: ['password', '*.password', 'credential.password', 'token', '*.token', 'secretKey', '*.secretKey'],
+      censor: '[redacted]',
     },
-    destination,
-  )
+  }
+  const isTerminal = (destination as { isTTY?: boolean }).isTTY === true
+  if (format === 'pretty' || (format === 'auto' && isTerminal)) {
+    return pino(options, pretty({ destination, colorize: isTerminal, sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' }))
+  }
+  return pino(options, destination)
 }
 
 export type { Logger }

@@ -17,16 +17,7 @@ import { UpstreamEndpoint } from './upstream-endpoint.js'
 /** Composition root: turns a validated Config into a ready-to-start ProxyServer. */
 export function createProxyServer(config: Config, logger: Logger, env: NodeJS.ProcessEnv = process.env): ProxyServer {
   const { upstream } = config
-  const endpoint = new UpstreamEndpoint(upstream)
-  const connector = new UpstreamConnector(
-    endpoint,
-    {
-      connectTimeoutMs: upstream.connect_timeout_ms,
-      channelBinding: upstream.channel_binding,
-      allowCleartextPassword: upstream.allow_cleartext_password,
-    },
-    new ScramKeyCache(),
-  )
+  const connector = createUpstreamConnector(config)
   return new ProxyServer({
     listen: config.listen,
     allowRemote: config.allow_remote,
@@ -44,7 +35,21 @@ export function createProxyServer(config: Config, logger: Logger, env: NodeJS.Pr
   })
 }
 
-function createCredentialSource(config: Config, logger: Logger, env: NodeJS.ProcessEnv): CredentialSource {
+/** The upstream side of the configuration: where PostgreSQL is and how to log in to it. */
+export function createUpstreamConnector(config: Config): UpstreamConnector {
+  const { upstream } = config
+  return new UpstreamConnector(
+    new UpstreamEndpoint(upstream),
+    {
+      connectTimeoutMs: upstream.connect_timeout_ms,
+      channelBinding: upstream.channel_binding,
+      allowCleartextPassword: upstream.allow_cleartext_password,
+    },
+    new ScramKeyCache(),
+  )
+}
+
+export function createCredentialSource(config: Config, logger: Logger, env: NodeJS.ProcessEnv = process.env): CredentialSource {
   const { static: fixed, vault, kv, revoke_on_shutdown } = config.credentials
   if (fixed) {
     if (fixed.password !== undefined) {
