@@ -1,0 +1,964 @@
+/**
+ * Throughput and latency of the proxy against a direct connection and pgbouncer (session mode).
+ *
+ * One run starts a throwaway PostgreSQL 15 cluster (test/support/pg-cluster.ts), initialises
+ * pgbench tables, starts pgbouncer and pg-vault-proxy in front of it (both log in upstream as the
+ * same SCRAM user over plain TCP on 127.0.0.1), then runs pgbench against each of the three:
+ *
+ *   c16: pgbench -n -S -M prepared -c 16 -j 2 -T BENCH_SECONDS
+ *   c1:  pgbench -n -S -c 1 -T BENCH_SECONDS
+ *
+ * in BENCH_ROUNDS rounds, rotating the order of the targets each round, and reports the median TPS
+ * and average latency per target and mode, the proxy/pgbouncer and proxy/direct ratios, and whether
+ * the targets are met (proxy TPS >= 0.9 x pgbouncer's at 16 clients; added single-client latency
+ * no worse than pgbouncer's). Missing a target is a result, not a failure: the exit code is 0
+ * unless something could not run. Runs disturbed by other work on the machine are repeated, and
+ * left out of the medians if they stay disturbed. docs/performance.md has the recorded figures.
+ *
+ * Environment: BENCH_SECONDS (15), BENCH_ROUNDS (3), BENCH_WARMUP_SECONDS (5), BENCH_SCALE (10),
+ * BENCH_RETRIES (2) and BENCH_QUIET_WAIT_SECONDS (60) for disturbed runs, BENCH_PROFILE=1
+ * (afterwards, one extra c16 run against a proxy started with --cpu-prof, and a summary of where
+ * the proxy spends its CPU), BENCH_JSON=file (also write the results as JSON), PGBOUNCER_BIN
+ * (/usr/sbin/pgbouncer), PGVP_PG_BIN (the server binaries, as for the tests).
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { chown, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { freePort } from '../test/support/free-port.js'
+import { startCluster, type PgCluster } from '../test/support/pg-cluster.js'
+
+const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
+const PGBOUNCER = process.env.PGBOUNCER_BIN ?? '/usr/sbin/pgbouncer'
+const HOST = '127.0.0.1'
+
+const SECONDS = intEnv('BENCH_SECONDS', 15)
+const ROUNDS = intEnv('BENCH_ROUNDS', 3)
+const WARMUP_SECONDS = intEnv('BENCH_WARMUP_SECONDS', 5)
+const SCALE = intEnv('BENCH_SCALE', 10)
+const QUIET_WAIT_SECONDS = intEnv('BENCH_QUIET_WAIT_SECONDS', 60, 0)
+/** A run during which other processes used more than this % of the machine is repeated, then left out. */
+const OTHER_LIMIT_PCT = 10
+const RETRIES = intEnv('BENCH_RETRIES', 2, 0)
+const PROFILE = process.env.BENCH_PROFILE === '1'
+const JSON_OUT = process.env.BENCH_JSON
+
+/** The targets the issue sets: 16-client TPS ratio to pgbouncer, and single-client added latency. */
+const TPS_RATIO_TARGET = 0.9
+
+type TargetName = 'direct' | 'pgbouncer' | 'proxy'
+const TARGETS: TargetName[] = ['direct', 'pgbouncer', 'proxy']
+
+interface Mode {
+  id: 'c16' | 'c1'
+  label: string
+  args: string[]
+}
+const MODES: Mode[] = [
+  { id: 'c16', label: '-S -M prepared -c 16 -j 2', args: ['-S', '-M', 'prepared', '-c', '16', '-j', '2'] },
+  { id: 'c1', label: '-S -c 1', args: ['-S', '-c', '1'] },
+]
+
+interface Target {
+  name: TargetName
+  port: number
+  /** Only the direct connection needs one; both proxies let the client in without. */
+  password?: string
+  /** The intermediary's process, whose CPU use is reported. */
+  pid?: () => number | undefined
+}
+
+interface Sample {
+  tps: number
+  latencyMs: number
+  /** CPU used by the intermediary (pgbouncer or the proxy), in % of one core. */
+  cpuPct?: number
+  /** The same as user and system CPU microseconds per transaction. */
+  cpuUserUsPerTx?: number
+  cpuSysUsPerTx?: number
+  /** How busy the whole machine was, in % of all cores. */
+  machineBusyPct: number
+  /** CPU used by processes other than the benchmark's own, in % of all cores. */
+  otherPct: number
+  /** Other work disturbed this run (see OTHER_LIMIT_PCT and waitForQuiet). */
+  disturbed: boolean
+}
+
+function intEnv(name: string, fallback: number, min = 1): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const value = Number(raw)
+  if (!Number.isInteger(value) || value < min) throw new Error(`${name} must be an integer >= ${min}, got "${raw}"`)
+  return value
+}
+
+// ---------------------------------------------------------------------------
+// Child processes and cleanup (also on SIGINT/SIGTERM)
+
+interface Tracked {
+  child: ChildProcess
+  /** Spawned in its own process group (pgbouncer behind runuser): signal the whole group. */
+  group: boolean
+  /** A pid file naming the real daemon, in case the wrapper does not pass signals on. */
+  pidFile?: string
+}
+const tracked = new Set<Tracked>()
+const tempDirs = new Set<string>()
+
+function track(entry: Tracked): Tracked {
+  tracked.add(entry)
+  entry.child.once('exit', () => tracked.delete(entry))
+  return entry
+}
+
+function signalTracked(entry: Tracked, signal: NodeJS.Signals): void {
+  const { child, group, pidFile } = entry
+  try {
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+      if (group) process.kill(-child.pid, signal)
+      else child.kill(signal)
+    }
+  } catch {
+    // already gone
+  }
+  if (pidFile) {
+    try {
+      const pid = Number(readFileSync(pidFile, 'utf8').trim())
+      if (pid > 0) process.kill(pid, signal)
+    } catch {
+      // no pid file, or the daemon is gone
+    }
+  }
+}
+
+function cleanupSync(): void {
+  for (const entry of tracked) signalTracked(entry, 'SIGTERM')
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
+  tempDirs.clear()
+}
+
+function onSignal(signal: NodeJS.Signals): void {
+  process.stderr.write(`\nbench: ${signal}, cleaning up\n`)
+  cleanupSync()
+  // process.exit runs the cluster harness's 'exit' hook, which stops the cluster synchronously.
+  process.exit(128 + (os.constants.signals[signal] ?? 0))
+}
+
+// Registered before startCluster installs its own hooks, so ours runs first.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, onSignal)
+
+async function stopChild(entry: Tracked, timeoutMs = 10_000): Promise<void> {
+  const { child } = entry
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  signalTracked(entry, 'SIGTERM')
+  const timer = setTimeout(() => signalTracked(entry, 'SIGKILL'), timeoutMs)
+  await exited
+  clearTimeout(timer)
+}
+
+async function tempDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), prefix))
+  tempDirs.add(dir)
+  return dir
+}
+
+// ---------------------------------------------------------------------------
+// Running commands
+
+/**
+ * PG* variables from the caller's shell must not redirect our clients. No TLS anywhere: the test
+ * cluster serves TLS and libpq's default sslmode=prefer would encrypt only the direct connections.
+ */
+function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('PG')))
+  return { ...env, LC_ALL: 'C', PGCONNECT_TIMEOUT: '10', PGSSLMODE: 'disable', ...extra }
+}
+
+interface RunResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+}
+
+function run(file: string, args: string[], env: NodeJS.ProcessEnv): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const entry = track({ child, group: false })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s))
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s))
+    child.once('error', (err) => {
+      tracked.delete(entry)
+      reject(err)
+    })
+    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
+  })
+}
+
+async function runOk(file: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
+  const result = await run(file, args, env)
+  if (result.code !== 0) {
+    throw new Error(
+      `${path.basename(file)} ${args.join(' ')} failed (${result.signal ?? `exit ${result.code}`}):\n${result.stderr}${result.stdout}`,
+    )
+  }
+  return result.stdout
+}
+
+function which(binary: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    const candidate = path.join(dir, binary)
+    if (dir && existsSync(candidate)) return candidate
+  }
+  return undefined
+}
+
+function firstLine(file: string, args: string[]): string {
+  return execFileSync(file, args, { encoding: 'utf8' }).split('\n')[0]?.trim() ?? ''
+}
+
+// ---------------------------------------------------------------------------
+// Prerequisites
+
+const isRoot = process.getuid?.() === 0
+const RUNUSER = ['/usr/sbin/runuser', '/sbin/runuser', '/usr/bin/runuser'].find((p) => existsSync(p))
+
+function ensurePgbouncer(): void {
+  if (existsSync(PGBOUNCER)) return
+  const how = 'apt-get update && apt-get install -y pgbouncer'
+  if (!isRoot) throw new Error(`pgbouncer not found at ${PGBOUNCER}. Install it as root: \`${how}\` (Debian/Ubuntu).`)
+  console.log(`pgbouncer not found at ${PGBOUNCER}; installing: ${how}`)
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
+  try {
+    execFileSync('apt-get', ['update'], { stdio: 'inherit', env })
+    execFileSync('apt-get', ['install', '-y', 'pgbouncer'], { stdio: 'inherit', env })
+  } catch (err) {
+    throw new Error(`installing pgbouncer failed; install it by hand: \`${how}\``, { cause: err })
+  }
+  if (!existsSync(PGBOUNCER)) throw new Error(`pgbouncer still missing at ${PGBOUNCER} after installing the package`)
+}
+
+function ensureClients(): { pgbench: string; psql: string } {
+  const pgbench = which('pgbench')
+  const psql = which('psql')
+  if (!pgbench || !psql) {
+    throw new Error('pgbench and psql are needed: `apt-get install -y postgresql-client-15` (or postgresql-15)')
+  }
+  return { pgbench, psql }
+}
+
+function ensureBuilt(): void {
+  const main = path.join(ROOT, 'dist', 'cli', 'main.js')
+  if (existsSync(main)) {
+    console.log(
+      `using the proxy build in dist/ (built ${statSync(main).mtime.toISOString()}; \`npm run bench\` rebuilds)`,
+    )
+    return
+  }
+  console.log('dist/ is missing; running `npm run build`')
+  execFileSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'inherit' })
+}
+
+// ---------------------------------------------------------------------------
+// Readiness
+
+async function portAccepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: HOST, port })
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Waits until `psql` can run a query through the port; fails early if `child` exits. */
+async function waitReady(
+  psql: string,
+  name: string,
+  port: number,
+  user: string,
+  child: ChildProcess,
+  logFile: string,
+): Promise<void> {
+  const deadline = Date.now() + 30_000
+  let last = ''
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`${name} exited (${child.signalCode ?? child.exitCode}) while starting. Log:\n${tail(logFile)}`)
+    }
+    if (await portAccepts(port)) {
+      const result = await run(
+        psql,
+        ['-X', '-At', '-h', HOST, '-p', String(port), '-U', user, '-d', 'appdb', '-c', 'SELECT 1'],
+        clientEnv(),
+      )
+      if (result.code === 0 && result.stdout.trim() === '1') return
+      last = result.stderr.trim()
+    }
+    await sleep(200)
+  }
+  throw new Error(`${name} did not answer a query on port ${port} within 30 s: ${last}\nLog:\n${tail(logFile)}`)
+}
+
+function tail(file: string, lines = 40): string {
+  try {
+    return readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n')
+  } catch {
+    return '(no log)'
+  }
+}
+
+// ---------------------------------------------------------------------------
+// pgbouncer
+
+interface Started {
+  entry: Tracked
+  port: number
+  pid: () => number | undefined
+  logFile: string
+}
+
+async function startPgbouncer(psql: string, cluster: PgCluster): Promise<Started> {
+  const dir = await tempDir('pgvp-bench-pgb-')
+  const port = await freePort()
+  const { user, password } = cluster.users.scram
+  const logFile = path.join(dir, 'pgbouncer.log')
+  const pidFile = path.join(dir, 'pgbouncer.pid')
+  const ini = path.join(dir, 'pgbouncer.ini')
+  const userlist = path.join(dir, 'userlist.txt')
+  // Clients get in without a password (trust), as with the proxy; pgbouncer itself logs in
+  // upstream as the SCRAM user with the password from the connection string, over plain TCP.
+  await writeFile(
+    ini,
+    [
+      '[databases]',
+      `appdb = host=${cluster.host} port=${cluster.port} dbname=${cluster.database} user=${user} password=${password}`,
+      '',
+      '[pgbouncer]',
+      `listen_addr = ${HOST}`,
+      `listen_port = ${port}`,
+      `unix_socket_dir = ${dir}`,
+      'auth_type = trust',
+      `auth_file = ${userlist}`,
+      'pool_mode = session',
+      'max_client_conn = 100',
+      'default_pool_size = 40',
+      'server_tls_sslmode = disable',
+      `logfile = ${logFile}`,
+      `pidfile = ${pidFile}`,
+      'log_connections = 0',
+      'log_disconnections = 0',
+      'log_pooler_errors = 1',
+      '',
+    ].join('\n'),
+    { mode: 0o600 },
+  )
+  await writeFile(userlist, `"${user}" ""\n`, { mode: 0o600 })
+  let file = PGBOUNCER
+  let args = [ini]
+  if (isRoot) {
+    // pgbouncer refuses to run as root.
+    if (!RUNUSER) throw new Error('running as root but runuser (util-linux) is missing to run pgbouncer as `postgres`')
+    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim())
+    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim())
+    for (const p of [dir, ini, userlist]) await chown(p, uid, gid)
+    file = RUNUSER
+    args = ['-u', 'postgres', '--', PGBOUNCER, ini]
+  }
+  const out = openSync(path.join(dir, 'stdout.log'), 'a')
+  const child = spawn(file, args, { cwd: dir, detached: true, stdio: ['ignore', out, out], env: clientEnv() })
+  const entry = track({ child, group: true, pidFile })
+  await waitReady(psql, 'pgbouncer', port, user, child, logFile)
+  const pid = (): number | undefined => {
+    try {
+      return Number(readFileSync(pidFile, 'utf8').trim()) || undefined
+    } catch {
+      return undefined
+    }
+  }
+  return { entry, port, pid, logFile }
+}
+
+// ---------------------------------------------------------------------------
+// The proxy
+
+async function writeProxyConfig(cluster: PgCluster): Promise<{ config: string; port: number }> {
+  const dir = await tempDir('pgvp-bench-proxy-')
+  const port = await freePort()
+  const passwordFile = path.join(dir, 'password')
+  await writeFile(passwordFile, `${cluster.users.scram.password}\n`, { mode: 0o600 })
+  const config = path.join(dir, 'proxy.yaml')
+  await writeFile(
+    config,
+    [
+      `listen: ${HOST}:${port}`,
+      `owner_role: ${cluster.ownerRole}`,
+      'max_client_connections: 100',
+      'upstream:',
+      `  host: ${cluster.host}`,
+      `  port: ${cluster.port}`,
+      '  sslmode: disable',
+      'credentials:',
+      '  static:',
+      `    username: ${cluster.users.scram.user}`,
+      `    password_file: ${passwordFile}`,
+      'log:',
+      '  level: warn',
+      '',
+    ].join('\n'),
+  )
+  return { config, port }
+}
+
+async function startProxy(
+  psql: string,
+  cluster: PgCluster,
+  config: { config: string; port: number },
+  nodeFlags: string[] = [],
+): Promise<Started> {
+  const logFile = path.join(path.dirname(config.config), `proxy-${Date.now()}.log`)
+  const out = openSync(logFile, 'a')
+  const child = spawn(
+    process.execPath,
+    [
+      ...nodeFlags,
+      path.join(ROOT, 'bin', 'pg-vault-proxy.js'),
+      'run',
+      '--config',
+      config.config,
+      '--log-level',
+      'warn',
+    ],
+    { cwd: ROOT, stdio: ['ignore', out, out], env: clientEnv() },
+  )
+  const entry = track({ child, group: false })
+  await waitReady(psql, 'pg-vault-proxy', config.port, cluster.users.scram.user, child, logFile)
+  return { entry, port: config.port, pid: () => child.pid, logFile }
+}
+
+// ---------------------------------------------------------------------------
+// Measuring
+
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
+  } catch {
+    return 100
+  }
+})()
+
+/** [utime, stime] of a process, in clock ticks. */
+function cpuTicks(pid: number | undefined): [number, number] | undefined {
+  if (pid === undefined) return undefined
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return [Number(fields[11]), Number(fields[12])]
+  } catch {
+    return undefined
+  }
+}
+
+interface ProcStat {
+  ppid: number
+  /** utime + stime */
+  own: number
+  /** cutime + cstime: children that have exited and been waited for */
+  reaped: number
+}
+
+function procStat(pid: number | 'self'): ProcStat | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = stat
+      .slice(stat.lastIndexOf(')') + 2)
+      .split(' ')
+      .map(Number)
+    return { ppid: f[1] ?? 0, own: (f[11] ?? 0) + (f[12] ?? 0), reaped: (f[13] ?? 0) + (f[14] ?? 0) }
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * CPU ticks used so far by everything the benchmark runs: this process and its reaped children
+ * (pgbench, psql), the postmaster with its live and reaped children (the backends), and the
+ * intermediaries (`pids`). The rest of the machine's busy time is other work.
+ */
+function ourTicks(postmasterPid: number, pids: (number | undefined)[]): number {
+  const total = (st: ProcStat | undefined): number => (st ? st.own + st.reaped : 0)
+  let ticks = total(procStat('self')) + total(procStat(postmasterPid))
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    const st = procStat(Number(entry))
+    if (st?.ppid === postmasterPid) ticks += total(st)
+  }
+  for (const pid of pids) if (pid !== undefined) ticks += procStat(pid)?.own ?? 0
+  return ticks
+}
+
+/** [busy, total] jiffies of all CPUs. */
+function machineTicks(): [number, number] {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? ''
+  const values = line.trim().split(/\s+/).slice(1, 9).map(Number)
+  const total = values.reduce((a, b) => a + b, 0)
+  const idle = (values[3] ?? 0) + (values[4] ?? 0)
+  return [total - idle, total]
+}
+
+/**
+ * Other work on the machine (a test run, a build) skews every figure, most of all single-client
+ * latency. Before each run, wait until the machine has been nearly idle for a second, for at most
+ * BENCH_QUIET_WAIT_SECONDS; returns the busy % seen if it never settled.
+ */
+async function waitForQuiet(): Promise<number | undefined> {
+  const deadline = Date.now() + QUIET_WAIT_SECONDS * 1000
+  let warned = false
+  while (QUIET_WAIT_SECONDS > 0) {
+    const [busy0, total0] = machineTicks()
+    await sleep(1000)
+    const [busy1, total1] = machineTicks()
+    const busy = (100 * (busy1 - busy0)) / Math.max(1, total1 - total0)
+    if (busy < 15) return undefined
+    if (Date.now() >= deadline) {
+      console.log(`  the machine is still ${busy.toFixed(0)}% busy with other work; measuring anyway (marked *)`)
+      return busy
+    }
+    if (!warned) {
+      console.log(
+        `  the machine is ${busy.toFixed(0)}% busy with other work; waiting up to ${QUIET_WAIT_SECONDS} s for it to settle`,
+      )
+      warned = true
+    }
+  }
+  return undefined
+}
+
+function parsePgbench(output: string): { tps: number; latencyMs: number } {
+  const tps = /^tps = ([\d.]+)/m.exec(output)
+  const latency = /^latency average = ([\d.]+) ms/m.exec(output)
+  const failed = /^number of failed transactions: (\d+)/m.exec(output)
+  if (!tps?.[1] || !latency?.[1]) throw new Error(`could not parse pgbench output:\n${output}`)
+  if (failed?.[1] && Number(failed[1]) > 0) throw new Error(`pgbench reported failed transactions:\n${output}`)
+  return { tps: Number(tps[1]), latencyMs: Number(latency[1]) }
+}
+
+/** What `pgbench` needs to tell the benchmark's own CPU use from other work's. */
+interface Ours {
+  postmasterPid: number
+  /** The intermediaries' pids, whichever is being measured. */
+  pids: () => (number | undefined)[]
+}
+
+async function pgbench(
+  pgbenchBin: string,
+  target: Target,
+  mode: Mode,
+  seconds: number,
+  user: string,
+  ours: Ours,
+): Promise<Sample> {
+  // prettier-ignore
+  const args = [
+    '-n', ...mode.args, '-T', String(seconds),
+    '-h', HOST, '-p', String(target.port), '-U', user, 'appdb',
+  ]
+  const env = clientEnv(target.password !== undefined ? { PGPASSWORD: target.password } : {})
+  const pid = target.pid?.()
+  const cpuBefore = cpuTicks(pid)
+  const oursBefore = ourTicks(ours.postmasterPid, ours.pids())
+  const [busyBefore, totalBefore] = machineTicks()
+  const started = process.hrtime.bigint()
+  const result = await run(pgbenchBin, args, env)
+  const elapsedS = Number(process.hrtime.bigint() - started) / 1e9
+  const cpuAfter = cpuTicks(pid)
+  const [busyAfter, totalAfter] = machineTicks()
+  const oursAfter = ourTicks(ours.postmasterPid, ours.pids())
+  if (result.code !== 0) {
+    throw new Error(
+      `pgbench against ${target.name} (${mode.label}) failed (${result.signal ?? `exit ${result.code}`}):\n${result.stderr}${result.stdout}`,
+    )
+  }
+  const totalTicks = Math.max(1, totalAfter - totalBefore)
+  const otherPct = (100 * Math.max(0, busyAfter - busyBefore - (oursAfter - oursBefore))) / totalTicks
+  const sample: Sample = {
+    ...parsePgbench(result.stdout),
+    machineBusyPct: (100 * (busyAfter - busyBefore)) / totalTicks,
+    otherPct,
+    disturbed: otherPct > OTHER_LIMIT_PCT,
+  }
+  if (cpuBefore !== undefined && cpuAfter !== undefined) {
+    // Includes connection setup; pgbench's own figures exclude it, but for a -T run it is small.
+    const userS = (cpuAfter[0] - cpuBefore[0]) / CLK_TCK
+    const sysS = (cpuAfter[1] - cpuBefore[1]) / CLK_TCK
+    sample.cpuPct = (100 * (userS + sysS)) / elapsedS
+    const transactions = sample.tps * seconds
+    sample.cpuUserUsPerTx = (1e6 * userS) / transactions
+    sample.cpuSysUsPerTx = (1e6 * sysS) / transactions
+  }
+  return sample
+}
+
+/** A Markdown table with padded columns; `right` marks right-aligned ones. */
+function markdownTable(rows: string[][], right: boolean[]): string[] {
+  const widths = (rows[0] ?? []).map((_, c) => Math.max(3, ...rows.map((r) => (r[c] ?? '').length)))
+  const line = (cells: string[]): string =>
+    `| ${cells.map((cell, c) => (right[c] ? cell.padStart(widths[c] ?? 0) : cell.padEnd(widths[c] ?? 0))).join(' | ')} |`
+  const rule = `| ${widths.map((w, c) => (right[c] ? `${'-'.repeat(w - 1)}:` : '-'.repeat(w))).join(' | ')} |`
+  const [head, ...body] = rows
+  return [line(head ?? []), rule, ...body.map(line)]
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+}
+
+// ---------------------------------------------------------------------------
+// CPU profile summary (BENCH_PROFILE=1)
+
+interface ProfileNode {
+  id: number
+  callFrame: { functionName: string; url: string; lineNumber: number }
+  children?: number[]
+}
+interface CpuProfile {
+  nodes: ProfileNode[]
+  samples: number[]
+  timeDeltas: number[]
+}
+
+function frameKey(node: ProfileNode): string {
+  const { functionName, url, lineNumber } = node.callFrame
+  const name = functionName || '(anonymous)'
+  if (!url) return name
+  const short = url.startsWith('file://')
+    ? path.relative(ROOT, fileURLToPath(url)).replace(/^node_modules\//, 'nm/')
+    : url.replace(/^node:/, '')
+  return `${name} ${short}:${lineNumber + 1}`
+}
+
+function frameCategory(node: ProfileNode): string {
+  const { functionName, url } = node.callFrame
+  if (!url) return functionName.startsWith('(') ? functionName : 'native/V8 builtins'
+  if (url.startsWith('node:')) return 'node core (JS)'
+  if (url.includes('/node_modules/')) return `node_modules/${url.split('/node_modules/')[1]?.split('/')[0] ?? '?'}`
+  if (url.includes('/dist/')) return 'pg-vault-proxy (dist/)'
+  return 'other JS'
+}
+
+function summariseProfile(profile: CpuProfile): string {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]))
+  const parent = new Map<number, number>()
+  for (const node of profile.nodes) for (const child of node.children ?? []) parent.set(child, node.id)
+  const self = new Map<string, number>()
+  const inclusive = new Map<string, number>()
+  const categories = new Map<string, number>()
+  let total = 0
+  let idle = 0
+  profile.samples.forEach((id, i) => {
+    const us = profile.timeDeltas[i] ?? 0
+    const node = byId.get(id)
+    if (!node) return
+    total += us
+    if (node.callFrame.functionName === '(idle)') {
+      idle += us
+      return
+    }
+    self.set(frameKey(node), (self.get(frameKey(node)) ?? 0) + us)
+    categories.set(frameCategory(node), (categories.get(frameCategory(node)) ?? 0) + us)
+    const seen = new Set<string>()
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const n = byId.get(cur)
+      if (!n || n.callFrame.functionName === '(root)') continue
+      const key = frameKey(n)
+      if (seen.has(key)) continue
+      seen.add(key)
+      inclusive.set(key, (inclusive.get(key) ?? 0) + us)
+    }
+  })
+  const busy = total - idle
+  const pct = (us: number): string => `${((100 * us) / Math.max(1, busy)).toFixed(1).padStart(5)}%`
+  const top = (map: Map<string, number>, n: number, filter: (k: string) => boolean = () => true): string[] =>
+    [...map]
+      .filter(([k]) => filter(k))
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, n)
+      .map(([k, us]) => `  ${pct(us)}  ${k}`)
+  return [
+    `profiled ${(total / 1e6).toFixed(1)} s, of which the proxy's thread was busy ${(busy / 1e6).toFixed(1)} s (${((100 * busy) / Math.max(1, total)).toFixed(0)}%); percentages are of busy time`,
+    'by category (self time):',
+    ...top(categories, 12),
+    'top functions by self time:',
+    ...top(self, 25),
+    'pg-vault-proxy functions by inclusive time:',
+    ...top(inclusive, 15, (k) => k.includes(' dist/')),
+  ].join('\n')
+}
+
+async function profileProxy(
+  pgbenchBin: string,
+  psql: string,
+  cluster: PgCluster,
+  config: { config: string; port: number },
+  running: Started,
+  postmasterPid: number,
+): Promise<string> {
+  await stopChild(running.entry)
+  const keep = await mkdtemp(path.join(os.tmpdir(), 'pgvp-bench-profile-')) // kept for inspection
+  const profiled = await startProxy(psql, cluster, config, ['--cpu-prof', `--cpu-prof-dir=${keep}`])
+  const target: Target = { name: 'proxy', port: profiled.port, pid: profiled.pid }
+  const mode = MODES[0] as Mode
+  const ours: Ours = { postmasterPid, pids: () => [profiled.pid()] }
+  const sample = await pgbench(pgbenchBin, target, mode, SECONDS, cluster.users.scram.user, ours)
+  await stopChild(profiled.entry) // SIGTERM: a clean exit writes the profile
+  const files = (await readdir(keep)).filter((f) => f.endsWith('.cpuprofile'))
+  if (files.length === 0) throw new Error(`the profiled proxy wrote no .cpuprofile to ${keep}`)
+  const file = path.join(keep, files[0] as string)
+  const profile = JSON.parse(await readFile(file, 'utf8')) as CpuProfile
+  return [
+    `profiled run (${mode.label}, -T ${SECONDS}, proxy under --cpu-prof): ${sample.tps.toFixed(0)} tps, proxy CPU ${sample.cpuPct?.toFixed(0) ?? '?'}% of a core, other work ${sample.otherPct.toFixed(0)}% of the machine`,
+    `profile: ${file}`,
+    summariseProfile(profile),
+  ].join('\n')
+}
+
+// ---------------------------------------------------------------------------
+// Main
+
+async function main(): Promise<void> {
+  const { pgbench: pgbenchBin, psql } = ensureClients()
+  ensurePgbouncer()
+  ensureBuilt()
+
+  console.log('starting a PostgreSQL 15 cluster ...')
+  // The pgbench tables (~160 MB at scale 10) stay in shared buffers for every target alike.
+  const cluster = await startCluster({ extraConf: ['shared_buffers = 256MB'] })
+  try {
+    const { user, password } = cluster.users.scram
+    const [serverVersion] = await cluster.query<{ server_version: string }>('SHOW server_version')
+    const cpus = os.cpus()
+    const machine = [
+      `machine: ${cpus.length} x ${cpus[0]?.model.trim() ?? '?'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}`,
+      `node ${process.version}; PostgreSQL ${serverVersion?.server_version ?? '?'}; ${firstLine(PGBOUNCER, ['--version'])}; ${firstLine(pgbenchBin, ['--version'])}`,
+    ]
+    console.log(machine.join('\n'))
+
+    // Tables owned by the owner role, so every target can read them: the proxy's sessions act as
+    // app_owner, the direct and pgbouncer sessions as scram_user (a member of app_owner).
+    console.log(`pgbench -i -s ${SCALE} (as ${user}, role ${cluster.ownerRole}) ...`)
+    await runOk(
+      pgbenchBin,
+      ['-i', '-q', '-s', String(SCALE), '-h', HOST, '-p', String(cluster.port), '-U', user, 'appdb'],
+      clientEnv({ PGPASSWORD: password, PGOPTIONS: `-c role=${cluster.ownerRole}` }),
+    )
+
+    console.log('starting pgbouncer and pg-vault-proxy ...')
+    const proxyConfig = await writeProxyConfig(cluster)
+    const [bouncer, proxy] = await Promise.all([startPgbouncer(psql, cluster), startProxy(psql, cluster, proxyConfig)])
+    const postmasterPid = Number(readFileSync(path.join(cluster.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0])
+    const ours: Ours = { postmasterPid, pids: () => [bouncer.pid(), proxy.pid()] }
+    const targets: Target[] = [
+      { name: 'direct', port: cluster.port, password },
+      { name: 'pgbouncer', port: bouncer.port, pid: bouncer.pid },
+      { name: 'proxy', port: proxy.port, pid: proxy.pid },
+    ]
+
+    // Every target reaches the same tables, as the expected role.
+    for (const target of targets) {
+      const env = clientEnv(target.password !== undefined ? { PGPASSWORD: target.password } : {})
+      const sql = 'SELECT current_user, count(*) FROM pgbench_branches'
+      const out = await runOk(
+        psql,
+        ['-X', '-At', '-h', HOST, '-p', String(target.port), '-U', user, '-d', 'appdb', '-c', sql],
+        env,
+      )
+      console.log(`  ${target.name.padEnd(9)} port ${target.port}: current_user|branches = ${out.trim()}`)
+      if (out.trim().split('|')[1] !== String(SCALE)) throw new Error(`${target.name}: unexpected answer ${out.trim()}`)
+    }
+
+    if (WARMUP_SECONDS > 0) {
+      console.log(`warm-up: ${WARMUP_SECONDS} s per target ...`)
+      for (const target of targets) {
+        const running = pgbench(pgbenchBin, target, MODES[0] as Mode, WARMUP_SECONDS, user, ours)
+        // Meanwhile, make sure no server connection uses TLS (the intermediaries' neither).
+        await sleep((WARMUP_SECONDS * 1000) / 2)
+        const [tls] = await cluster.query<{ total: string; tls: string }>(
+          `SELECT count(*) AS total, count(*) FILTER (WHERE s.ssl) AS tls FROM pg_stat_activity a
+           JOIN pg_stat_ssl s USING (pid) WHERE a.backend_type = 'client backend' AND a.usename = $1`,
+          [user],
+        )
+        await running
+        if (!tls || Number(tls.total) < 16 || Number(tls.tls) !== 0) {
+          throw new Error(`${target.name}: expected 16+ plain server connections, got ${JSON.stringify(tls)}`)
+        }
+      }
+    }
+
+    const samples = new Map<string, Sample[]>()
+    const key = (t: TargetName, m: Mode['id']): string => `${t}/${m}`
+    const total = ROUNDS * MODES.length * targets.length
+    let done = 0
+    console.log(
+      `measuring: ${ROUNDS} rounds x ${MODES.length} modes x ${targets.length} targets x ${SECONDS} s (~${Math.ceil((total * (SECONDS + 2)) / 60)} min)`,
+    )
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const mode of MODES) {
+        // Rotate the order each round, so no target always runs first (or right after another).
+        const order = targets.map((_, i) => targets[(i + round) % targets.length] as Target)
+        if (round % 2 === 1) order.reverse()
+        for (const target of order) {
+          done++
+          for (let attempt = 0; ; attempt++) {
+            const busyBefore = await waitForQuiet()
+            const sample = await pgbench(pgbenchBin, target, mode, SECONDS, user, ours)
+            if (busyBefore !== undefined) sample.disturbed = true
+            const cpu =
+              sample.cpuPct !== undefined
+                ? `, ${target.name} CPU ${sample.cpuPct.toFixed(0)}% = ${((sample.cpuUserUsPerTx ?? 0) + (sample.cpuSysUsPerTx ?? 0)).toFixed(1)} us/tx`
+                : ''
+            console.log(
+              `  [${String(done).padStart(2)}/${total}] round ${round + 1} ${mode.id.padEnd(3)} ${target.name.padEnd(9)} ${sample.tps.toFixed(0).padStart(7)} tps  ${sample.latencyMs.toFixed(3)} ms  (machine busy ${sample.machineBusyPct.toFixed(0)}%, other work ${sample.otherPct.toFixed(0)}%${cpu})${sample.disturbed ? ' *' : ''}`,
+            )
+            if (!sample.disturbed || attempt >= RETRIES) {
+              const list = samples.get(key(target.name, mode.id)) ?? []
+              list.push(sample)
+              samples.set(key(target.name, mode.id), list)
+              break
+            }
+            console.log(`  other work disturbed that run; repeating it (${attempt + 1}/${RETRIES})`)
+          }
+        }
+      }
+    }
+
+    // Results: medians over the undisturbed runs (over all runs where every one was disturbed).
+    const counted = (t: TargetName, m: Mode['id']): Sample[] => {
+      const list = samples.get(key(t, m)) ?? []
+      const clean = list.filter((s) => !s.disturbed)
+      return clean.length > 0 ? clean : list
+    }
+    const med = (t: TargetName, m: Mode['id'], f: (s: Sample) => number | undefined): number => {
+      const values = counted(t, m)
+        .map(f)
+        .filter((v): v is number => v !== undefined)
+      return values.length ? median(values) : NaN
+    }
+    const fmt = (value: number, digits: number, suffix = ''): string =>
+      Number.isNaN(value) ? '-' : `${value.toFixed(digits)}${suffix}`
+    const mark = (s: Sample): string => (s.disturbed ? '*' : '')
+    const rows: string[][] = [
+      [
+        'target',
+        'mode',
+        'TPS',
+        'avg latency ms',
+        'runs: TPS',
+        'runs: latency ms',
+        'its CPU',
+        'its CPU us/tx (user+sys)',
+      ],
+    ]
+    for (const mode of MODES) {
+      for (const t of TARGETS) {
+        const list = samples.get(key(t, mode.id)) ?? []
+        const tpsMedian = med(t, mode.id, (s) => s.tps)
+        const latencyMedian = med(t, mode.id, (s) => s.latencyMs)
+        const cpuMedian = med(t, mode.id, (s) => s.cpuPct)
+        const user = med(t, mode.id, (s) => s.cpuUserUsPerTx)
+        const sys = med(t, mode.id, (s) => s.cpuSysUsPerTx)
+        rows.push([
+          t,
+          mode.label,
+          fmt(tpsMedian, 0),
+          fmt(latencyMedian, 3),
+          list.map((s) => `${s.tps.toFixed(0)}${mark(s)}`).join(' '),
+          list.map((s) => `${s.latencyMs.toFixed(3)}${mark(s)}`).join(' '),
+          fmt(cpuMedian, 0, '%'),
+          Number.isNaN(user) ? '-' : `${(user + sys).toFixed(1)} (${user.toFixed(1)}+${sys.toFixed(1)})`,
+        ])
+      }
+    }
+    const lines: string[] = ['', ...machine, `pgbench -n <mode> -T ${SECONDS}, scale ${SCALE}, ${ROUNDS} rounds:`, '']
+    lines.push(...markdownTable(rows, [false, false, true, true, false, false, true, true]))
+    lines.push('')
+    lines.push('TPS and latency: medians of the runs listed, leaving out those marked * (see below).')
+    lines.push('"its CPU": the intermediary process (pgbouncer or the proxy), in % of one core and per transaction.')
+    const disturbed = [...samples.values()].flat().filter((s) => s.disturbed).length
+    if (disturbed > 0) {
+      lines.push(
+        `* ${disturbed} run(s) disturbed by other work on the machine (> ${OTHER_LIMIT_PCT}% of its CPU, even after ${RETRIES} repeat(s)): left out of the medians.`,
+      )
+    }
+    const tps = (t: TargetName, m: Mode['id']): number => med(t, m, (s) => s.tps)
+    const lat = (t: TargetName): number => med(t, 'c1', (s) => s.latencyMs)
+    const ratioBouncer16 = tps('proxy', 'c16') / tps('pgbouncer', 'c16')
+    const ratioDirect16 = tps('proxy', 'c16') / tps('direct', 'c16')
+    const addedProxy = lat('proxy') - lat('direct')
+    const addedBouncer = lat('pgbouncer') - lat('direct')
+    const met = (ok: boolean): string => (ok ? 'MET' : 'MISSED')
+    lines.push('')
+    lines.push(
+      `16 clients: proxy/pgbouncer TPS = ${ratioBouncer16.toFixed(3)}, proxy/direct TPS = ${ratioDirect16.toFixed(3)}`,
+    )
+    lines.push(
+      `1 client:   proxy/pgbouncer TPS = ${(tps('proxy', 'c1') / tps('pgbouncer', 'c1')).toFixed(3)}, proxy/direct TPS = ${(tps('proxy', 'c1') / tps('direct', 'c1')).toFixed(3)}`,
+    )
+    lines.push(
+      `1 client added latency: proxy ${(addedProxy * 1000).toFixed(1)} us, pgbouncer ${(addedBouncer * 1000).toFixed(1)} us (each minus direct)`,
+    )
+    lines.push(
+      `target: proxy TPS >= ${TPS_RATIO_TARGET} x pgbouncer at 16 clients: ${met(ratioBouncer16 >= TPS_RATIO_TARGET)} (${ratioBouncer16.toFixed(3)})`,
+    )
+    lines.push(
+      `target: added 1-client latency no worse than pgbouncer's: ${met(addedProxy <= addedBouncer)} (${(addedProxy * 1000).toFixed(1)} us vs ${(addedBouncer * 1000).toFixed(1)} us)`,
+    )
+    console.log(lines.join('\n'))
+
+    if (JSON_OUT) {
+      const json = {
+        machine,
+        seconds: SECONDS,
+        rounds: ROUNDS,
+        scale: SCALE,
+        samples: Object.fromEntries(samples),
+        ratios: { proxyPgbouncerTps16: ratioBouncer16, proxyDirectTps16: ratioDirect16 },
+        addedLatencyMs: { proxy: addedProxy, pgbouncer: addedBouncer },
+      }
+      await writeFile(JSON_OUT, `${JSON.stringify(json, null, 2)}\n`)
+      console.log(`results written to ${JSON_OUT}`)
+    }
+
+    if (PROFILE) {
+      console.log('\nprofiling the proxy ...')
+      console.log(await profileProxy(pgbenchBin, psql, cluster, proxyConfig, proxy, postmasterPid))
+    }
+
+    await Promise.all([stopChild(bouncer.entry), stopChild(proxy.entry)])
+  } finally {
+    for (const entry of tracked) await stopChild(entry, 3_000)
+    await cluster.stop()
+    cleanupSync()
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    cleanupSync()
+    process.stderr.write(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`)
+    if (err instanceof Error && err.cause instanceof Error) process.stderr.write(`cause: ${err.cause.message}\n`)
+    process.exit(1)
+  },
+)
