@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pg-vault-proxy's tests and demo need on a fresh Debian machine: PostgreSQL 15
-# (server binaries, psql, pgbench), openssl, and the npm dependencies. Safe to run again.
+# (server binaries, psql, pgbench), openssl, and the npm dependencies; with --tests also Debian's
+# docker-compose, which the tests use to validate docker-compose.yml. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,9 @@ missing=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v openssl >/dev/null || missing+=(openssl)
+if [ "${1:-}" = "--tests" ]; then
+  command -v docker-compose >/dev/null || missing+=(docker-compose) # test/integration/compose.test.ts
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing ${missing[*]}; install them with: sudo apt-get install -y ${missing[*]}" >&2

@@ -2,7 +2,7 @@
 # The test command: set up, then typecheck, lint and run every test against a real PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 npm run --silent typecheck
 npm run --silent lint
 log=$(mktemp)

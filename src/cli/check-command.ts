@@ -53,8 +53,8 @@ export async function runCheck(
     session.socket.end()
     const [current, sessionUser] = rows[0] ?? []
     say(`ok   current_user=${current} session_user=${sessionUser}`)
-    const status = (credentials as { status?: () => { expiresAt?: number } }).status?.()
-    if (status?.expiresAt !== undefined)
+    const status = credentials.status()
+    if (status.expiresAt !== undefined)
       say(`ok   credential TTL remaining: ${Math.max(0, Math.round((status.expiresAt - Date.now()) / 1000))} s`)
     else say('ok   credential TTL remaining: no expiry known (static or KV credential)')
   } finally {

@@ -1,5 +1,8 @@
 import { ConfigError, loadConfig, type Config } from '../config/load-config.js'
+import { ConfigReloader } from '../ops/config-reload.js'
+import { handleSignals } from '../ops/lifecycle.js'
 import { createLogger } from '../ops/logger.js'
+import { startOpsServer } from '../ops/ops-server.js'
 import { createProxyServer } from '../proxy/create-proxy-server.js'
 import { CheckFailure, runCheck } from './check-command.js'
 import { runExec } from './exec-command.js'
@@ -12,17 +15,18 @@ const EXIT_START = 2
 /** Loads the configuration from the file, PGVP_* and flags, or exits 1 naming every problem. */
 async function configFrom(flags: ConfigFlags): Promise<Config> {
   try {
-    return await loadConfig(flags.config, {
-      listen: flags.listen,
-      logLevel: flags.logLevel,
-      logFormat: flags.logFormat,
-    })
+    return await loadConfigFrom(flags)
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err
     const hint = flags.config === undefined ? '\n  (no --config given: pass one, or set PGVP_* variables)' : ''
     process.stderr.write(`pg-vault-proxy: ${err.message}${hint}\n`)
     process.exit(EXIT_CONFIG)
   }
+}
+
+/** The same load at start and at every SIGHUP. */
+function loadConfigFrom(flags: ConfigFlags): Promise<Config> {
+  return loadConfig(flags.config, { listen: flags.listen, logLevel: flags.logLevel, logFormat: flags.logFormat })
 }
 
 function loggerFor(config: Config, overrides: { level?: string } = {}): ReturnType<typeof createLogger> {
@@ -32,9 +36,10 @@ function loggerFor(config: Config, overrides: { level?: string } = {}): ReturnTy
 async function run(flags: ConfigFlags): Promise<void> {
   const config = await configFrom(flags)
   const logger = loggerFor(config)
-  let server
+  let server, ops
   try {
     server = createProxyServer(config, logger)
+    ops = await startOpsServer(config, server, logger)
     await server.start()
   } catch (err) {
     logger.fatal({ err: (err as Error).message }, 'could not start')
@@ -46,21 +51,8 @@ async function run(flags: ConfigFlags): Promise<void> {
     'pg-vault-proxy ready',
   )
 
-  let stopping = false
-  const stop = (signal: NodeJS.Signals): void => {
-    if (stopping) process.exit(1) // a second signal: leave at once
-    stopping = true
-    logger.info({ signal }, 'shutting down')
-    server
-      .close()
-      .then(() => process.exit(0))
-      .catch((err: unknown) => {
-        logger.error({ err }, 'error during shutdown')
-        process.exit(1)
-      })
-  }
-  process.on('SIGTERM', stop)
-  process.on('SIGINT', stop)
+  const reloader = new ConfigReloader(config, { server, logger, load: () => loadConfigFrom(flags) })
+  handleSignals({ server, ops, reloader, logger, exit: (code) => process.exit(code) })
 }
 
 async function check(flags: CheckFlags): Promise<void> {

@@ -39,6 +39,18 @@ export const configSchema = z
     owner_role: z.string().min(1).max(63),
     max_client_connections: z.number().int().positive().default(100),
     startup_timeout_ms: positiveMs.default(10_000),
+    // SIGTERM/SIGINT: how long open sessions may take to reach an idle point before they are ended.
+    shutdown_grace_ms: z.number().int().min(0).default(30_000),
+    // Unset: idle clients are kept forever, as PostgreSQL's idle_session_timeout = 0.
+    idle_client_timeout_ms: positiveMs.optional(),
+    ops: z
+      .object({
+        enabled: z.boolean().default(true),
+        listen: listenAddress.default({ host: '127.0.0.1', port: 9187 }),
+        allow_remote: z.boolean().default(false),
+      })
+      .strict()
+      .default({ enabled: true, listen: { host: '127.0.0.1', port: 9187 }, allow_remote: false }),
     upstream: z
       .object({
         host: z.string().min(1),

@@ -23,7 +23,16 @@ export function createLogger(
   }
   const isTerminal = (destination as { isTTY?: boolean }).isTTY === true
   if (format === 'pretty' || (format === 'auto' && isTerminal)) {
-    return pino(options, pretty({ destination, colorize: isTerminal, sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' }))
+    return pino(
+      options,
+      pretty({
+        destination,
+        colorize: isTerminal,
+        sync: true,
+        translateTime: 'SYS:HH:MM:ss.l',
+        ignore: 'pid,hostname,name',
+      }),
+    )
   }
   return pino(options, destination)
 }

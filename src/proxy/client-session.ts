@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
+import type { SessionMetrics } from '../ops/metrics.js'
 import {
   encodeAuthenticationOk,
   encodeBackendKeyData,
@@ -9,13 +10,14 @@ import {
   encodeReadyForQuery,
   errorFields,
 } from '../pgwire/backend-messages.js'
+import { FrontendCode } from '../pgwire/codes.js'
 import { ConnectionClosedError, FramingError } from '../pgwire/message-reader.js'
 import { StartupPacketError, type StartupParameter } from '../pgwire/startup-packet.js'
 import type { CredentialSource, DbCredential } from '../vault/credential-source.js'
 import type { CancelRegistry } from './cancel-registry.js'
 import { readClientGreeting, startupRefusal } from './client-handshake.js'
 import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
-import { Relay, type RelayResult } from './relay.js'
+import { Relay } from './relay.js'
 import { splitClientStartup, type ClientStartup } from './startup-parameters.js'
 import { TransactionTracker } from './transaction-tracker.js'
 import type { UpstreamConnector, UpstreamSession } from './upstream-connector.js'
@@ -25,6 +27,8 @@ export interface SessionSettings {
   /** upstream.database; the client's database when unset. */
   database: string | undefined
   startupTimeoutMs: number
+  /** idle_client_timeout_ms: unset means never. */
+  idleClientTimeoutMs: number | undefined
 }
 
 /** What every session shares, handed in by the proxy server. */
@@ -33,10 +37,15 @@ export interface SessionContext {
   connector: UpstreamConnector
   credentials: CredentialSource
   cancels: CancelRegistry
-  /** False when the client would exceed max_client_connections. */
-  admit(): boolean
+  /** Why this client may not have a session now (too many clients, shutting down), or undefined. */
+  admit(): ProxyError | undefined
+  metrics: SessionMetrics
   logger: Logger
 }
+
+/** Until routes exist, every session takes the one configured route. */
+const ROUTE = 'default'
+const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 
 export const SessionPhase = {
   Handshake: 'handshake',
@@ -57,6 +66,11 @@ export class ClientSession {
   private relay: Relay | undefined
   private readonly startedAt = Date.now()
   private readonly log: Logger
+  /** Known once read, for the audit line. */
+  private startup: ClientStartup | undefined
+  private credential: DbCredential | undefined
+  private draining = false
+  private idleTimer: NodeJS.Timeout | undefined
 
   constructor(
     private readonly socket: Socket,
@@ -75,29 +89,34 @@ export class ClientSession {
       const greeting = await readClientGreeting(socket)
       clearTimeout(timer)
       if (greeting.kind === 'CancelRequest') {
-        await this.context.cancels.cancel(greeting.processId, greeting.secretKey)
+        const matched = await this.context.cancels.cancel(greeting.processId, greeting.secretKey)
+        if (!matched) this.context.metrics.cancelRequest('unknown_key')
         socket.end()
         return
       }
       this.phase = SessionPhase.Login
       const { packet, reader } = greeting
-      if (!this.context.admit()) {
-        throw new ProxyError('too_many_clients', {
-          sqlState: '53300',
-          message: 'sorry, too many clients already (pg-vault-proxy max_client_connections reached)',
-          hint: 'Raise max_client_connections in the proxy configuration, or close idle connections.',
-        })
-      }
       const startup = splitClientStartup(packet.parameters)
+      this.startup = startup
+      const refusal = this.context.admit()
+      if (refusal) throw refusal
       if (startup.stripped.length > 0)
         this.log.debug({ stripped: startup.stripped }, 'removed client startup parameters the proxy owns')
       const upstream = await this.loginUpstream(startup)
       // The credential stays held until the session ends, so its lease is never revoked under it.
       const { release } = upstream
       try {
+        if (this.draining) {
+          // Shutdown began during the login: the client never got AuthenticationOk, so it can be refused.
+          upstream.session.socket.end(TERMINATE)
+          throw shuttingDown()
+        }
         this.startRelay(upstream, startup, packet.minorVersion, reader.detach())
+        this.context.metrics.sessionStarted()
         const result = await (this.relay as Relay).done
-        this.logEnd(result, upstream.credential)
+        clearTimeout(this.idleTimer)
+        this.context.metrics.sessionEnded(result.reason)
+        this.audit('info', { reason: result.reason, detail: result.detail }, result)
       } finally {
         release()
       }
@@ -109,10 +128,19 @@ export class ClientSession {
     }
   }
 
-  /** Ends the session for shutdown. */
+  /** Ends the session now, for shutdown: FATAL 57P01 when relaying (unless mid-message). */
   stop(): void {
-    if (this.relay) this.relay.stop()
+    if (this.relay) this.relay.stop('shutdown')
     else this.socket.destroy()
+  }
+
+  /**
+   * Shutdown has begun: end the session at its next idle point (at once if idle now), so no
+   * transaction is cut; one still logging in is refused with 57P03 instead of greeted.
+   */
+  drain(): void {
+    this.draining = true
+    if (this.relay?.isIdle) this.relay.stop('shutdown')
   }
 
   /**
@@ -142,6 +170,7 @@ export class ClientSession {
     startup: ClientStartup,
     credential: DbCredential,
   ): Promise<{ session: UpstreamSession; credential: DbCredential; release: () => void }> {
+    this.credential = credential
     const release = this.context.credentials.use(credential)
     try {
       const session = await this.context.connector.connect(this.upstreamParameters(startup, credential), credential)
@@ -173,14 +202,21 @@ export class ClientSession {
     const { session: upstream, credential } = login
     const tracker = new TransactionTracker()
     tracker.status = upstream.transactionStatus
-    const { cancels, connector } = this.context
+    const { cancels, connector, metrics } = this.context
     const key = cancels.register(async () => {
       // Only a busy session is cancelled: a late cancel must not hit the client's next statement.
-      if (!tracker.isBusy) return
+      if (!tracker.isBusy) {
+        metrics.cancelRequest('not_busy')
+        return
+      }
       this.log.info('forwarding cancel request')
-      await connector
-        .cancel(upstream.processId, upstream.secretKey)
-        .catch((err: Error) => this.log.warn({ err: err.message }, 'cancel forwarding failed'))
+      await connector.cancel(upstream.processId, upstream.secretKey).then(
+        () => metrics.cancelRequest('forwarded'),
+        (err: Error) => {
+          metrics.cancelRequest('failed')
+          this.log.warn({ err: err.message }, 'cancel forwarding failed')
+        },
+      )
     })
     this.socket.once('close', () => cancels.unregister(key.processId))
 
@@ -215,29 +251,66 @@ export class ClientSession {
       tracker,
       upstreamProcessId: upstream.processId,
       clientProcessId: key.processId,
+      onIdle: () => this.onIdle(),
+      onClientData: () => this.onClientData(),
+      meter: metrics,
     }).start()
+    if (this.relay.isIdle) this.onIdle()
   }
 
+  /** The client is waiting outside a transaction: the point where draining ends it, and the idle timeout runs. */
+  private onIdle(): void {
+    const { relay } = this
+    if (!relay) return
+    if (this.draining) {
+      relay.stop('shutdown')
+      return
+    }
+    const timeoutMs = this.context.settings.idleClientTimeoutMs
+    if (timeoutMs === undefined || this.idleTimer !== undefined) return
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined
+      // Not idle at this instant (a notification half-way through): the next idle point re-arms it.
+      if (relay.isIdle) relay.stop('idle_timeout', idleTimeoutFields(timeoutMs))
+    }, timeoutMs)
+    this.idleTimer.unref()
+  }
+
+  private onClientData(): void {
+    clearTimeout(this.idleTimer)
+    this.idleTimer = undefined
+  }
+
+  /** Every failure before the relay: one reply to the client (or silence), one audit line. */
   private refuse(err: unknown): void {
     const { socket } = this
     if (err instanceof StartupPacketError) {
       const reply = startupRefusal(err)
-      this.log.debug({ reason: err.message }, 'startup packet refused')
+      this.audit('debug', { reason: 'bad_startup_packet', detail: err.message })
       if (reply) socket.end(reply)
       else socket.destroy()
       return
     }
     if (err instanceof FramingError || err instanceof ConnectionClosedError) {
-      this.log.debug({ reason: err.message }, 'client closed or sent junk during startup')
+      // Port probes and clients that give up land here: not worth more than a debug line.
+      this.audit('debug', { reason: 'client_left_during_startup', detail: err.message })
       socket.destroy()
       return
     }
     if (err instanceof ProxyError) {
-      this.log.warn({ reason: err.reason, sqlState: err.clientError.sqlState, msg_: err.message }, 'session refused')
+      this.context.metrics.sessionRefused(err.reason)
+      this.audit('warn', {
+        reason: 'refused',
+        refusal: err.reason,
+        sqlState: err.clientError.sqlState,
+        detail: err.message,
+      })
       socket.end(encodeErrorResponse(err.fields()))
       return
     }
+    this.context.metrics.sessionRefused('internal_error')
     this.log.error({ err }, 'internal error in session')
+    this.audit('error', { reason: 'internal_error' })
     socket.end(
       encodeErrorResponse(
         errorFields({
@@ -249,17 +322,50 @@ export class ClientSession {
     )
   }
 
-  private logEnd(result: RelayResult, credential: DbCredential): void {
-    this.log.info(
+  /**
+   * The session's audit line, exactly one per client session (CancelRequest connections have none).
+   * The client address is on the session's child logger; no field ever holds a secret.
+   */
+  private audit(
+    level: 'debug' | 'info' | 'warn' | 'error',
+    end: { reason: string; detail?: string | undefined; refusal?: string; sqlState?: string },
+    bytes: { bytesFromClient: number; bytesFromUpstream: number } = { bytesFromClient: 0, bytesFromUpstream: 0 },
+  ): void {
+    const { startup, credential } = this
+    this.log[level](
       {
-        ...result,
-        upstreamUser: credential.username,
-        credential: credential.origin,
+        route: ROUTE,
+        clientUser: startup?.clientUser,
+        database: startup ? (this.context.settings.database ?? startup.database ?? startup.clientUser) : undefined,
+        upstreamUser: credential?.username,
+        leaseId: credential?.leaseId,
+        credential: credential?.origin,
         durationMs: Date.now() - this.startedAt,
+        bytesFromClient: bytes.bytesFromClient,
+        bytesFromUpstream: bytes.bytesFromUpstream,
+        ...end,
       },
       'session ended',
     )
   }
+}
+
+/** The refusal for a client that arrives or finishes logging in while the proxy drains (PostgreSQL says the same). */
+export function shuttingDown(): ProxyError {
+  return new ProxyError('shutting_down', {
+    sqlState: '57P03',
+    message: 'the database system is shutting down (pg-vault-proxy is draining and accepts no new sessions)',
+    hint: 'Connect again in a moment, to this proxy once it has restarted or to another instance.',
+  })
+}
+
+function idleTimeoutFields(timeoutMs: number): ReturnType<typeof errorFields> {
+  return errorFields({
+    severity: 'FATAL',
+    sqlState: '57P05',
+    message: `terminating connection due to idle-session timeout (pg-vault-proxy idle_client_timeout_ms = ${timeoutMs})`,
+    hint: 'Reconnect; raise or unset idle_client_timeout_ms in the proxy configuration to keep idle clients longer.',
+  })
 }
 
 function describePeer(socket: Socket): string {

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
 import { resolveVaultSettings } from '../config/vault-settings.js'
 import type { Config } from '../config/load-config.js'
+import { noMetrics, ProxyMetrics, type CredentialMetrics, type VaultRequestMetrics } from '../ops/metrics.js'
 import { ScramKeyCache } from '../pgwire/scram-client.js'
 import type { CredentialSource } from '../vault/credential-source.js'
 import { DynamicCredentialSource } from '../vault/dynamic-source.js'
@@ -10,29 +11,48 @@ import { StaticRoleCredentialSource } from '../vault/static-role-source.js'
 import { VaultAuthenticator } from '../vault/vault-authenticator.js'
 import { VaultClient } from '../vault/vault-client.js'
 import { VaultSession } from '../vault/vault-session.js'
-import { ProxyServer } from './proxy-server.js'
+import { ProxyServer, type SessionProfile } from './proxy-server.js'
 import { UpstreamConnector } from './upstream-connector.js'
 import { UpstreamEndpoint } from './upstream-endpoint.js'
 
 /** Composition root: turns a validated Config into a ready-to-start ProxyServer. */
 export function createProxyServer(config: Config, logger: Logger, env: NodeJS.ProcessEnv = process.env): ProxyServer {
-  const { upstream } = config
-  const connector = createUpstreamConnector(config)
+  const metrics = new ProxyMetrics({ processMetrics: true })
   return new ProxyServer({
     listen: config.listen,
     allowRemote: config.allow_remote,
     socketDir: config.socket_dir,
     socketMode: parseInt(config.socket_mode, 8),
-    maxClientConnections: config.max_client_connections,
+    profile: createSessionProfile(config, logger, metrics, env),
+    logger,
+    metrics,
+  })
+}
+
+/**
+ * What new sessions are built from, for a (re)loaded Config. `keepCredentials` is the running
+ * profile's source, reused when a reload left the credential settings unchanged, so a reload
+ * costs no new Vault login and lease. The connector is always built anew: a reload re-reads the
+ * upstream TLS files.
+ */
+export function createSessionProfile(
+  config: Config,
+  logger: Logger,
+  metrics: ProxyMetrics,
+  env: NodeJS.ProcessEnv = process.env,
+  keepCredentials?: CredentialSource,
+): SessionProfile {
+  return {
     settings: {
       ownerRole: config.owner_role,
-      database: upstream.database,
+      database: config.upstream.database,
       startupTimeoutMs: config.startup_timeout_ms,
+      idleClientTimeoutMs: config.idle_client_timeout_ms,
     },
-    connector,
-    credentials: createCredentialSource(config, logger, env),
-    logger,
-  })
+    connector: createUpstreamConnector(config),
+    credentials: keepCredentials ?? createCredentialSource(config, logger, env, metrics),
+    maxClientConnections: config.max_client_connections,
+  }
 }
 
 /** The upstream side of the configuration: where PostgreSQL is and how to log in to it. */
@@ -49,7 +69,12 @@ export function createUpstreamConnector(config: Config): UpstreamConnector {
   )
 }
 
-export function createCredentialSource(config: Config, logger: Logger, env: NodeJS.ProcessEnv = process.env): CredentialSource {
+export function createCredentialSource(
+  config: Config,
+  logger: Logger,
+  env: NodeJS.ProcessEnv = process.env,
+  metrics: CredentialMetrics & VaultRequestMetrics = noMetrics,
+): CredentialSource {
   const { static: fixed, vault, kv, revoke_on_shutdown } = config.credentials
   if (fixed) {
     if (fixed.password !== undefined) {
@@ -57,11 +82,14 @@ export function createCredentialSource(config: Config, logger: Logger, env: Node
         'credentials.static.password is written inline in the config file; prefer credentials.static.password_file',
       )
     }
-    return new StaticCredentialSource({
-      username: fixed.username,
-      password: fixed.password,
-      passwordFile: fixed.password_file,
-    })
+    return new StaticCredentialSource(
+      {
+        username: fixed.username,
+        password: fixed.password,
+        passwordFile: fixed.password_file,
+      },
+      metrics,
+    )
   }
   const settings = resolveVaultSettings(config, env)
   const log = logger.child({ component: 'vault' })
@@ -74,8 +102,8 @@ export function createCredentialSource(config: Config, logger: Logger, env: Node
     log.warn(
       'a Vault secret is written inline in the config file; prefer vault.auth.token_file or vault.auth.secret_id_file',
     )
-  const client = new VaultClient(settings.client)
-  const session = new VaultSession(client, new VaultAuthenticator(client, settings.auth, log), log)
+  const client = new VaultClient(settings.client, metrics)
+  const session = new VaultSession(client, new VaultAuthenticator(client, settings.auth, log), log, metrics)
   if (vault?.role)
     return new DynamicCredentialSource(session, {
       mount: vault.mount,

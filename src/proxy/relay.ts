@@ -32,6 +32,12 @@ export interface RelayOptions {
   /** The upstream backend's pid, and the pid the client was given instead (see rewriteNotifyPid). */
   upstreamProcessId: number
   clientProcessId: number
+  /** Called after upstream bytes were passed to the client, whenever the session is then idle (see isIdle). */
+  onIdle?: () => void
+  /** Called for every chunk the client sends. */
+  onClientData?: () => void
+  /** Counts bytes as they pass, so long sessions show up in metrics before they end. */
+  meter?: { bytesFromClient(n: number): void; bytesFromUpstream(n: number): void }
 }
 
 export type RelayEndReason =
@@ -41,7 +47,8 @@ export type RelayEndReason =
   | 'upstream_fatal'
   | 'upstream_closed'
   | 'upstream_protocol_violation'
-  | 'stopped'
+  | 'shutdown'
+  | 'idle_timeout'
 
 export interface RelayResult {
   reason: RelayEndReason
@@ -92,9 +99,26 @@ export class Relay {
   }
 
   start(): this {
-    const { client, upstream, clientPending, upstreamPending } = this.options
-    this.pipe(client, upstream, this.clientFramer, (n) => (this.bytesFromClient += n), 'client')
-    this.pipe(upstream, client, this.upstreamFramer, (n) => (this.bytesFromUpstream += n), 'upstream')
+    const { client, upstream, clientPending, upstreamPending, onIdle, onClientData, meter } = this.options
+    this.pipe(client, upstream, this.clientFramer, 'client', (n) => {
+      this.bytesFromClient += n
+      meter?.bytesFromClient(n)
+      onClientData?.()
+    })
+    this.pipe(
+      upstream,
+      client,
+      this.upstreamFramer,
+      'upstream',
+      (n) => {
+        this.bytesFromUpstream += n
+        meter?.bytesFromUpstream(n)
+      },
+      // After the write, so whatever the idle handler sends lands after the ReadyForQuery.
+      () => {
+        if (onIdle && this.isIdle) onIdle()
+      },
+    )
     if (clientPending.length > 0) client.unshift(clientPending)
     if (upstreamPending.length > 0) upstream.unshift(upstreamPending)
     client.resume()
@@ -102,16 +126,32 @@ export class Relay {
     return this
   }
 
-  /** Ends the session from outside (shutdown): the client is told why, the upstream gets Terminate. */
+  /**
+   * Waiting for the client's next command outside any transaction, where PostgreSQL itself applies
+   * idle_session_timeout: nothing outstanding, no COPY, no open extended-query batch, status I, and
+   * no message half-way through in either direction.
+   */
+  get isIdle(): boolean {
+    return (
+      !this.finished &&
+      this.options.tracker.isIdle &&
+      !this.clientFramer.isMidMessage &&
+      !this.upstreamFramer.isMidMessage
+    )
+  }
+
+  /** Ends the session from outside: the client is told why (unless mid-message), the upstream gets Terminate. */
   stop(
+    reason: 'shutdown' | 'idle_timeout' = 'shutdown',
     fields = errorFields({
       severity: 'FATAL',
       sqlState: '57P01',
       message: 'terminating connection: pg-vault-proxy is shutting down',
     }),
   ): void {
+    if (this.finished) return
     if (!this.upstreamFramer.isMidMessage) this.options.client.write(encodeErrorResponse(fields))
-    this.finish('stopped')
+    this.finish(reason)
   }
 
   private onUpstreamMessage(code: number, whole: Buffer | undefined): void {
@@ -136,8 +176,9 @@ export class Relay {
     from: Socket,
     to: Socket,
     framer: MessageFramer,
-    count: (n: number) => void,
     side: 'client' | 'upstream',
+    count: (n: number) => void,
+    afterWrite?: () => void,
   ): void {
     from.on('data', (chunk: Buffer) => {
       count(chunk.length)
@@ -155,6 +196,7 @@ export class Relay {
         from.pause()
         to.once('drain', () => from.resume())
       }
+      afterWrite?.()
     })
     from.on('end', () => this.sideEnded(side))
     from.on('close', () => this.sideEnded(side))

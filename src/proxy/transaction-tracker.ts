@@ -15,6 +15,8 @@ export class TransactionTracker {
   private copy: 'none' | 'in' | 'out' = 'none'
   /** A COPY IN ended on the server's side before the client sent CopyDone/CopyFail. */
   private copyEndExpected = false
+  /** Parse/Bind/Execute/Describe/Close/Flush sent since the last Sync: an open extended-query batch. */
+  private batchOpen = false
 
   /** Called for every message the client sends. */
   onFrontend(code: number): void {
@@ -25,6 +27,16 @@ export class TransactionTracker {
         break
       case FrontendCode.Sync:
         this.pending.push('sync')
+        this.batchOpen = false
+        break
+      case FrontendCode.Parse:
+      case FrontendCode.Bind:
+      case FrontendCode.Execute:
+      case FrontendCode.Describe:
+      case FrontendCode.Close:
+      case FrontendCode.Flush:
+        // Until its Sync, the server holds the batch's implicit transaction open (pgwire.md §5.2).
+        this.batchOpen = true
         break
       case FrontendCode.CopyDone:
       case FrontendCode.CopyFail:
@@ -57,14 +69,14 @@ export class TransactionTracker {
     }
   }
 
-  /** Nothing owed, not in COPY, and the last ReadyForQuery said idle. */
+  /** Nothing owed, no open extended-query batch, not in COPY, and the last ReadyForQuery said idle. */
   get isIdle(): boolean {
-    return this.pending.length === 0 && this.copy === 'none' && this.status === 'I'
+    return this.pending.length === 0 && !this.batchOpen && this.copy === 'none' && this.status === 'I'
   }
 
   /** A request is being processed (worth forwarding a cancel for). */
   get isBusy(): boolean {
-    return this.pending.length > 0 || this.copy !== 'none'
+    return this.pending.length > 0 || this.batchOpen || this.copy !== 'none'
   }
 
   get outstanding(): number {

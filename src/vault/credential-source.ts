@@ -4,6 +4,21 @@ export interface DbCredential {
   readonly password: string
   /** What issued it, for logs and error messages (a file path, a Vault lease id); never secret. */
   readonly origin: string
+  /** The Vault lease it came with, for sources that hold leases (for audit lines and /status). */
+  readonly leaseId?: string
+}
+
+/** Whether a source has a credential at hand now; read by /readyz, /status and the TTL gauge. */
+export interface CredentialStatus {
+  /** A credential believed valid is at hand, so a session can log in without waiting on Vault. */
+  ready: boolean
+  /** The login user of that credential (never the password). */
+  user?: string
+  /** When it stops being valid (epoch ms), for credentials that expire. */
+  expiresAt?: number
+  leaseId?: string
+  /** One line for operators: what the source holds, or why it holds nothing. */
+  detail: string
 }
 
 /**
@@ -23,6 +38,8 @@ export interface CredentialSource {
    * sources that hold leases revoke the ones no session uses any more.
    */
   use(credential: DbCredential): () => void
+  /** Cheap and synchronous: called on every health probe and scrape. */
+  status(): CredentialStatus
   /** Stops timers; sources that hold leases revoke them (unless configured not to). */
   close(): Promise<void>
 }

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import type { CredentialSource, DbCredential } from './credential-source.js'
+import type { CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
 import { RefusalBackoff } from './refusal-backoff.js'
 import { credentialUnavailable, type VaultSession } from './vault-session.js'
 import type { VaultSecret } from './vault-client.js'
@@ -24,6 +24,8 @@ interface Lease {
   timer?: NodeJS.Timeout | undefined
 }
 
+/** How long close() waits for a credential being issued, so it can revoke that lease too. */
+const CLOSE_WAITS_FOR_ISSUE_MS = 5_000
 const RENEW_AT = 2 / 3 // renew renewable leases at 2/3 of their TTL (Vault Agent's rule)
 const REFETCH_AT = 0.85 // fetch the next credential at 85% of a lease that cannot be renewed further
 /**
@@ -107,8 +109,30 @@ export class DynamicCredentialSource implements CredentialSource {
     }
   }
 
+  status(): CredentialStatus {
+    const lease = this.current
+    if (!lease) return { ready: false, detail: `no lease from Vault ${this.path} yet` }
+    const { leaseId, expiresAt, credential } = lease
+    const ready = expiresAt > Date.now()
+    return {
+      ready,
+      user: credential.username,
+      expiresAt,
+      leaseId,
+      detail: ready ? `Vault lease ${leaseId}` : `Vault lease ${leaseId} expired and could not be replaced`,
+    }
+  }
+
   async close(): Promise<void> {
     this.closed = true
+    // A lease being issued right now would outlive the proxy unseen: wait for it (a little: Vault
+    // may be hanging), then revoke it with the others.
+    if (this.fetching) {
+      let timer: NodeJS.Timeout | undefined
+      const waited = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_WAITS_FOR_ISSUE_MS)))
+      await Promise.race([this.fetching.catch(() => undefined), waited])
+      clearTimeout(timer)
+    }
     for (const lease of this.leases.values()) clearTimeout(lease.timer)
     if (this.options.revokeOnShutdown) await Promise.all([...this.leases.values()].map((lease) => this.revoke(lease)))
     this.vault.stop()
@@ -123,6 +147,11 @@ export class DynamicCredentialSource implements CredentialSource {
   private async issue(): Promise<Lease> {
     const secret = await this.vault.call(this.path, (client) => client.read(this.path))
     const lease = this.leaseOf(secret)
+    if (this.closed) {
+      // Issued while closing (a prefetch or a login in flight): close() revokes it with the others.
+      this.leases.set(lease.leaseId, lease)
+      throw new Error('the credential source is closed')
+    }
     const previous = this.current
     this.current = lease
     this.leases.set(lease.leaseId, lease)
@@ -135,7 +164,11 @@ export class DynamicCredentialSource implements CredentialSource {
       },
       'issued a database credential',
     )
-    if (previous) this.retire(previous)
+    this.vault.metrics.credentialIssued('vault_dynamic')
+    if (previous) {
+      this.vault.metrics.credentialSwapped('vault_dynamic')
+      this.retire(previous)
+    }
     this.schedule(lease, secret.leaseDurationSeconds)
     return lease
   }
@@ -146,7 +179,7 @@ export class DynamicCredentialSource implements CredentialSource {
       throw new Error(`Vault's answer for ${this.path} has no username, password and lease`)
     }
     return {
-      credential: { username, password, origin: `Vault lease ${secret.leaseId}` },
+      credential: { username, password, origin: `Vault lease ${secret.leaseId}`, leaseId: secret.leaseId },
       leaseId: secret.leaseId,
       ttlSeconds: secret.leaseDurationSeconds,
       expiresAt: Date.now() + secret.leaseDurationSeconds * 1000,
@@ -173,6 +206,7 @@ export class DynamicCredentialSource implements CredentialSource {
         client.renewLease(lease.leaseId, lease.ttlSeconds),
       )
       lease.expiresAt = Date.now() + secret.leaseDurationSeconds * 1000
+      this.vault.metrics.leaseRenewal('renewed')
       const capped = secret.leaseDurationSeconds < lease.ttlSeconds
       this.log.info(
         { leaseId: lease.leaseId, ttlSeconds: secret.leaseDurationSeconds, capped, warnings: secret.warnings },
@@ -180,6 +214,7 @@ export class DynamicCredentialSource implements CredentialSource {
       )
       this.schedule(lease, secret.leaseDurationSeconds)
     } catch (err) {
+      this.vault.metrics.leaseRenewal('failed')
       this.log.warn(
         { leaseId: lease.leaseId, err: (err as Error).message },
         'lease renewal refused; fetching the next credential',
@@ -218,8 +253,10 @@ export class DynamicCredentialSource implements CredentialSource {
     clearTimeout(lease.timer)
     try {
       await this.vault.call('sys/leases/revoke', (client) => client.revokeLease(lease.leaseId))
+      this.vault.metrics.leaseRevocation('revoked')
       this.log.info({ leaseId: lease.leaseId }, 'revoked a lease')
     } catch (err) {
+      this.vault.metrics.leaseRevocation('failed')
       this.log.warn(
         { leaseId: lease.leaseId, err: (err as Error).message },
         'could not revoke a lease; Vault revokes it at expiry',

@@ -20,7 +20,7 @@ export class KvCredentialSource extends RereadCredentialSource {
     private readonly options: KvSourceOptions,
   ) {
     const dataPath = `${options.mount}/data/${options.path}`
-    super(vault, dataPath)
+    super(vault, dataPath, 'vault_kv')
     this.dataPath = dataPath
   }
 

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import type { CredentialSource, DbCredential } from './credential-source.js'
+import type { CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
 import { RefusalBackoff } from './refusal-backoff.js'
 import { credentialUnavailable, type VaultSession } from './vault-session.js'
 
@@ -17,12 +17,16 @@ export interface CredentialRead {
 export abstract class RereadCredentialSource implements CredentialSource {
   private current: CredentialRead | undefined
   private reading: Promise<DbCredential> | undefined
+  /** Survives invalidate(), so a swap to a different password can be told from a re-read of the same. */
+  private lastRead: DbCredential | undefined
   private readonly backoff = new RefusalBackoff()
   protected readonly log: Logger
 
   constructor(
     protected readonly vault: VaultSession,
-    source: string,
+    private readonly source: string,
+    /** The metrics label: vault_static_role or vault_kv. */
+    private readonly kind: string,
   ) {
     this.log = vault.log.child({ source })
   }
@@ -53,6 +57,13 @@ export abstract class RereadCredentialSource implements CredentialSource {
     return () => undefined
   }
 
+  status(): CredentialStatus {
+    const current = this.current
+    // No expiry to report: only Vault changes this credential, so the last one read stays usable.
+    if (current) return { ready: true, user: current.credential.username, detail: current.credential.origin }
+    return { ready: false, detail: `no credential read yet from Vault ${this.source}` }
+  }
+
   close(): Promise<void> {
     this.current = undefined
     this.vault.stop()
@@ -63,7 +74,14 @@ export abstract class RereadCredentialSource implements CredentialSource {
   private read(): Promise<DbCredential> {
     this.reading ??= this.readCredential()
       .then((read) => {
+        const previous = this.current?.credential ?? this.lastRead
+        const { metrics } = this.vault
+        const changed =
+          previous?.username !== read.credential.username || previous.password !== read.credential.password
+        if (changed) metrics.credentialIssued(this.kind)
+        if (previous && changed) metrics.credentialSwapped(this.kind)
         this.current = read
+        this.lastRead = read.credential
         return read.credential
       })
       .finally(() => (this.reading = undefined))

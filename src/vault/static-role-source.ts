@@ -16,7 +16,7 @@ export class StaticRoleCredentialSource extends RereadCredentialSource {
     vault: VaultSession,
     private readonly path: string,
   ) {
-    super(vault, path)
+    super(vault, path, 'vault_static_role')
   }
 
   static forRole(vault: VaultSession, mount: string, role: string): StaticRoleCredentialSource {

@@ -1,6 +1,8 @@
+import { accessSync, constants } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
+import { noMetrics, type CredentialMetrics } from '../ops/metrics.js'
 import { ProxyError } from '../proxy/proxy-error.js'
-import type { CredentialSource, DbCredential } from './credential-source.js'
+import type { CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
 
 export interface StaticSourceOptions {
   username: string
@@ -16,8 +18,13 @@ export interface StaticSourceOptions {
  */
 export class StaticCredentialSource implements CredentialSource {
   private cached: { credential: DbCredential; mtimeMs: number; size: number } | undefined
+  /** Survives invalidate(), so a re-read of an unchanged file is not counted as a new credential. */
+  private lastPassword: string | undefined
 
-  constructor(private readonly options: StaticSourceOptions) {}
+  constructor(
+    private readonly options: StaticSourceOptions,
+    private readonly metrics: CredentialMetrics = noMetrics,
+  ) {}
 
   async get(): Promise<DbCredential> {
     const { username, password, passwordFile } = this.options
@@ -40,6 +47,19 @@ export class StaticCredentialSource implements CredentialSource {
     return () => undefined
   }
 
+  status(): CredentialStatus {
+    const { username, passwordFile } = this.options
+    if (passwordFile === undefined) return { ready: true, user: username, detail: 'password given inline' }
+    try {
+      // A readable file is as good as a credential: it is read at each login that needs it.
+      accessSync(passwordFile, constants.R_OK)
+      return { ready: true, user: username, detail: `password file ${passwordFile} is readable` }
+    } catch (err) {
+      const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message
+      return { ready: false, user: username, detail: `cannot read the password file ${passwordFile} (${why})` }
+    }
+  }
+
   async close(): Promise<void> {
     this.cached = undefined
     return Promise.resolve()
@@ -52,6 +72,12 @@ export class StaticCredentialSource implements CredentialSource {
       if (cached && cached.mtimeMs === info.mtimeMs && cached.size === info.size) return cached.credential
       const text = await readFile(path, 'utf8')
       const credential = { username: this.options.username, password: text.replace(/\r?\n$/, ''), origin: path }
+      const previous = this.lastPassword
+      if (previous !== credential.password) {
+        this.metrics.credentialIssued('static_file')
+        if (previous !== undefined) this.metrics.credentialSwapped('static_file')
+      }
+      this.lastPassword = credential.password
       this.cached = { credential, mtimeMs: info.mtimeMs, size: info.size }
       return credential
     } catch (err) {

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs'
 import nodeVault from 'node-vault'
+import { noMetrics, type VaultRequestMetrics } from '../ops/metrics.js'
 import { toVaultError } from './vault-error.js'
 
 export interface VaultClientOptions {
@@ -49,7 +50,10 @@ export class VaultClient {
   private readonly vault: nodeVault.client
   readonly address: string
 
-  constructor(options: VaultClientOptions) {
+  constructor(
+    options: VaultClientOptions,
+    private readonly metrics: VaultRequestMetrics = noMetrics,
+  ) {
     this.address = options.address.replace(/\/+$/, '')
     const tls: Record<string, Buffer> = {}
     if (options.caCert) tls.ca = readFileSync(options.caCert)
@@ -114,12 +118,17 @@ export class VaultClient {
     await this.call('sys/leases/revoke', () => this.vault.revoke({ lease_id: leaseId }))
   }
 
+  /** Every request passes here: `path` is a Vault path (never a lease id or a secret), the metrics label. */
   private async call(path: string, request: () => Promise<unknown>): Promise<Envelope | undefined> {
+    const started = performance.now()
     try {
       const result: unknown = await request()
+      this.metrics.vaultRequest(path, (performance.now() - started) / 1000)
       return result === '' || result === undefined ? undefined : (result as Envelope)
     } catch (err) {
-      throw toVaultError(err, path, this.address)
+      const error = toVaultError(err, path, this.address)
+      this.metrics.vaultRequest(path, (performance.now() - started) / 1000, error.failure)
+      throw error
     }
   }
 }

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { noMetrics, type CredentialMetrics } from '../ops/metrics.js'
 import { ProxyError } from '../proxy/proxy-error.js'
 import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.js'
 import type { VaultAuthenticator } from './vault-authenticator.js'
@@ -15,6 +16,8 @@ export class VaultSession {
     readonly client: VaultClient,
     readonly auth: VaultAuthenticator,
     readonly log: Logger,
+    /** Where the credential sources built on this session record what they do. */
+    readonly metrics: CredentialMetrics = noMetrics,
     private readonly retry: RetryPolicy = DEFAULT_RETRY,
   ) {}
 

@@ -27,9 +27,14 @@ await writeFile(
   ].join('\n'),
 )
 
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function cli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, ['--import=tsx', 'src/cli/main.ts', ...args], { env: { ...process.env, ...env } })
+    const proc = spawn(process.execPath, ['--import=tsx', 'src/cli/main.ts', ...args], {
+      env: { ...process.env, ...env },
+    })
     let stdout = ''
     let stderr = ''
     proc.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
@@ -37,7 +42,8 @@ function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: 
     proc.on('close', (code) => resolve({ code, stdout, stderr }))
   })
 }
-const vaultUsers = async (): Promise<number> => (await cluster.query("select 1 from pg_roles where rolname like 'v-%'")).length
+const vaultUsers = async (): Promise<number> =>
+  (await cluster.query("select 1 from pg_roles where rolname like 'v-%'")).length
 
 void t.test('check walks the chain and prints who the session is and the TTL', async (t) => {
   const result = await cli(['check', '--config', config], { VAULT_TOKEN: token })
@@ -46,10 +52,13 @@ void t.test('check walks the chain and prints who the session is and the TTL', a
   t.match(result.stdout, /ok {3}current_user=app_owner session_user=v-token-app-/)
   t.match(result.stdout, /ok {3}credential TTL remaining: \d+ s/)
   t.notMatch(result.stdout + result.stderr, token)
-  t.ok(await (async () => {
-    for (let i = 0; i < 50 && (await vaultUsers()) > 0; i++) await new Promise((r) => setTimeout(r, 100))
-    return (await vaultUsers()) === 0
-  })(), 'check revoked its lease')
+  t.ok(
+    await (async () => {
+      for (let i = 0; i < 50 && (await vaultUsers()) > 0; i++) await new Promise((r) => setTimeout(r, 100))
+      return (await vaultUsers()) === 0
+    })(),
+    'check revoked its lease',
+  )
 })
 
 void t.test('check stops at the first failing step with a precise message', async (t) => {
@@ -58,7 +67,10 @@ void t.test('check stops at the first failing step with a precise message', asyn
   t.match(noToken.stderr, 'vault.auth.token: set vault.auth.token or vault.auth.token_file (or VAULT_TOKEN)')
   const badRole = await cli(['check', '--config', config], { VAULT_TOKEN: token, PGVP_CREDENTIALS_VAULT_ROLE: 'nope' })
   t.equal(badRole.code, 2)
-  t.match(badRole.stdout, /FAIL credential: pg-vault-proxy could not obtain database credentials from Vault: Vault refused .*creds\/nope: unknown role: nope/)
+  t.match(
+    badRole.stdout,
+    /FAIL credential: pg-vault-proxy could not obtain database credentials from Vault: Vault refused .*creds\/nope: unknown role: nope/,
+  )
   const badOwner = await cli(['check', '--config', config], { VAULT_TOKEN: token, PGVP_OWNER_ROLE: 'no_such_owner' })
   t.equal(badOwner.code, 2)
   t.match(badOwner.stdout, /ok {3}credential for/)
@@ -66,19 +78,36 @@ void t.test('check stops at the first failing step with a precise message', asyn
 })
 
 void t.test('exec runs a command against a private proxy, passes its exit status, and revokes the lease', async (t) => {
-  const ok = await cli(['exec', '--config', config, '--', 'psql', '-X', '-A', '-t', '-c', 'select current_user, current_database()'], { VAULT_TOKEN: token })
+  const ok = await cli(
+    ['exec', '--config', config, '--', 'psql', '-X', '-A', '-t', '-c', 'select current_user, current_database()'],
+    { VAULT_TOKEN: token },
+  )
   t.equal(ok.code, 0, ok.stderr)
   t.equal(ok.stdout.trim(), `app_owner|${cluster.database}`)
-  const url = await cli(['exec', '--config', config, '--', 'sh', '-c', 'psql "$DATABASE_URL" -X -A -t -c "select 1" && echo "$PGHOST $PGUSER"'], { VAULT_TOKEN: token })
+  const url = await cli(
+    [
+      'exec',
+      '--config',
+      config,
+      '--',
+      'sh',
+      '-c',
+      'psql "$DATABASE_URL" -X -A -t -c "select 1" && echo "$PGHOST $PGUSER"',
+    ],
+    { VAULT_TOKEN: token },
+  )
   t.match(url.stdout, /^1\n127\.0\.0\.1 pg-vault-proxy\n$/)
   const failing = await cli(['exec', '--config', config, '--', 'sh', '-c', 'exit 7'], { VAULT_TOKEN: token })
   t.equal(failing.code, 7, "the command's exit status")
   const missing = await cli(['exec', '--config', config, '--', 'no-such-command-xyz'], { VAULT_TOKEN: token })
   t.equal(missing.code, 127)
-  t.ok(await (async () => {
-    for (let i = 0; i < 50 && (await vaultUsers()) > 0; i++) await new Promise((r) => setTimeout(r, 100))
-    return (await vaultUsers()) === 0
-  })(), 'no v- role left behind')
+  t.ok(
+    await (async () => {
+      for (let i = 0; i < 50 && (await vaultUsers()) > 0; i++) await new Promise((r) => setTimeout(r, 100))
+      return (await vaultUsers()) === 0
+    })(),
+    'no v- role left behind',
+  )
 })
 
 void t.test('version and help', async (t) => {

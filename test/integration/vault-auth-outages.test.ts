@@ -188,10 +188,15 @@ void t.test('permission denied names the path and the fix', async (t) => {
 })
 
 void t.test('sealed, then unsealed', { skip: devOnly('sealed switch') }, async (t) => {
-  const proxy = await startProxy(t, cluster, {
-    vault: { address: vault.address, auth: { method: 'token', token: await childToken([policy]) } },
-    credentials,
-  })
+  const proxy = await startProxy(
+    t,
+    cluster,
+    {
+      vault: { address: vault.address, auth: { method: 'token', token: await childToken([policy]) } },
+      credentials,
+    },
+    { prefetchCredentials: false },
+  )
   await vault.setFaults({ sealed: true })
   try {
     const err = await failure(proxy)
@@ -212,10 +217,12 @@ void t.test(
       vault: { address: vault.address, auth: { method: 'token', token } },
       credentials,
     })
-    const cold = await startProxy(t, cluster, {
-      vault: { address: vault.address, auth: { method: 'token', token } },
-      credentials,
-    })
+    const cold = await startProxy(
+      t,
+      cluster,
+      { vault: { address: vault.address, auth: { method: 'token', token } }, credentials },
+      { prefetchCredentials: false },
+    )
     t.equal((await connect(warm)).current, 'app_owner')
     await vault.setFaults({ refuseConnections: true })
     try {

@@ -33,11 +33,13 @@ interface Teardown {
 /**
  * Starts a proxy in this process in front of the test cluster, on a free port and a private socket
  * directory, logging into the scram user by default. `overrides` are merged into the raw config.
+ * `prefetchCredentials: false` starts it cold: no credential until the first client asks.
  */
 export async function startProxy(
   t: Teardown,
   cluster: PgCluster,
   overrides: Record<string, unknown> = {},
+  options: { prefetchCredentials?: boolean } = {},
 ): Promise<RunningProxy> {
   const socketDir = await mkdtemp(join(tmpdir(), 'pgvp-sock-'))
   const passwordFile = join(socketDir, 'password')
@@ -63,7 +65,7 @@ export async function startProxy(
     },
   })
   const server = createProxyServer(config, createLogger('debug', sink))
-  await server.start()
+  await server.start(options)
   const clients: pg.Client[] = []
   let stopped = false
   const stop = async (): Promise<void> => {

@@ -39,6 +39,8 @@ void t.test('Flush without Sync is not idle; the RFQ after Sync is', async (t) =
   const tr = new TransactionTracker()
   feed(tr, 'PBDEH', ['1', '2', 'T', 'D', 'C'])
   t.equal(tr.outstanding, 0)
+  t.notOk(tr.isIdle, 'a batch without its Sync is not idle')
+  t.ok(tr.isBusy, 'and a cancel for it is forwarded')
   tr.onFrontend(c('S'))
   t.notOk(tr.isIdle)
   feed(tr, '', ['ZI'])

@@ -1,0 +1,247 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+
+/** What the credential sources record. */
+export interface CredentialMetrics {
+  /** A credential different from the last one came into use (a lease issued, a changed secret or password file). */
+  credentialIssued(source: string): void
+  /** New sessions moved to a different credential than the one before. */
+  credentialSwapped(source: string): void
+  leaseRenewal(outcome: 'renewed' | 'failed'): void
+  leaseRevocation(outcome: 'revoked' | 'failed'): void
+}
+
+/** What the Vault client records: every HTTP request, by Vault path. */
+export interface VaultRequestMetrics {
+  /** `failure` is the VaultFailure of a failed request, undefined for a success. */
+  vaultRequest(path: string, seconds: number, failure?: string): void
+}
+
+export type CancelOutcome = 'forwarded' | 'not_busy' | 'unknown_key' | 'failed'
+
+/** What client sessions record. */
+export interface SessionMetrics {
+  sessionStarted(): void
+  sessionEnded(reason: string): void
+  /** A client refused before the relay; `reason` is the ProxyError reason. */
+  sessionRefused(reason: string): void
+  bytesFromClient(n: number): void
+  bytesFromUpstream(n: number): void
+  cancelRequest(outcome: CancelOutcome): void
+}
+
+/** Gauges read when scraped, from whoever owns the state. */
+export interface MetricsState {
+  activeSessions(): number
+  clientConnections(): number
+  ready(): boolean
+  /** When the credential new sessions get stops being valid (epoch ms), if it expires. */
+  credentialExpiresAt(): number | undefined
+}
+
+/** For parts built without metrics (tests that construct a source directly). */
+export const noMetrics: CredentialMetrics & VaultRequestMetrics & SessionMetrics = {
+  credentialIssued: () => undefined,
+  credentialSwapped: () => undefined,
+  leaseRenewal: () => undefined,
+  leaseRevocation: () => undefined,
+  vaultRequest: () => undefined,
+  sessionStarted: () => undefined,
+  sessionEnded: () => undefined,
+  sessionRefused: () => undefined,
+  bytesFromClient: () => undefined,
+  bytesFromUpstream: () => undefined,
+  cancelRequest: () => undefined,
+}
+
+const PREFIX = 'pg_vault_proxy_'
+
+/**
+ * The proxy's Prometheus metrics, in a registry of its own (not prom-client's global one), so
+ * several proxies in one process keep separate counts. Parts record through the narrow interfaces
+ * above; gauges of current state are read from `MetricsState` at scrape time.
+ */
+export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, SessionMetrics {
+  readonly registry = new Registry()
+  private state: MetricsState | undefined
+
+  private readonly sessionsTotal: Counter
+  private readonly sessionEnds: Counter<'reason'>
+  private readonly sessionFailures: Counter<'reason'>
+  private readonly bytes: Counter<'direction'>
+  private readonly cancels: Counter<'outcome'>
+  private readonly issued: Counter<'source'>
+  private readonly swaps: Counter<'source'>
+  private readonly renewals: Counter<'outcome'>
+  private readonly revocations: Counter<'outcome'>
+  private readonly vaultDuration: Histogram<'path'>
+  private readonly vaultErrors: Counter<'path' | 'failure'>
+  private readonly reloads: Counter<'outcome'>
+  // Label sets built once: bytes are counted for every relayed chunk.
+  private readonly fromClient = { direction: 'client_to_upstream' }
+  private readonly fromUpstream = { direction: 'upstream_to_client' }
+
+  constructor(options: { processMetrics?: boolean } = {}) {
+    const registers = [this.registry]
+    if (options.processMetrics) collectDefaultMetrics({ register: this.registry })
+    const state = (): MetricsState | undefined => this.state
+    this.gauge('sessions_active', 'Client sessions currently relaying to the upstream.', () =>
+      state()?.activeSessions(),
+    )
+    this.gauge(
+      'client_connections',
+      'Client connections open, in any phase (what max_client_connections limits).',
+      () => state()?.clientConnections(),
+    )
+    this.gauge('ready', '1 when /readyz answers 200: listening, a valid credential at hand, not shutting down.', () =>
+      state()?.ready() ? 1 : 0,
+    )
+    this.gauge(
+      'credential_ttl_seconds',
+      'Seconds until the credential new sessions get expires; absent for credentials without an expiry.',
+      () => {
+        const expiresAt = state()?.credentialExpiresAt()
+        return expiresAt === undefined ? undefined : Math.max(0, (expiresAt - Date.now()) / 1000)
+      },
+    )
+    this.sessionsTotal = new Counter({
+      name: `${PREFIX}sessions_total`,
+      help: 'Client sessions that logged in upstream and started relaying.',
+      registers,
+    })
+    this.sessionEnds = new Counter({
+      name: `${PREFIX}session_ends_total`,
+      help: 'Relayed sessions that ended, by how they ended.',
+      labelNames: ['reason'],
+      registers,
+    })
+    this.sessionFailures = new Counter({
+      name: `${PREFIX}session_failures_total`,
+      help: 'Clients refused before the relay (FATAL at startup), by reason.',
+      labelNames: ['reason'],
+      registers,
+    })
+    this.bytes = new Counter({
+      name: `${PREFIX}bytes_total`,
+      help: 'Bytes relayed, by direction.',
+      labelNames: ['direction'],
+      registers,
+    })
+    this.cancels = new Counter({
+      name: `${PREFIX}cancel_requests_total`,
+      help: 'CancelRequests received, by outcome.',
+      labelNames: ['outcome'],
+      registers,
+    })
+    this.issued = new Counter({
+      name: `${PREFIX}credentials_issued_total`,
+      help: 'Distinct credentials obtained: Vault leases issued, changed secrets or password files read.',
+      labelNames: ['source'],
+      registers,
+    })
+    this.swaps = new Counter({
+      name: `${PREFIX}credential_swaps_total`,
+      help: 'Times new sessions moved to a different credential (a new lease, a rotated password).',
+      labelNames: ['source'],
+      registers,
+    })
+    this.renewals = new Counter({
+      name: `${PREFIX}lease_renewals_total`,
+      help: 'Vault lease renewals, by outcome.',
+      labelNames: ['outcome'],
+      registers,
+    })
+    this.revocations = new Counter({
+      name: `${PREFIX}lease_revocations_total`,
+      help: 'Vault lease revocations, by outcome.',
+      labelNames: ['outcome'],
+      registers,
+    })
+    this.vaultDuration = new Histogram({
+      name: `${PREFIX}vault_request_duration_seconds`,
+      help: 'Vault HTTP requests, successful or not, by Vault path.',
+      labelNames: ['path'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    })
+    this.vaultErrors = new Counter({
+      name: `${PREFIX}vault_request_errors_total`,
+      help: 'Failed Vault HTTP requests, by Vault path and failure kind.',
+      labelNames: ['path', 'failure'],
+      registers,
+    })
+    this.reloads = new Counter({
+      name: `${PREFIX}config_reloads_total`,
+      help: 'Configuration reloads (SIGHUP), by outcome.',
+      labelNames: ['outcome'],
+      registers,
+    })
+  }
+
+  /** A gauge read at scrape time; absent while `read` gives undefined. */
+  private gauge(name: string, help: string, read: () => number | undefined): void {
+    const gauge: Gauge = new Gauge({
+      name: `${PREFIX}${name}`,
+      help,
+      registers: [this.registry],
+      collect: () => {
+        gauge.reset()
+        const value = read()
+        if (value !== undefined) gauge.set(value)
+      },
+    })
+  }
+
+  /** Connects the scrape-time gauges to the state they report. */
+  observe(state: MetricsState): void {
+    this.state = state
+  }
+
+  sessionStarted(): void {
+    this.sessionsTotal.inc()
+  }
+
+  sessionEnded(reason: string): void {
+    this.sessionEnds.inc({ reason })
+  }
+
+  sessionRefused(reason: string): void {
+    this.sessionFailures.inc({ reason })
+  }
+
+  bytesFromClient(n: number): void {
+    this.bytes.inc(this.fromClient, n)
+  }
+
+  bytesFromUpstream(n: number): void {
+    this.bytes.inc(this.fromUpstream, n)
+  }
+
+  cancelRequest(outcome: CancelOutcome): void {
+    this.cancels.inc({ outcome })
+  }
+
+  credentialIssued(source: string): void {
+    this.issued.inc({ source })
+  }
+
+  credentialSwapped(source: string): void {
+    this.swaps.inc({ source })
+  }
+
+  leaseRenewal(outcome: 'renewed' | 'failed'): void {
+    this.renewals.inc({ outcome })
+  }
+
+  leaseRevocation(outcome: 'revoked' | 'failed'): void {
+    this.revocations.inc({ outcome })
+  }
+
+  vaultRequest(path: string, seconds: number, failure?: string): void {
+    this.vaultDuration.observe({ path }, seconds)
+    if (failure !== undefined) this.vaultErrors.inc({ path, failure })
+  }
+
+  configReload(outcome: 'applied' | 'refused'): void {
+    this.reloads.inc({ outcome })
+  }
+}
