@@ -72,7 +72,9 @@ process.stdout.write(
     `Connect without a password:\n  psql "host=127.0.0.1 port=${port} dbname=${cluster.database} user=anyone"\n` +
     `and try: select current_user, session_user;   (Ctrl-C here stops everything)\n\n`,
 )
-const proxy = spawn(process.execPath, ['bin/pg-vault-proxy.js', 'run', '--config', configFile], { stdio: 'inherit' })
+// The built executable, as users run it (npm run demo builds first); the sources when asked (tests).
+const entry = process.env.PGVP_DEMO_FROM_SOURCE ? ['--import', 'tsx', 'src/cli/main.ts'] : ['bin/pg-vault-proxy.js']
+const proxy = spawn(process.execPath, [...entry, 'run', '--config', configFile], { stdio: 'inherit' })
 const stop = (): void => void proxy.kill('SIGTERM')
 // Orderly: the proxy first (it revokes its leases through Vault), then Vault, then PostgreSQL;
 // the cluster harness's own signal handlers would stop PostgreSQL first.
