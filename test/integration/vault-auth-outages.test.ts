@@ -81,6 +81,23 @@ void t.test('AppRole: logs in, renews its token at 2/3 of the TTL, logs in again
   t.notMatch(proxy.logText(), approle.secretId)
 })
 
+void t.test('a renewable token given directly is renewed at 2/3 of its TTL and outlives it', async (t) => {
+  const token = await childToken([policy], { ttl: '3s', explicit_max_ttl: '60s' })
+  const proxy = await startProxy(t, cluster, {
+    vault: { address: vault.address, auth: { method: 'token', token } },
+    credentials,
+  })
+  t.equal((await connect(proxy)).current, 'app_owner')
+  await new Promise((r) => setTimeout(r, 5_000))
+  t.ok(
+    proxy.logs.some((l) => l.msg === 'renewed the Vault token'),
+    'renewed',
+  )
+  const lookup = await vault.request('GET', 'auth/token/lookup-self', { token })
+  t.equal(lookup.status, 200, 'the token is still valid after its first TTL')
+  t.equal((await connect(proxy)).current, 'app_owner')
+})
+
 void t.test('token file (a Vault Agent sink): a new token written to the file is picked up', async (t) => {
   const first = await childToken([policy])
   const tokenFile = await secretFile('token', `${first}\n`)
