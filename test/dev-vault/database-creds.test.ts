@@ -7,7 +7,7 @@ import pg from 'pg'
 import t from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
 import type { PgCluster } from '../support/pg-cluster.js'
-import { vaultAdminFor, vaultFor } from '../support/vault-target.js'
+import { ENVELOPE_KEYS, vaultAdminFor, vaultFor } from '../support/vault-target.js'
 
 const cluster = await clusterFor(t)
 
@@ -51,17 +51,7 @@ void t.test(
     const reply = await vault.request('GET', `${db.mount}/creds/app-rw`)
     t.equal(reply.status, 200)
     const body = reply.json as Envelope
-    t.same(Object.keys(body), [
-      'request_id',
-      'lease_id',
-      'renewable',
-      'lease_duration',
-      'data',
-      'wrap_info',
-      'warnings',
-      'auth',
-      'mount_type',
-    ])
+    t.same(Object.keys(body), ENVELOPE_KEYS)
     t.match(body.lease_id, new RegExp(`^${db.mount}/creds/app-rw/[0-9A-Za-z]{24}$`))
     t.same(
       { renewable: body.renewable, lease_duration: body.lease_duration, warnings: body.warnings },

@@ -3,19 +3,8 @@
  * error bodies and codes, LIST, sys/health and seal status, mounts, and the fault switches.
  */
 import t from 'tap'
-import { devOnly, vaultFor } from '../support/vault-target.js'
+import { devOnly, ENVELOPE_KEYS, vaultFor } from '../support/vault-target.js'
 
-const ENVELOPE_KEYS = [
-  'request_id',
-  'lease_id',
-  'renewable',
-  'lease_duration',
-  'data',
-  'wrap_info',
-  'warnings',
-  'auth',
-  'mount_type',
-]
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
 interface Envelope {

@@ -3,7 +3,7 @@
  * undelete, destroy, check-and-set, metadata and listing, and the invalid-path answer.
  */
 import t from 'tap'
-import { vaultFor } from '../support/vault-target.js'
+import { ENVELOPE_KEYS, vaultFor } from '../support/vault-target.js'
 
 interface Envelope {
   data: Record<string, unknown> | null
@@ -54,17 +54,7 @@ void t.test('soft delete answers 404 with the metadata; undelete brings it back;
   const deleted = await vault.request('GET', `secret/data/${path}`)
   t.equal(deleted.status, 404)
   const body = deleted.json as Envelope & { request_id: string }
-  t.same(Object.keys(body), [
-    'request_id',
-    'lease_id',
-    'renewable',
-    'lease_duration',
-    'data',
-    'wrap_info',
-    'warnings',
-    'auth',
-    'mount_type',
-  ])
+  t.same(Object.keys(body), ENVELOPE_KEYS)
   const data = body.data as { data: unknown; metadata: Metadata }
   t.equal(data.data, null)
   t.not(data.metadata.deletion_time, '', 'the 404 body carries the deletion time')

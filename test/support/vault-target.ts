@@ -88,6 +88,19 @@ export interface VaultTarget extends VaultAccess {
   ): Promise<AppRoleCredentials & { mount: string }>
 }
 
+/** The response envelope's fields, in the order Vault serialises them (vault-api.md §1.1). */
+export const ENVELOPE_KEYS = [
+  'request_id',
+  'lease_id',
+  'renewable',
+  'lease_duration',
+  'data',
+  'wrap_info',
+  'warnings',
+  'auth',
+  'mount_type',
+]
+
 const runId = randomBytes(3).toString('hex')
 
 /** A Vault for one test: started now, stopped (or cleaned up) in t's teardown. The cluster is needed for database(). */
