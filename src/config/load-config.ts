@@ -1,13 +1,37 @@
 import { readFile } from 'node:fs/promises'
 import { parse as parseYaml } from 'yaml'
-import type { z } from 'zod'
+import { z } from 'zod'
 import { ConfigError } from './config-error.js'
 import { configKeys, type ConfigKey } from './schema-keys.js'
 import { configSchema, type ParsedConfig } from './schema.js'
 import { resolveVaultSettings } from './vault-settings.js'
 
-export type Config = Readonly<ParsedConfig>
+/** One route: its own listener, upstream, owner role and credential source, chosen by client user name. */
+export interface RouteConfig {
+  name: string
+  /** Client user names this route serves on its listener; undefined: every user no other route claims. */
+  users: readonly string[] | undefined
+  /** The whole configuration as this route sees it (globals plus the route's own keys). */
+  config: Readonly<ParsedConfig>
+}
+
+export type Config = Readonly<ParsedConfig> & { readonly routes: readonly RouteConfig[] }
 export { ConfigError }
+
+/** The keys a `routes` entry may set; everything else is global. */
+const ROUTE_KEYS = ['listen', 'socket_dir', 'owner_role', 'upstream', 'credentials'] as const
+
+const routeEntrySchema = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected a name of letters, digits, "_", "." or "-"'),
+    users: z.array(z.string().min(1)).min(1).optional(),
+    listen: z.unknown().optional(),
+    socket_dir: z.unknown().optional(),
+    owner_role: z.unknown().optional(),
+    upstream: z.record(z.string(), z.unknown()).optional(),
+    credentials: z.record(z.string(), z.unknown()).optional(),
+  })
+  .strict()
 
 /** Settings given as command-line flags: they win over everything else. */
 export interface ConfigOverrides {
@@ -44,10 +68,77 @@ export async function loadConfig(
   return config
 }
 
+/**
+ * Validates a raw configuration. Without `routes`, the top-level keys are the one route, "default".
+ * With `routes`, each entry's keys are laid over the top-level ones (upstream key by key) and the
+ * result is validated as a whole, problems reported under `routes.N.`.
+ */
 export function parseConfig(raw: unknown): Config {
+  if (!isPlainObject(raw) || raw.routes === undefined) {
+    const parsed = parseWhole(raw, '')
+    return Object.freeze({ ...parsed, routes: [{ name: 'default', users: undefined, config: parsed }] })
+  }
+  const { routes: entries, ...base } = raw
+  if (!Array.isArray(entries) || entries.length === 0)
+    throw new ConfigError(['routes: expected a list of at least one route'])
+  const problems: string[] = []
+  const routes: RouteConfig[] = []
+  entries.forEach((entry: unknown, i) => {
+    const shape = routeEntrySchema.safeParse(entry)
+    if (!shape.success) {
+      problems.push(...shape.error.issues.map((issue) => describeIssue(issue, `routes.${i}.`, true)))
+      return
+    }
+    const e = shape.data
+    const merged: Record<string, unknown> = { ...base }
+    for (const key of ROUTE_KEYS) if (e[key] !== undefined) merged[key] = e[key]
+    if (isPlainObject(base.upstream) && e.upstream) merged.upstream = { ...base.upstream, ...e.upstream }
+    try {
+      routes.push({ name: e.name, users: e.users, config: parseWhole(merged, `routes.${i}.`) })
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err
+      problems.push(...err.problems)
+    }
+  })
+  problems.push(...routeConflicts(routes))
+  if (problems.length > 0) throw new ConfigError([...new Set(problems)])
+  const first = routes[0] as RouteConfig
+  return Object.freeze({ ...first.config, routes })
+}
+
+function parseWhole(raw: unknown, routePrefix: string): Readonly<ParsedConfig> {
   const result = configSchema.safeParse(raw)
-  if (!result.success) throw new ConfigError(result.error.issues.map(describeIssue))
+  if (!result.success) throw new ConfigError(result.error.issues.map((issue) => describeIssue(issue, routePrefix)))
   return Object.freeze(result.data)
+}
+
+/** Names are unique; on one listener at most one route takes every user, and no user is claimed twice. */
+function routeConflicts(routes: RouteConfig[]): string[] {
+  const problems: string[] = []
+  const names = new Set<string>()
+  const byListener = new Map<string, { catchAll?: string; users: Map<string, string> }>()
+  routes.forEach((route, i) => {
+    if (names.has(route.name)) problems.push(`routes.${i}.name: "${route.name}" is used by another route`)
+    names.add(route.name)
+    const { host, port } = route.config.listen
+    const key = `${host}:${port}`
+    const listener = byListener.get(key) ?? { users: new Map<string, string>() }
+    byListener.set(key, listener)
+    if (route.users === undefined) {
+      if (listener.catchAll)
+        problems.push(
+          `routes.${i}.users: routes "${listener.catchAll}" and "${route.name}" both take every user on ${key}; give one of them users`,
+        )
+      listener.catchAll = route.name
+    } else {
+      for (const user of route.users) {
+        const other = listener.users.get(user)
+        if (other) problems.push(`routes.${i}.users: "${user}" is already routed to "${other}" on ${key}`)
+        listener.users.set(user, route.name)
+      }
+    }
+  })
+  return problems
 }
 
 async function readConfigFile(file: string): Promise<Record<string, unknown>> {
@@ -113,8 +204,11 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
-function describeIssue(issue: z.core.$ZodIssue): string {
-  const key = issue.path.map(String).join('.')
+function describeIssue(issue: z.core.$ZodIssue, routePrefix = '', allRouteKeys = false): string {
+  const path = issue.path.map(String).join('.')
+  // Problems with a route's own keys are reported under routes.N.; global keys stay as they are.
+  const isRouteKey = allRouteKeys || ROUTE_KEYS.some((k) => path === k || path.startsWith(`${k}.`))
+  const key = isRouteKey && routePrefix ? `${routePrefix}${path}`.replace(/\.$/, '') : path
   if (issue.code === 'unrecognized_keys') {
     const prefix = key ? `${key}.` : ''
     return issue.keys.map((k) => `${prefix}${k}: unknown key (see docs/configuration.md)`).join('; ')

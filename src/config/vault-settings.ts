@@ -1,7 +1,7 @@
 import type { VaultAuthSettings } from '../vault/vault-authenticator.js'
 import type { VaultClientOptions } from '../vault/vault-client.js'
 import { ConfigError } from './config-error.js'
-import type { Config } from './load-config.js'
+import type { ParsedConfig } from './schema.js'
 
 export interface VaultSettings {
   client: VaultClientOptions
@@ -15,7 +15,10 @@ const SERVICE_ACCOUNT_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/tok
  * variables (VAULT_ADDR, VAULT_TOKEN, VAULT_NAMESPACE, VAULT_CACERT, VAULT_CLIENT_CERT,
  * VAULT_CLIENT_KEY, VAULT_SKIP_VERIFY) filling what the file leaves unset.
  */
-export function resolveVaultSettings(config: Config, env: NodeJS.ProcessEnv = process.env): VaultSettings {
+export function resolveVaultSettings(
+  config: Readonly<ParsedConfig>,
+  env: NodeJS.ProcessEnv = process.env,
+): VaultSettings {
   const vault = config.vault
   const auth = vault?.auth ?? { method: 'token' as const }
   const address = vault?.address ?? env.VAULT_ADDR

@@ -1,8 +1,9 @@
 import { isDeepStrictEqual } from 'node:util'
 import type { Logger } from 'pino'
 import { ConfigError, type Config } from '../config/load-config.js'
-import { createSessionProfile } from '../proxy/create-proxy-server.js'
-import type { ProxyServer } from '../proxy/proxy-server.js'
+import { createRouteProfiles } from '../proxy/create-proxy-server.js'
+import { listenerKey, type ProxyServer, type RouteProfile } from '../proxy/proxy-server.js'
+import type { CredentialSource } from '../vault/credential-source.js'
 
 /**
  * Settings read only at start: the listeners and the log output. A reload that changes them says
@@ -64,19 +65,51 @@ export class ConfigReloader {
       ops: current.ops,
       log: { ...loaded.log, format: current.log.format },
     })
-    const credentialsChanged = changed.some((key) => key.startsWith('credentials.') || key.startsWith('vault.'))
-    const running = server.currentProfile.credentials
-    let profile
+    const credentialsChanged = changed.some(
+      (key) => key.startsWith('credentials.') || key.startsWith('vault.') || key.startsWith('routes'),
+    )
+    // A route keeps its running credential source while its credential and Vault settings are the same.
+    const keep = new Map<string, CredentialSource>()
+    for (const route of server.currentRoutes) {
+      const before = current.routes.find((r) => r.name === route.name)?.config
+      const after = loaded.routes.find((r) => r.name === route.name)?.config
+      if (
+        before &&
+        after &&
+        isDeepStrictEqual(before.credentials, after.credentials) &&
+        isDeepStrictEqual(before.vault, after.vault)
+      ) {
+        keep.set(route.name, route.credentials)
+      }
+    }
+    let routes: RouteProfile[]
     try {
-      profile = createSessionProfile(next, logger, server.metrics, env, credentialsChanged ? undefined : running)
+      const running = new Set(server.currentRoutes.map((r) => r.listener))
+      // Listeners cannot move live: a single route keeps its running one (the change is warned about).
+      const nextRoutes =
+        loaded.routes.length === 1 && current.routes.length === 1
+          ? loaded.routes.map((r) => ({
+              ...r,
+              config: { ...r.config, listen: current.listen, socket_dir: current.socket_dir },
+            }))
+          : loaded.routes
+      const moved = nextRoutes.filter((r) => !running.has(listenerKey(r.config.listen)))
+      if (moved.length > 0) {
+        throw new Error(
+          `routes ${moved.map((r) => `"${r.name}"`).join(', ')} need a listener that is not open; restart to apply`,
+        )
+      }
+      routes = createRouteProfiles({ ...next, routes: nextRoutes }, logger, server.metrics, env, keep)
     } catch (err) {
-      // Building failed (an unreadable TLS file, no Vault address): the running profile stays.
+      // Building failed (an unreadable TLS file, no Vault address): the running routes stay.
       return this.refuse(err)
     }
     try {
-      server.reconfigure(profile)
+      server.reconfigure(routes)
     } catch (err) {
-      if (profile.credentials !== running) void profile.credentials.close().catch(() => undefined)
+      const kept = new Set(keep.values())
+      for (const route of routes)
+        if (!kept.has(route.credentials)) void route.credentials.close().catch(() => undefined)
       return this.refuse(err)
     }
     logger.level = next.log.level

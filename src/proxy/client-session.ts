@@ -31,20 +31,25 @@ export interface SessionSettings {
   idleClientTimeoutMs: number | undefined
 }
 
-/** What every session shares, handed in by the proxy server. */
-export interface SessionContext {
+/** Where a session goes: the route chosen for its client user. */
+export interface SessionRoute {
+  name: string
   settings: SessionSettings
   connector: UpstreamConnector
   credentials: CredentialSource
-  cancels: CancelRegistry
   /** Why this client may not have a session now (too many clients, shutting down), or undefined. */
   admit(): ProxyError | undefined
+}
+
+/** What every session shares, handed in by the proxy server. */
+export interface SessionContext {
+  startupTimeoutMs: number
+  /** The route for a client user name on this listener, or why there is none. */
+  route(clientUser: string): SessionRoute | ProxyError
+  cancels: CancelRegistry
   metrics: SessionMetrics
   logger: Logger
 }
-
-/** Until routes exist, every session takes the one configured route. */
-const ROUTE = 'default'
 const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 
 export const SessionPhase = {
@@ -70,6 +75,8 @@ export class ClientSession {
   private startup: ClientStartup | undefined
   private credential: DbCredential | undefined
   private draining = false
+  /** Chosen by client user name once the startup packet is read. */
+  private route: SessionRoute | undefined
   private idleTimer: NodeJS.Timeout | undefined
 
   constructor(
@@ -80,11 +87,22 @@ export class ClientSession {
     this.log = context.logger.child({ session: id, client: describePeer(socket) })
   }
 
+  /** The session's route; only used after it was chosen. */
+  private get chosen(): SessionRoute {
+    if (!this.route) throw new Error('no route chosen yet')
+    return this.route
+  }
+
+  /** The route this session runs on, once chosen. */
+  get routeName(): string | undefined {
+    return this.route?.name
+  }
+
   async run(): Promise<void> {
     const { socket } = this
     socket.on('error', (err: NodeJS.ErrnoException) => this.log.debug({ err: err.code }, 'client socket error'))
     // PostgreSQL closes silently when the startup packet does not arrive in time.
-    const timer = setTimeout(() => socket.destroy(), this.context.settings.startupTimeoutMs)
+    const timer = setTimeout(() => socket.destroy(), this.context.startupTimeoutMs)
     try {
       const greeting = await readClientGreeting(socket)
       clearTimeout(timer)
@@ -98,7 +116,10 @@ export class ClientSession {
       const { packet, reader } = greeting
       const startup = splitClientStartup(packet.parameters)
       this.startup = startup
-      const refusal = this.context.admit()
+      const route = this.context.route(startup.clientUser)
+      if (route instanceof ProxyError) throw route
+      this.route = route
+      const refusal = route.admit()
       if (refusal) throw refusal
       if (startup.stripped.length > 0)
         this.log.debug({ stripped: startup.stripped }, 'removed client startup parameters the proxy owns')
@@ -150,7 +171,7 @@ export class ClientSession {
   private async loginUpstream(
     startup: ClientStartup,
   ): Promise<{ session: UpstreamSession; credential: DbCredential; release: () => void }> {
-    const { credentials } = this.context
+    const { credentials } = this.chosen
     const credential = await credentials.get()
     try {
       return await this.connectWith(startup, credential)
@@ -171,9 +192,9 @@ export class ClientSession {
     credential: DbCredential,
   ): Promise<{ session: UpstreamSession; credential: DbCredential; release: () => void }> {
     this.credential = credential
-    const release = this.context.credentials.use(credential)
+    const release = this.chosen.credentials.use(credential)
     try {
-      const session = await this.context.connector.connect(this.upstreamParameters(startup, credential), credential)
+      const session = await this.chosen.connector.connect(this.upstreamParameters(startup, credential), credential)
       return { session, credential, release }
     } catch (err) {
       release()
@@ -182,7 +203,7 @@ export class ClientSession {
   }
 
   private upstreamParameters(startup: ClientStartup, credential: DbCredential): StartupParameter[] {
-    const { settings } = this.context
+    const { settings } = this.chosen
     return [
       ['user', credential.username],
       ['database', settings.database ?? startup.database ?? startup.clientUser],
@@ -202,7 +223,8 @@ export class ClientSession {
     const { session: upstream, credential } = login
     const tracker = new TransactionTracker()
     tracker.status = upstream.transactionStatus
-    const { cancels, connector, metrics } = this.context
+    const { cancels, metrics } = this.context
+    const { connector } = this.chosen
     const key = cancels.register(async () => {
       // Only a busy session is cancelled: a late cancel must not hit the client's next statement.
       if (!tracker.isBusy) {
@@ -266,7 +288,7 @@ export class ClientSession {
       relay.stop('shutdown')
       return
     }
-    const timeoutMs = this.context.settings.idleClientTimeoutMs
+    const timeoutMs = this.chosen.settings.idleClientTimeoutMs
     if (timeoutMs === undefined || this.idleTimer !== undefined) return
     this.idleTimer = setTimeout(() => {
       this.idleTimer = undefined
@@ -334,9 +356,9 @@ export class ClientSession {
     const { startup, credential } = this
     this.log[level](
       {
-        route: ROUTE,
+        route: this.route?.name,
         clientUser: startup?.clientUser,
-        database: startup ? (this.context.settings.database ?? startup.database ?? startup.clientUser) : undefined,
+        database: startup ? (this.route?.settings.database ?? startup.database ?? startup.clientUser) : undefined,
         upstreamUser: credential?.username,
         leaseId: credential?.leaseId,
         credential: credential?.origin,

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
 import { resolveVaultSettings } from '../config/vault-settings.js'
 import type { Config } from '../config/load-config.js'
+import type { ParsedConfig } from '../config/schema.js'
 import { noMetrics, ProxyMetrics, type CredentialMetrics, type VaultRequestMetrics } from '../ops/metrics.js'
 import { ScramKeyCache } from '../pgwire/scram-client.js'
 import type { CredentialSource } from '../vault/credential-source.js'
@@ -11,7 +12,7 @@ import { StaticRoleCredentialSource } from '../vault/static-role-source.js'
 import { VaultAuthenticator } from '../vault/vault-authenticator.js'
 import { VaultClient } from '../vault/vault-client.js'
 import { VaultSession } from '../vault/vault-session.js'
-import { ProxyServer, type SessionProfile } from './proxy-server.js'
+import { listenerKey, ProxyServer, type ListenerSpec, type RouteProfile, type SessionProfile } from './proxy-server.js'
 import { UpstreamConnector } from './upstream-connector.js'
 import { UpstreamEndpoint } from './upstream-endpoint.js'
 
@@ -19,14 +20,45 @@ import { UpstreamEndpoint } from './upstream-endpoint.js'
 export function createProxyServer(config: Config, logger: Logger, env: NodeJS.ProcessEnv = process.env): ProxyServer {
   const metrics = new ProxyMetrics({ processMetrics: true })
   return new ProxyServer({
-    listen: config.listen,
+    listeners: listenersOf(config),
     allowRemote: config.allow_remote,
-    socketDir: config.socket_dir,
     socketMode: parseInt(config.socket_mode, 8),
-    profile: createSessionProfile(config, logger, metrics, env),
+    routes: createRouteProfiles(config, logger, metrics, env),
+    startupTimeoutMs: config.startup_timeout_ms,
     logger,
     metrics,
   })
+}
+
+/** One TCP listener (and Unix socket) per distinct `listen` address among the routes. */
+export function listenersOf(config: Config): ListenerSpec[] {
+  const listeners = new Map<string, ListenerSpec>()
+  for (const { config: route } of config.routes) {
+    const key = listenerKey(route.listen)
+    const known = listeners.get(key)
+    if (!known) listeners.set(key, { listen: route.listen, socketDir: route.socket_dir })
+    else known.socketDir ??= route.socket_dir
+  }
+  return [...listeners.values()]
+}
+
+/**
+ * Every route's profile. `keep` maps route names to running credential sources that a reload may
+ * reuse (their settings did not change), so a reload costs no new Vault login and lease.
+ */
+export function createRouteProfiles(
+  config: Config,
+  logger: Logger,
+  metrics: ProxyMetrics,
+  env: NodeJS.ProcessEnv = process.env,
+  keep: ReadonlyMap<string, CredentialSource> = new Map(),
+): RouteProfile[] {
+  return config.routes.map((route) => ({
+    ...createSessionProfile(route.config, logger, metrics, env, keep.get(route.name)),
+    name: route.name,
+    users: route.users ? new Set(route.users) : undefined,
+    listener: listenerKey(route.config.listen),
+  }))
 }
 
 /**
@@ -36,7 +68,7 @@ export function createProxyServer(config: Config, logger: Logger, env: NodeJS.Pr
  * upstream TLS files.
  */
 export function createSessionProfile(
-  config: Config,
+  config: Readonly<ParsedConfig>,
   logger: Logger,
   metrics: ProxyMetrics,
   env: NodeJS.ProcessEnv = process.env,
@@ -56,7 +88,7 @@ export function createSessionProfile(
 }
 
 /** The upstream side of the configuration: where PostgreSQL is and how to log in to it. */
-export function createUpstreamConnector(config: Config): UpstreamConnector {
+export function createUpstreamConnector(config: Readonly<ParsedConfig>): UpstreamConnector {
   const { upstream } = config
   return new UpstreamConnector(
     new UpstreamEndpoint(upstream),
@@ -70,7 +102,7 @@ export function createUpstreamConnector(config: Config): UpstreamConnector {
 }
 
 export function createCredentialSource(
-  config: Config,
+  config: Readonly<ParsedConfig>,
   logger: Logger,
   env: NodeJS.ProcessEnv = process.env,
   metrics: CredentialMetrics & VaultRequestMetrics = noMetrics,

@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import { Health } from '../ops/health.js'
 import { ProxyMetrics } from '../ops/metrics.js'
 import { CredentialPrefetch } from '../vault/credential-prefetch.js'
-import type { CredentialSource } from '../vault/credential-source.js'
+import type { CredentialSource, CredentialStatus } from '../vault/credential-source.js'
 import { CancelRegistry } from './cancel-registry.js'
 import { ClientSession, SessionPhase, shuttingDown, type SessionSettings } from './client-session.js'
 import { isLoopbackHost } from './loopback.js'
@@ -22,13 +22,31 @@ export interface SessionProfile {
   maxClientConnections: number
 }
 
-export interface ProxyServerOptions {
+/** A route: a profile, the listener it is reached on, and the client user names it serves. */
+export interface RouteProfile extends SessionProfile {
+  name: string
+  /** undefined: every user no other route on the same listener claims. */
+  users: ReadonlySet<string> | undefined
+  /** `host:port` of its TCP listener (see ListenerSpec.key). */
+  listener: string
+}
+
+export interface ListenerSpec {
   listen: { host: string; port: number }
-  allowRemote: boolean
   /** A directory for the Unix socket `.s.PGSQL.<port>`, as libpq expects. */
   socketDir?: string | undefined
+}
+
+export function listenerKey(listen: { host: string; port: number }): string {
+  return `${listen.host}:${listen.port}`
+}
+
+export interface ProxyServerOptions {
+  listeners: ListenerSpec[]
+  allowRemote: boolean
   socketMode: number
-  profile: SessionProfile
+  routes: RouteProfile[]
+  startupTimeoutMs: number
   logger: Logger
   /** The parts built for this server record into the same registry (see createProxyServer). */
   metrics?: ProxyMetrics | undefined
@@ -41,6 +59,14 @@ export interface ProxyStatus {
   checks: Array<{ name: string; ok: boolean; detail: string }>
   listen: { tcp: string; unix: string | undefined }
   route: string
+  routes: Array<{
+    name: string
+    users: string[] | undefined
+    listen: string
+    ownerRole: string
+    upstream: string
+    credentialsReady: boolean
+  }>
   ownerRole: string
   upstream: { address: string; database: string | undefined; sslmode: string }
   sessions: { active: number; connections: number; maxClientConnections: number }
@@ -64,40 +90,48 @@ export class ProxyServer {
   readonly health: Health
   readonly metrics: ProxyMetrics
   private readonly servers: Server[] = []
-  /** Every open client connection, and the profile it runs on. */
-  private readonly sessions = new Map<ClientSession, SessionProfile>()
-  private profile: SessionProfile
+  /** Every open client connection, and the route it runs on once chosen. */
+  private readonly sessions = new Map<ClientSession, RouteProfile | undefined>()
+  private routes: RouteProfile[]
   /** Sources of earlier profiles, closed (their leases revoked) once their last session ends. */
   private readonly retiring = new Set<CredentialSource>()
-  private prefetch: CredentialPrefetch | undefined
+  private prefetches: CredentialPrefetch[] = []
   private prefetching = false
   private nextSessionId = 1
-  private socketPath: string | undefined
+  private readonly socketPaths: string[] = []
   private draining: Promise<void> | undefined
   private closing: Promise<void> | undefined
   private readonly emptyWaiters: Array<() => void> = []
   private generation = 1
   private appliedAt = new Date()
-  /** The TCP port actually bound (differs from the configured one when that is 0). */
+  /** The TCP port actually bound by the first listener (differs from the configured one when that is 0). */
   port = 0
+  /** Every listener's bound port, by its configured `host:port`. */
+  readonly ports = new Map<string, number>()
 
   constructor(private readonly options: ProxyServerOptions) {
-    const { host } = options.listen
-    if (!options.allowRemote && !isLoopbackHost(host)) {
-      // Anyone who reaches the port acts as the owner role: exposing it must be a decision.
-      throw new Error(
-        `listen: refusing to listen on ${host}, which is not a loopback address; anyone who can reach it would act as the owner role. Set allow_remote: true if that is intended.`,
-      )
+    for (const { listen } of options.listeners) {
+      if (!options.allowRemote && !isLoopbackHost(listen.host)) {
+        // Anyone who reaches the port acts as the owner role: exposing it must be a decision.
+        throw new Error(
+          `listen: refusing to listen on ${listen.host}, which is not a loopback address; anyone who can reach it would act as the owner role. Set allow_remote: true if that is intended.`,
+        )
+      }
     }
-    this.profile = options.profile
+    this.routes = options.routes
     this.metrics = options.metrics ?? new ProxyMetrics()
-    this.health = new Health(() => this.profile.credentials.status())
+    this.health = new Health(() => combinedStatus(this.routes.map((r) => r.credentials.status())))
     this.metrics.observe({
       activeSessions: () => this.activeSessions,
       clientConnections: () => this.sessions.size,
       ready: () => this.health.readiness().ready,
-      credentialExpiresAt: () => this.profile.credentials.status().expiresAt,
+      credentialExpiresAt: () => combinedStatus(this.routes.map((r) => r.credentials.status())).expiresAt,
     })
+  }
+
+  /** The first route's profile (the only one without `routes`). */
+  private get profile(): RouteProfile {
+    return this.routes[0] as RouteProfile
   }
 
   /**
@@ -105,23 +139,28 @@ export class ProxyServer {
    * default true) so readiness does not wait for a first client.
    */
   async start(options: { prefetchCredentials?: boolean } = {}): Promise<void> {
-    const { listen, socketDir, socketMode, logger } = this.options
-    const tcp = this.createServer()
-    await listenOn(tcp, { host: listen.host, port: listen.port })
-    const address = tcp.address()
-    this.port = typeof address === 'object' && address ? address.port : listen.port
-    this.servers.push(tcp)
-    logger.info({ address: `${listen.host}:${this.port}` }, 'listening on TCP')
-    if (socketDir) {
-      await mkdir(socketDir, { recursive: true })
-      const path = `${socketDir}/.s.PGSQL.${this.port}`
-      await removeStaleSocket(path)
-      const unix = this.createServer()
-      await listenOn(unix, { path })
-      await chmod(path, socketMode)
-      this.socketPath = path
-      this.servers.push(unix)
-      logger.info({ path }, 'listening on Unix socket')
+    const { listeners, socketMode, logger } = this.options
+    for (const spec of listeners) {
+      const key = listenerKey(spec.listen)
+      const tcp = this.createServer(key)
+      await listenOn(tcp, { host: spec.listen.host, port: spec.listen.port })
+      const address = tcp.address()
+      const port = typeof address === 'object' && address ? address.port : spec.listen.port
+      if (this.ports.size === 0) this.port = port
+      this.ports.set(key, port)
+      this.servers.push(tcp)
+      logger.info({ address: `${spec.listen.host}:${port}` }, 'listening on TCP')
+      if (spec.socketDir) {
+        await mkdir(spec.socketDir, { recursive: true })
+        const path = `${spec.socketDir}/.s.PGSQL.${port}`
+        await removeStaleSocket(path)
+        const unix = this.createServer(key)
+        await listenOn(unix, { path })
+        await chmod(path, socketMode)
+        this.socketPaths.push(path)
+        this.servers.push(unix)
+        logger.info({ path }, 'listening on Unix socket')
+      }
     }
     this.health.markRunning()
     this.prefetching = options.prefetchCredentials ?? true
@@ -132,16 +171,22 @@ export class ProxyServer {
    * New sessions use `profile` from now on; open sessions keep theirs. A credential source no
    * longer current is closed (its leases revoked) when its last session ends.
    */
-  reconfigure(profile: SessionProfile): void {
+  reconfigure(routes: RouteProfile[]): void {
     if (this.draining || this.closing) throw new Error('the proxy is shutting down')
-    const previous = this.profile
-    this.profile = profile
+    const previous = this.routes
+    this.routes = routes
     this.generation++
     this.appliedAt = new Date()
-    if (previous.credentials !== profile.credentials) {
+    const kept = new Set(routes.map((r) => r.credentials))
+    const dropped = previous.map((r) => r.credentials).filter((c) => !kept.has(c))
+    if (dropped.length > 0 || routes.some((r) => !previous.some((p) => p.credentials === r.credentials)))
       this.startPrefetch()
-      this.retire(previous.credentials)
-    }
+    for (const source of new Set(dropped)) this.retire(source)
+  }
+
+  /** What new sessions are built from now, route by route. */
+  get currentRoutes(): readonly RouteProfile[] {
+    return this.routes
   }
 
   /**
@@ -180,8 +225,16 @@ export class ProxyServer {
       phase: this.health.phase,
       ready: readiness.ready,
       checks: readiness.checks,
-      listen: { tcp: `${this.options.listen.host}:${this.port}`, unix: this.socketPath },
-      route: 'default',
+      listen: { tcp: `${this.options.listeners[0]?.listen.host}:${this.port}`, unix: this.socketPaths[0] },
+      route: this.profile.name,
+      routes: this.routes.map((r) => ({
+        name: r.name,
+        users: r.users ? [...r.users] : undefined,
+        listen: r.listener,
+        ownerRole: r.settings.ownerRole,
+        upstream: r.connector.endpoint.address,
+        credentialsReady: r.credentials.status().ready,
+      })),
       ownerRole: settings.ownerRole,
       upstream: {
         address: connector.endpoint.address,
@@ -207,7 +260,7 @@ export class ProxyServer {
   private async drainSessions(graceMs: number): Promise<void> {
     const { logger } = this.options
     this.health.markDraining()
-    this.prefetch?.stop()
+    for (const prefetch of this.prefetches) prefetch.stop()
     logger.info({ sessions: this.sessions.size, graceMs }, 'draining: no new sessions; open ones end when idle')
     for (const session of this.sessions.keys()) session.drain()
     let timer: NodeJS.Timeout | undefined
@@ -222,12 +275,12 @@ export class ProxyServer {
   private async closeAll(): Promise<void> {
     const { logger } = this.options
     this.health.markDraining()
-    this.prefetch?.stop()
+    for (const prefetch of this.prefetches) prefetch.stop()
     const closing = this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())))
     for (const session of this.sessions.keys()) session.stop()
     await Promise.all(closing)
-    if (this.socketPath) await unlink(this.socketPath).catch(() => undefined)
-    const sources = new Set([this.profile.credentials, ...this.retiring])
+    for (const path of this.socketPaths) await unlink(path).catch(() => undefined)
+    const sources = new Set([...this.routes.map((r) => r.credentials), ...this.retiring])
     await Promise.all(
       [...sources].map((source) =>
         source.close().catch((err: Error) => logger.warn({ err: err.message }, 'error closing a credential source')),
@@ -242,14 +295,16 @@ export class ProxyServer {
   }
 
   private startPrefetch(): void {
-    this.prefetch?.stop()
-    this.prefetch = undefined
+    for (const prefetch of this.prefetches) prefetch.stop()
+    this.prefetches = []
     if (!this.prefetching || this.draining || this.closing) return
-    this.prefetch = new CredentialPrefetch(this.profile.credentials, this.options.logger).start()
+    for (const source of new Set(this.routes.map((r) => r.credentials))) {
+      this.prefetches.push(new CredentialPrefetch(source, this.options.logger).start())
+    }
   }
 
   private retire(source: CredentialSource): void {
-    if ([...this.sessions.values()].some((p) => p.credentials === source)) {
+    if ([...this.sessions.values()].some((p) => p?.credentials === source)) {
       this.retiring.add(source)
       return
     }
@@ -260,9 +315,11 @@ export class ProxyServer {
   }
 
   /** Who may start a session now; the server's view, as the session cannot see the others. */
-  private admission(profile: SessionProfile): ProxyError | undefined {
+  private admission(route: RouteProfile): ProxyError | undefined {
     if (this.draining || this.closing) return shuttingDown()
-    if (this.sessions.size > profile.maxClientConnections) {
+    let onRoute = 0
+    for (const r of this.sessions.values()) if (r?.name === route.name) onRoute++
+    if (onRoute > route.maxClientConnections) {
       return new ProxyError('too_many_clients', {
         sqlState: '53300',
         message: 'sorry, too many clients already (pg-vault-proxy max_client_connections reached)',
@@ -272,38 +329,55 @@ export class ProxyServer {
     return undefined
   }
 
-  private createServer(): Server {
-    return createServer({ noDelay: true }, (socket) => this.accept(socket))
+  private createServer(listener: string): Server {
+    return createServer({ noDelay: true }, (socket) => this.accept(socket, listener))
   }
 
-  private accept(socket: Socket): void {
+  /**
+   * The route for a client user on a listener: the route that names the user, else the one that
+   * takes every user. Chosen from the routes current when the startup packet arrives.
+   */
+  private chooseRoute(listener: string, clientUser: string): RouteProfile | ProxyError {
+    const here = this.routes.filter((r) => r.listener === listener)
+    const route = here.find((r) => r.users?.has(clientUser)) ?? here.find((r) => r.users === undefined)
+    if (route) return route
+    return new ProxyError('no_route', {
+      sqlState: '28000',
+      message: `pg-vault-proxy has no route for user "${clientUser}" on this listener`,
+      hint: `Connect as one of: ${here.flatMap((r) => [...(r.users ?? [])]).join(', ')}; or add a route without users.`,
+    })
+  }
+
+  private accept(socket: Socket, listener: string): void {
     const { logger } = this.options
-    const profile = this.profile
-    const { settings, connector, credentials } = profile
     socket.setNoDelay(true)
-    const session = new ClientSession(
+    const session: ClientSession = new ClientSession(
       socket,
       {
-        settings,
-        connector,
-        credentials,
+        startupTimeoutMs: this.options.startupTimeoutMs,
+        route: (clientUser) => {
+          const route = this.chooseRoute(listener, clientUser)
+          if (route instanceof ProxyError) return route
+          this.sessions.set(session, route)
+          return { ...route, admit: () => this.admission(route) }
+        },
         cancels: this.cancels,
         logger,
         metrics: this.metrics,
-        admit: () => this.admission(profile),
       },
       this.nextSessionId++,
     )
-    this.sessions.set(session, profile)
+    this.sessions.set(session, undefined)
     session
       .run()
       .catch((err: unknown) => logger.error({ err }, 'session crashed'))
-      .finally(() => this.ended(session, profile))
+      .finally(() => this.ended(session))
   }
 
-  private ended(session: ClientSession, profile: SessionProfile): void {
+  private ended(session: ClientSession): void {
+    const route = this.sessions.get(session)
     this.sessions.delete(session)
-    if (this.retiring.has(profile.credentials)) this.retire(profile.credentials)
+    if (route && this.retiring.has(route.credentials)) this.retire(route.credentials)
     if (this.sessions.size === 0) for (const resolve of this.emptyWaiters.splice(0)) resolve()
   }
 }
@@ -316,6 +390,17 @@ async function listenOn(server: Server, options: { host: string; port: number } 
       resolve()
     })
   })
+}
+
+/** All routes' credential states as one: ready when every route has a credential; the earliest expiry. */
+function combinedStatus(statuses: CredentialStatus[]): CredentialStatus {
+  if (statuses.length === 1) return statuses[0] as CredentialStatus
+  const expiries = statuses.map((s) => s.expiresAt).filter((e): e is number => e !== undefined)
+  return {
+    ready: statuses.every((s) => s.ready),
+    expiresAt: expiries.length > 0 ? Math.min(...expiries) : undefined,
+    detail: statuses.map((s) => s.detail).join('; '),
+  }
 }
 
 /** A socket file left by a crashed proxy blocks listen; one that still answers belongs to a live process. */

@@ -59,6 +59,36 @@ void t.test('precedence: flags > PGVP_* environment > file > defaults', async (t
   t.equal(envOnly.allow_remote, true, 'a whole configuration from the environment')
 })
 
+void t.test('routes: each entry laid over the top level; the top level alone is the "default" route', async (t) => {
+  const single = await loadConfig(await file(minimal), {}, {})
+  t.same(
+    single.routes.map((r) => [r.name, r.users, r.config.owner_role]),
+    [['default', undefined, 'app_owner']],
+  )
+  const routed = await loadConfig(
+    await file(
+      `${minimal.replace('{ host: db }', '{ host: db, sslmode: require }')}routes:\n  - { name: app, listen: 127.0.0.1:7001 }\n  - { name: reports, listen: 127.0.0.1:7001, users: [reporter], owner_role: reporting, upstream: { port: 6000 } }\n`,
+    ),
+    {},
+    {},
+  )
+  const [app, reports] = routed.routes
+  t.match(app, {
+    name: 'app',
+    users: undefined,
+    config: {
+      owner_role: 'app_owner',
+      listen: { port: 7001 },
+      upstream: { host: 'db', port: 5432, sslmode: 'require' },
+    },
+  })
+  t.match(reports, {
+    name: 'reports',
+    users: ['reporter'],
+    config: { owner_role: 'reporting', upstream: { host: 'db', port: 6000, sslmode: 'require' } },
+  })
+})
+
 void t.test('every key has its environment variable', async (t) => {
   const envs = new Set(CONFIG_KEYS.map((k) => k.env))
   for (const name of [
@@ -144,6 +174,37 @@ const table: Array<[string, string | undefined, Record<string, string>, string[]
     ['vault.auth.token: set vault.auth.token or vault.auth.token_file (or VAULT_TOKEN)'],
   ],
   ['not YAML', 'owner_role: [unclosed\n', {}, [/is not valid YAML/ as unknown as string]],
+  [
+    'an unknown key in a route',
+    `${minimal}routes: [{ name: a, ownr_role: x }]\n`,
+    {},
+    ['routes.0.ownr_role: unknown key (see docs/configuration.md)'],
+  ],
+  [
+    'a route key with a bad value',
+    `${minimal}routes: [{ name: a, upstream: { port: 0 } }]\n`,
+    {},
+    ['routes.0.upstream.port: Too small: expected number to be >=1'],
+  ],
+  [
+    'two routes with one name',
+    `${minimal}routes: [{ name: a, listen: 1 }, { name: a, listen: 2 }]\n`,
+    {},
+    ['routes.1.name: "a" is used by another route'],
+  ],
+  [
+    'two routes taking every user on one listener',
+    `${minimal}routes: [{ name: a }, { name: b }]\n`,
+    {},
+    ['routes.1.users: routes "a" and "b" both take every user on 127.0.0.1:5432; give one of them users'],
+  ],
+  [
+    'a user routed twice on one listener',
+    `${minimal}routes: [{ name: a, users: [x] }, { name: b, users: [x, y] }]\n`,
+    {},
+    ['routes.1.users: "x" is already routed to "a" on 127.0.0.1:5432'],
+  ],
+  ['an empty routes list', `${minimal}routes: []\n`, {}, ['routes: expected a list of at least one route']],
 ]
 
 for (const [what, text, env, expected] of table) {
