@@ -1,3 +1,4 @@
+import { Writable } from 'node:stream'
 import pg from 'pg'
 import t from 'tap'
 import { freePort } from '../support/free-port.js'
@@ -94,4 +95,49 @@ void t.test('the connection limit counts per route', async (t) => {
   t.equal((await whoAs(port, 'b')).current, 'app_owner', 'route b still has room')
   const err = (await whoAs(port, 'a').catch((e: unknown) => e)) as Record<string, string>
   t.equal(err.code, '53300', 'route a is full')
+})
+
+void t.test('a reload changes a route for new sessions and keeps unchanged credential sources', async (t) => {
+  const port = await freePort()
+  const routes = [
+    {
+      name: 'reports',
+      listen: `127.0.0.1:${port}`,
+      users: ['reporter'],
+      owner_role: cluster.mixedCaseOwnerRole,
+      credentials: md5Login,
+    },
+    { name: 'app', listen: `127.0.0.1:${port}` },
+  ]
+  const proxy = await startProxy(t, cluster, { routes })
+  const before = new Map(proxy.server.currentRoutes.map((r) => [r.name, r.credentials]))
+  t.equal((await whoAs(port, 'reporter')).current, 'App Owner')
+  const { ConfigReloader } = await import('../../src/ops/config-reload.js')
+  const { parseConfig } = await import('../../src/config/load-config.js')
+  const { createLogger } = await import('../../src/ops/logger.js')
+  const quiet = createLogger('silent', new Writable({ write: (_chunk, _encoding, done) => done() }))
+  const raw = {
+    listen: `127.0.0.1:${port}`,
+    owner_role: cluster.ownerRole,
+    upstream: { host: cluster.host, port: cluster.port, sslmode: 'disable' },
+    credentials: proxy.config.routes[1]?.config.credentials,
+    routes: [{ ...routes[0], owner_role: cluster.ownerRole }, routes[1]],
+  }
+  const reloader = new ConfigReloader(proxy.config, {
+    server: proxy.server,
+    logger: quiet,
+    load: () => Promise.resolve(parseConfig(raw)),
+  })
+  t.equal(await reloader.reload(), true)
+  t.equal((await whoAs(port, 'reporter')).current, 'app_owner', 'the changed owner role applies to a new session')
+  const after = new Map(proxy.server.currentRoutes.map((r) => [r.name, r.credentials]))
+  t.equal(after.get('app'), before.get('app'), 'route app kept its credential source')
+  t.equal(after.get('reports'), before.get('reports'), 'route reports too: its credentials did not change')
+  const moved = { ...raw, routes: [{ ...routes[1], listen: `127.0.0.1:${await freePort()}` }] }
+  const refused = new ConfigReloader(proxy.config, {
+    server: proxy.server,
+    logger: quiet,
+    load: () => Promise.resolve(parseConfig(moved)),
+  })
+  t.equal(await refused.reload(), false, 'a route on a listener that is not open needs a restart')
 })
