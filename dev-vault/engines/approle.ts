@@ -6,6 +6,7 @@ import type { Backend, BackendRequest, BackendResult, Mount } from '../backend.j
 import type { VaultCore } from '../core.js'
 import { respondError } from '../envelope.js'
 import { newUuid } from '../ids.js'
+import { addCollection } from '../collection-routes.js'
 import { Router } from '../router.js'
 import { rfc3339Nano } from '../time-format.js'
 import { defaultTokenParams, loginFrom, parseTokenFields, renewalFor, tokenData } from '../token-params.js'
@@ -186,18 +187,6 @@ export function approleBackend(core: VaultCore, mount: Mount): Backend {
 
   const router = new Router<BackendRequest, BackendResult>()
     .add('login', { write: login })
-    .add('role', { list: () => ({ data: { keys: [...roles.keys()].sort() } }) })
-    .add('role/:name', {
-      read: readRole,
-      write: writeRole,
-      delete: (req) => {
-        const name = (req.params.name ?? '').toLowerCase()
-        roles.delete(name)
-        secretIds.delete(name)
-        return undefined
-      },
-      exists: (req) => roleOf(req) !== undefined,
-    })
     .add('role/:name/role-id', {
       read: (req) => {
         const role = roleOf(req)
@@ -252,6 +241,17 @@ export function approleBackend(core: VaultCore, mount: Mount): Backend {
         return undefined
       },
     })
+  addCollection(router, 'role', roles, {
+    read: readRole,
+    write: writeRole,
+    delete: (req) => {
+      const name = (req.params.name ?? '').toLowerCase()
+      roles.delete(name)
+      secretIds.delete(name)
+      return undefined
+    },
+    exists: (req) => roleOf(req) !== undefined,
+  })
 
   return {
     router,

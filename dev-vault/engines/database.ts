@@ -11,6 +11,7 @@ import { generatePassword } from '../ids.js'
 import type { Lease } from './leases.js'
 import { hasLiteralPassword, redactConnectionUrl } from '../postgres/connection-url.js'
 import { PostgresPlugin } from '../postgres/postgres-plugin.js'
+import { addCollection } from '../collection-routes.js'
 import { Router } from '../router.js'
 import { rfc3339Nano } from '../time-format.js'
 import { calculateTtl } from '../ttl.js'
@@ -97,39 +98,25 @@ class DatabaseEngine {
 
   backend(): Backend {
     const router = new Router<BackendRequest, BackendResult>()
-      .add('config', { list: () => ({ data: { keys: [...this.configs.keys()].sort() } }) })
-      .add('config/:name', {
-        read: (req) => this.readConfig(req),
-        write: (req) => this.writeConfig(req),
-        delete: (req) => this.deleteConfig(req),
-        exists: (req) => this.configs.has(req.params.name ?? ''),
-      })
       .add('reset/:name', { write: (req) => this.reset(req) })
       .add('rotate-root/:name', { write: (req) => this.rotateRoot(req) })
-      .add('roles', { list: () => ({ data: { keys: [...this.roles.keys()].sort() } }) })
-      .add('roles/:name', {
-        read: (req) => this.readRole(req),
-        write: (req) => this.writeRole(req),
-        delete: (req) => {
-          // Existing leases survive: revocation falls back to what the lease remembers.
-          this.roles.delete(req.params.name ?? '')
-          return undefined
-        },
-        exists: (req) => this.roles.has(req.params.name ?? ''),
-      })
-      .add('static-roles', { list: () => ({ data: { keys: [...this.staticRoles.keys()].sort() } }) })
-      .add('static-roles/:name', {
-        read: (req) => this.readStaticRole(req),
-        write: (req) => this.writeStaticRole(req),
-        delete: (req) => {
-          this.staticRoles.delete(req.params.name ?? '')
-          return undefined
-        },
-        exists: (req) => this.staticRoles.has(req.params.name ?? ''),
-      })
       .add('creds/:name', { read: (req) => this.creds(req) })
       .add('static-creds/:name', { read: (req) => this.staticCreds(req) })
       .add('rotate-role/:name', { write: (req) => this.rotateRole(req) })
+    addCollection(router, 'config', this.configs, {
+      read: (req) => this.readConfig(req),
+      write: (req) => this.writeConfig(req),
+      delete: (req) => this.deleteConfig(req),
+    })
+    // Deleting a role leaves its leases: their revocation falls back to what each lease remembers.
+    addCollection(router, 'roles', this.roles, {
+      read: (req) => this.readRole(req),
+      write: (req) => this.writeRole(req),
+    })
+    addCollection(router, 'static-roles', this.staticRoles, {
+      read: (req) => this.readStaticRole(req),
+      write: (req) => this.writeStaticRole(req),
+    })
 
     return {
       router,

@@ -7,6 +7,7 @@ import type { Backend, BackendRequest, BackendResult, Mount } from '../backend.j
 import type { VaultCore } from '../core.js'
 import { respondError } from '../envelope.js'
 import { audiencesOf, parsePublicKey, SUPPORTED_ALGORITHMS, validateJwt } from '../jwt-validator.js'
+import { addCollection } from '../collection-routes.js'
 import { Router } from '../router.js'
 import { defaultTokenParams, loginFrom, parseTokenFields, renewalFor, tokenData } from '../token-params.js'
 import type { TokenParams } from '../token-params.js'
@@ -231,40 +232,32 @@ export function jwtBackend(core: VaultCore, mount: Mount): Backend {
     }
   }
 
-  const router = new Router<BackendRequest, BackendResult>()
-    .add('login', { write: login })
-    .add('config', {
-      read: () =>
-        config === undefined
-          ? undefined
-          : {
-              data: {
-                bound_issuer: config.boundIssuer,
-                default_role: config.defaultRole,
-                jwks_ca_pem: '',
-                jwks_url: '',
-                jwt_supported_algs: config.supportedAlgs,
-                jwt_validation_pubkeys: config.validationPubkeys,
-                oidc_client_id: '',
-                oidc_discovery_ca_pem: '',
-                oidc_discovery_url: '',
-              },
+  const router = new Router<BackendRequest, BackendResult>().add('login', { write: login }).add('config', {
+    read: () =>
+      config === undefined
+        ? undefined
+        : {
+            data: {
+              bound_issuer: config.boundIssuer,
+              default_role: config.defaultRole,
+              jwks_ca_pem: '',
+              jwks_url: '',
+              jwt_supported_algs: config.supportedAlgs,
+              jwt_validation_pubkeys: config.validationPubkeys,
+              oidc_client_id: '',
+              oidc_discovery_ca_pem: '',
+              oidc_discovery_url: '',
             },
-      write: writeConfig,
-    })
-    .add('role', { list: () => ({ data: { keys: [...roles.keys()].sort() } }) })
-    .add('role/:name', {
-      read: (req) => {
-        const role = roles.get(req.params.name ?? '')
-        return role === undefined ? undefined : { data: roleData(role) }
-      },
-      write: writeRole,
-      delete: (req) => {
-        roles.delete(req.params.name ?? '')
-        return undefined
-      },
-      exists: (req) => roles.has(req.params.name ?? ''),
-    })
+          },
+    write: writeConfig,
+  })
+  addCollection(router, 'role', roles, {
+    read: (req) => {
+      const role = roles.get(req.params.name ?? '')
+      return role === undefined ? undefined : { data: roleData(role) }
+    },
+    write: writeRole,
+  })
 
   return {
     router,

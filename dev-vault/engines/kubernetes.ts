@@ -11,6 +11,7 @@ import type { Backend, BackendRequest, BackendResult, Mount } from '../backend.j
 import type { VaultCore } from '../core.js'
 import { goError, respondError } from '../envelope.js'
 import { parsePublicKey, SUPPORTED_ALGORITHMS, validateJwt } from '../jwt-validator.js'
+import { addCollection } from '../collection-routes.js'
 import { Router } from '../router.js'
 import { defaultTokenParams, loginFrom, parseTokenFields, renewalFor, tokenData } from '../token-params.js'
 import type { TokenParams } from '../token-params.js'
@@ -182,46 +183,38 @@ export function kubernetesBackend(core: VaultCore, _mount: Mount): Backend {
     }
   }
 
-  const router = new Router<BackendRequest, BackendResult>()
-    .add('login', { write: login })
-    .add('config', {
-      read: () =>
-        config === undefined
-          ? undefined
-          : {
-              data: {
-                disable_iss_validation: config.disableIssValidation,
-                disable_local_ca_jwt: config.disableLocalCaJwt,
-                issuer: config.issuer,
-                kubernetes_ca_cert: config.kubernetesCaCert,
-                kubernetes_host: config.kubernetesHost,
-                pem_keys: config.pemKeys,
-              },
+  const router = new Router<BackendRequest, BackendResult>().add('login', { write: login }).add('config', {
+    read: () =>
+      config === undefined
+        ? undefined
+        : {
+            data: {
+              disable_iss_validation: config.disableIssValidation,
+              disable_local_ca_jwt: config.disableLocalCaJwt,
+              issuer: config.issuer,
+              kubernetes_ca_cert: config.kubernetesCaCert,
+              kubernetes_host: config.kubernetesHost,
+              pem_keys: config.pemKeys,
             },
-      write: writeConfig,
-    })
-    .add('role', { list: () => ({ data: { keys: [...roles.keys()].sort() } }) })
-    .add('role/:name', {
-      read: (req) => {
-        const role = roles.get(req.params.name ?? '')
-        if (role === undefined) return undefined
-        return {
-          data: {
-            alias_name_source: role.aliasNameSource,
-            ...(role.audience !== '' ? { audience: role.audience } : {}),
-            bound_service_account_names: role.boundServiceAccountNames,
-            bound_service_account_namespaces: role.boundServiceAccountNamespaces,
-            ...tokenData(role.token),
           },
-        }
-      },
-      write: writeRole,
-      delete: (req) => {
-        roles.delete(req.params.name ?? '')
-        return undefined
-      },
-      exists: (req) => roles.has(req.params.name ?? ''),
-    })
+    write: writeConfig,
+  })
+  addCollection(router, 'role', roles, {
+    read: (req) => {
+      const role = roles.get(req.params.name ?? '')
+      if (role === undefined) return undefined
+      return {
+        data: {
+          alias_name_source: role.aliasNameSource,
+          ...(role.audience !== '' ? { audience: role.audience } : {}),
+          bound_service_account_names: role.boundServiceAccountNames,
+          bound_service_account_namespaces: role.boundServiceAccountNamespaces,
+          ...tokenData(role.token),
+        },
+      }
+    },
+    write: writeRole,
+  })
 
   return {
     router,
