@@ -1,8 +1,8 @@
-import { spawn } from 'node:child_process'
 import { createConnection } from 'node:net'
 import t from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy } from '../support/proxy-harness.js'
+import { ctrlCDuringSleep } from '../support/psql-cancel.js'
 import { BufferList, startupMessage } from '../support/wire-builder.js'
 
 const cluster = await clusterFor(t)
@@ -39,30 +39,7 @@ void t.test('a client that stops reading makes the upstream wait, not the proxy 
 
 void t.test('psql Ctrl-C reaches an upstream that needs TLS', async (t) => {
   const proxy = await startProxy(t, cluster, { upstream: { sslmode: 'require' } })
-  const child = spawn('psql', [
-    '-h',
-    '127.0.0.1',
-    '-p',
-    String(proxy.port),
-    '-U',
-    'app',
-    '-d',
-    cluster.database,
-    '-X',
-    '-c',
-    'select pg_sleep(30)',
-  ])
-  let stderr = ''
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-  for (let i = 0; i < 100; i++) {
-    const running = await cluster.query(
-      "select 1 from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'",
-    )
-    if (running.length > 0) break
-    await sleep(50)
-  }
-  child.kill('SIGINT')
-  await new Promise((resolve) => child.on('close', resolve))
+  const { stderr } = await ctrlCDuringSleep(proxy.port, cluster)
   t.match(stderr, /canceling statement due to user request/)
   t.ok(proxy.logs.some((l) => l.msg === 'forwarding cancel request'))
 })
