@@ -30,6 +30,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { freePort } from '../test/support/free-port.js'
 import { startCluster, type PgCluster } from '../test/support/pg-cluster.js'
+import { clusterUpstreamYaml } from '../test/support/proxy-config.js'
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
 const PGBOUNCER = process.env.PGBOUNCER_BIN ?? '/usr/sbin/pgbouncer'
@@ -404,14 +405,7 @@ async function writeProxyConfig(cluster: PgCluster): Promise<{ config: string; p
       `listen: ${HOST}:${port}`,
       `owner_role: ${cluster.ownerRole}`,
       'max_client_connections: 100',
-      'upstream:',
-      `  host: ${cluster.host}`,
-      `  port: ${cluster.port}`,
-      '  sslmode: disable',
-      'credentials:',
-      '  static:',
-      `    username: ${cluster.users.scram.user}`,
-      `    password_file: ${passwordFile}`,
+      ...clusterUpstreamYaml(cluster, passwordFile),
       'log:',
       '  level: warn',
       '',

@@ -6,6 +6,7 @@ import pg from 'pg'
 import t from 'tap'
 import { freePort } from '../support/free-port.js'
 import { clusterFor } from '../support/pg-cluster.js'
+import { clusterUpstreamYaml } from '../support/proxy-config.js'
 
 // The real executable: `pg-vault-proxy run --config FILE`, run from source with tsx.
 const cluster = await clusterFor(t)
@@ -18,14 +19,7 @@ function configYaml(extra = ''): string {
   return [
     `socket_dir: ${dir}`,
     `owner_role: ${cluster.ownerRole}`,
-    'upstream:',
-    `  host: ${cluster.host}`,
-    `  port: ${cluster.port}`,
-    '  sslmode: disable',
-    'credentials:',
-    '  static:',
-    `    username: ${cluster.users.scram.user}`,
-    `    password_file: ${passwordFile}`,
+    ...clusterUpstreamYaml(cluster, passwordFile),
     extra,
   ].join('\n')
 }

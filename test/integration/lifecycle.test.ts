@@ -8,6 +8,7 @@ import t, { type Test } from 'tap'
 import { freePort } from '../support/free-port.js'
 import { opsGet, sample } from '../support/ops-probe.js'
 import { clusterFor } from '../support/pg-cluster.js'
+import { clusterUpstreamYaml } from '../support/proxy-config.js'
 import { eventually } from '../support/vault-target.js'
 
 // The real executable and its signals: SIGTERM/SIGINT drain, a second signal, SIGHUP reload.
@@ -28,14 +29,7 @@ function configYaml(ports: Ports, extra: string[] = [], ownerRole = cluster.owne
     `owner_role: ${JSON.stringify(ownerRole)}`,
     'ops:',
     `  listen: 127.0.0.1:${ports.ops}`,
-    'upstream:',
-    `  host: ${cluster.host}`,
-    `  port: ${cluster.port}`,
-    '  sslmode: disable',
-    'credentials:',
-    '  static:',
-    `    username: ${cluster.users.scram.user}`,
-    `    password_file: ${passwordFile}`,
+    ...clusterUpstreamYaml(cluster, passwordFile),
     ...extra,
   ].join('\n')
 }
