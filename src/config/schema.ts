@@ -43,6 +43,15 @@ export const configSchema = z
     shutdown_grace_ms: z.number().int().min(0).default(30_000),
     // Unset: idle clients are kept forever, as PostgreSQL's idle_session_timeout = 0.
     idle_client_timeout_ms: positiveMs.optional(),
+    // Moving live sessions to fresh credentials, and reconnecting them after upstream loss (docs/rotation.md).
+    rotation: z
+      .object({
+        swap_before_end_ms: z.number().int().min(0).default(30_000),
+        reconnect: z.boolean().default(true),
+        strict: z.boolean().default(false),
+      })
+      .strict()
+      .default({ swap_before_end_ms: 30_000, reconnect: true, strict: false }),
     ops: z
       .object({
         enabled: z.boolean().default(true),

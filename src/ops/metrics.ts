@@ -27,7 +27,17 @@ export interface SessionMetrics {
   bytesFromClient(n: number): void
   bytesFromUpstream(n: number): void
   cancelRequest(outcome: CancelOutcome): void
+  /** A session moved to a new upstream connection (docs/rotation.md), or tried to. */
+  sessionMoved(kind: MoveKind, outcome: MoveOutcome): void
 }
+
+/** swap: planned, to a fresh credential; reconnect: after the upstream went away. */
+export type MoveKind = 'swap' | 'reconnect'
+/**
+ * moved; blocked: the session held state that cannot move (temp tables, ...); failed: the new
+ * connection or the state replay failed; declined: the upstream was lost while the session was busy.
+ */
+export type MoveOutcome = 'moved' | 'blocked' | 'failed' | 'declined'
 
 /** Gauges read when scraped, from whoever owns the state. */
 export interface MetricsState {
@@ -51,6 +61,7 @@ export const noMetrics: CredentialMetrics & VaultRequestMetrics & SessionMetrics
   bytesFromClient: () => undefined,
   bytesFromUpstream: () => undefined,
   cancelRequest: () => undefined,
+  sessionMoved: () => undefined,
 }
 
 const PREFIX = 'pg_vault_proxy_'
@@ -68,6 +79,7 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
   private readonly sessionEnds: Counter<'reason'>
   private readonly sessionFailures: Counter<'reason'>
   private readonly bytes: Counter<'direction'>
+  private readonly moves: Counter<'kind' | 'outcome'>
   private readonly cancels: Counter<'outcome'>
   private readonly issued: Counter<'source'>
   private readonly swaps: Counter<'source'>
@@ -169,6 +181,12 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
       labelNames: ['path', 'failure'],
       registers,
     })
+    this.moves = new Counter({
+      name: `${PREFIX}session_moves_total`,
+      help: 'Sessions moved to a new upstream connection: planned swaps to a fresh credential and reconnects after upstream loss, by outcome.',
+      labelNames: ['kind', 'outcome'],
+      registers,
+    })
     this.reloads = new Counter({
       name: `${PREFIX}config_reloads_total`,
       help: 'Configuration reloads (SIGHUP), by outcome.',
@@ -218,6 +236,10 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
 
   cancelRequest(outcome: CancelOutcome): void {
     this.cancels.inc({ outcome })
+  }
+
+  sessionMoved(kind: MoveKind, outcome: MoveOutcome): void {
+    this.moves.inc({ kind, outcome })
   }
 
   credentialIssued(source: string): void {

@@ -47,6 +47,7 @@ export const BackendCode = {
   CopyBothResponse: 0x57, // W
   CopyData: 0x64, // d
   CopyDone: 0x63, // c
+  DataRow: 0x44, // D
 } as const
 
 export const AuthCode = {

@@ -23,8 +23,11 @@ export interface FramerOptions {
    */
   wantsWhole(code: number): boolean
   maxInspectLength: number
-  /** Called for every message. `whole` is the entire message (header included) for inspected types. */
-  onMessage(code: number, whole: Buffer | undefined): void
+  /**
+   * Called for every message. `whole` is the entire message (header included) for inspected types;
+   * returning false for one drops it from the forwarded bytes.
+   */
+  onMessage(code: number, whole: Buffer | undefined): boolean | void
 }
 
 /**
@@ -41,6 +44,8 @@ export class MessageFramer {
 
   /** Feeds one chunk; returns the bytes that may be forwarded now (possibly empty). */
   push(chunk: Buffer): Buffer {
+    this.kept = undefined
+    this.keptFrom = 0
     let buf = chunk
     if (this.carry) {
       buf = Buffer.concat([this.carry, chunk])
@@ -70,18 +75,18 @@ export class MessageFramer {
       const available = buf.length - offset
       if (options.wantsWhole(code) && total <= options.maxInspectLength) {
         if (available < total) return this.hold(buf, offset)
-        options.onMessage(code, buf.subarray(offset, offset + total))
+        if (options.onMessage(code, buf.subarray(offset, offset + total)) === false) this.drop(buf, offset, total)
         offset += total
       } else {
         options.onMessage(code, undefined)
         if (available < total) {
           this.skip = total - available
-          return buf
+          return this.forward(buf, buf.length)
         }
         offset += total
       }
     }
-    return buf
+    return this.forward(buf, buf.length)
   }
 
   /** True while a message is only partly through the framer (not a clean message boundary). */
@@ -91,6 +96,20 @@ export class MessageFramer {
 
   private hold(buf: Buffer, offset: number): Buffer {
     this.carry = Buffer.from(buf.subarray(offset))
-    return buf.subarray(0, offset)
+    return this.forward(buf, offset)
+  }
+
+  /** Pieces of this chunk kept around dropped messages; undefined when nothing was dropped (the fast path). */
+  private kept: Buffer[] | undefined
+  private keptFrom = 0
+
+  private drop(buf: Buffer, offset: number, total: number): void {
+    ;(this.kept ??= []).push(buf.subarray(this.keptFrom, offset))
+    this.keptFrom = offset + total
+  }
+
+  private forward(buf: Buffer, end: number): Buffer {
+    if (!this.kept) return end === buf.length ? buf : buf.subarray(0, end)
+    return Buffer.concat([...this.kept, buf.subarray(this.keptFrom, end)])
   }
 }

@@ -18,9 +18,11 @@ import type { CancelRegistry } from './cancel-registry.js'
 import { readClientGreeting, startupRefusal } from './client-handshake.js'
 import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
 import { Relay } from './relay.js'
+import { SessionMover, type RotationSettings, type UpstreamLogin } from './session-mover.js'
+import { SessionState } from './session-state.js'
 import { splitClientStartup, type ClientStartup } from './startup-parameters.js'
 import { TransactionTracker } from './transaction-tracker.js'
-import type { UpstreamConnector, UpstreamSession } from './upstream-connector.js'
+import type { UpstreamConnector } from './upstream-connector.js'
 
 export interface SessionSettings {
   ownerRole: string
@@ -29,6 +31,7 @@ export interface SessionSettings {
   startupTimeoutMs: number
   /** idle_client_timeout_ms: unset means never. */
   idleClientTimeoutMs: number | undefined
+  rotation: RotationSettings
 }
 
 /** Where a session goes: the route chosen for its client user. */
@@ -69,6 +72,7 @@ export type SessionPhase = (typeof SessionPhase)[keyof typeof SessionPhase]
 export class ClientSession {
   phase: SessionPhase = SessionPhase.Handshake
   private relay: Relay | undefined
+  private mover: SessionMover | undefined
   private readonly startedAt = Date.now()
   private readonly log: Logger
   /** Known once read, for the audit line. */
@@ -124,8 +128,7 @@ export class ClientSession {
       if (startup.stripped.length > 0)
         this.log.debug({ stripped: startup.stripped }, 'removed client startup parameters the proxy owns')
       const upstream = await this.loginUpstream(startup)
-      // The credential stays held until the session ends, so its lease is never revoked under it.
-      const { release } = upstream
+      // The credential stays held until the session ends (or moves), so its lease is never revoked under it.
       try {
         if (this.draining) {
           // Shutdown began during the login: the client never got AuthenticationOk, so it can be refused.
@@ -137,9 +140,11 @@ export class ClientSession {
         const result = await (this.relay as Relay).done
         clearTimeout(this.idleTimer)
         this.context.metrics.sessionEnded(result.reason)
-        this.audit('info', { reason: result.reason, detail: result.detail }, result)
+        this.credential = this.mover?.credential ?? this.credential
+        this.audit('info', { reason: result.reason, detail: result.detail, moves: this.mover?.moves ?? 0 }, result)
       } finally {
-        release()
+        if (this.mover) this.mover.close()
+        else upstream.hold.release()
       }
     } catch (err) {
       clearTimeout(timer)
@@ -168,9 +173,7 @@ export class ClientSession {
    * Logs in upstream. The credential is held (`use`) from the moment it is handed out, so a lease
    * cannot be revoked while this session is still logging in with it; the caller releases it.
    */
-  private async loginUpstream(
-    startup: ClientStartup,
-  ): Promise<{ session: UpstreamSession; credential: DbCredential; release: () => void }> {
+  private async loginUpstream(startup: ClientStartup): Promise<UpstreamLogin> {
     const { credentials } = this.chosen
     const credential = await credentials.get()
     try {
@@ -187,17 +190,14 @@ export class ClientSession {
     }
   }
 
-  private async connectWith(
-    startup: ClientStartup,
-    credential: DbCredential,
-  ): Promise<{ session: UpstreamSession; credential: DbCredential; release: () => void }> {
-    this.credential = credential
-    const release = this.chosen.credentials.use(credential)
+  private async connectWith(startup: ClientStartup, credential: DbCredential): Promise<UpstreamLogin> {
+    if (this.phase !== SessionPhase.Relay) this.credential = credential
+    const hold = this.chosen.credentials.use(credential)
     try {
       const session = await this.chosen.connector.connect(this.upstreamParameters(startup, credential), credential)
-      return { session, credential, release }
+      return { session, credential, hold }
     } catch (err) {
-      release()
+      hold.release()
       throw err
     }
   }
@@ -214,25 +214,22 @@ export class ClientSession {
     ]
   }
 
-  private startRelay(
-    login: { session: UpstreamSession; credential: DbCredential },
-    startup: ClientStartup,
-    minorVersion: number,
-    clientPending: Buffer,
-  ): void {
+  private startRelay(login: UpstreamLogin, startup: ClientStartup, minorVersion: number, clientPending: Buffer): void {
     const { session: upstream, credential } = login
     const tracker = new TransactionTracker()
     tracker.status = upstream.transactionStatus
     const { cancels, metrics } = this.context
-    const { connector } = this.chosen
+    const { connector, settings, credentials } = this.chosen
     const key = cancels.register(async () => {
       // Only a busy session is cancelled: a late cancel must not hit the client's next statement.
-      if (!tracker.isBusy) {
+      if (!tracker.isBusy || !this.mover) {
         metrics.cancelRequest('not_busy')
         return
       }
       this.log.info('forwarding cancel request')
-      await connector.cancel(upstream.processId, upstream.secretKey).then(
+      // The upstream serving the session now: the mapping follows a move.
+      const { processId, secretKey } = this.mover.upstream
+      await connector.cancel(processId, secretKey).then(
         () => metrics.cancelRequest('forwarded'),
         (err: Error) => {
           metrics.cancelRequest('failed')
@@ -265,19 +262,37 @@ export class ClientSession {
       },
       'session started',
     )
-    this.relay = new Relay({
+    const state = new SessionState()
+    const clientParameters = new Map(upstream.parameters)
+    const relay = new Relay({
       client: this.socket,
-      upstream: upstream.socket,
+      upstream: { socket: upstream.socket, pending: upstream.pending, processId: upstream.processId },
       clientPending,
-      upstreamPending: upstream.pending,
       tracker,
-      upstreamProcessId: upstream.processId,
       clientProcessId: key.processId,
+      parameters: clientParameters,
+      state,
+      onUpstreamLost: (loss) => this.mover?.onUpstreamLost(loss),
       onIdle: () => this.onIdle(),
       onClientData: () => this.onClientData(),
       meter: metrics,
-    }).start()
-    if (this.relay.isIdle) this.onIdle()
+    })
+    this.relay = relay
+    this.mover = new SessionMover({
+      relay,
+      state,
+      login,
+      credentials,
+      connect: (next) => this.connectWith(startup, next),
+      ownerRole: settings.ownerRole,
+      clientParameters,
+      clientProcessId: key.processId,
+      settings: settings.rotation,
+      metrics,
+      log: this.log,
+    })
+    relay.start()
+    if (relay.isIdle) this.onIdle()
   }
 
   /** The client is waiting outside a transaction: the point where draining ends it, and the idle timeout runs. */
@@ -288,6 +303,7 @@ export class ClientSession {
       relay.stop('shutdown')
       return
     }
+    this.mover?.onIdle()
     const timeoutMs = this.chosen.settings.idleClientTimeoutMs
     if (timeoutMs === undefined || this.idleTimer !== undefined) return
     this.idleTimer = setTimeout(() => {
@@ -350,7 +366,7 @@ export class ClientSession {
    */
   private audit(
     level: 'debug' | 'info' | 'warn' | 'error',
-    end: { reason: string; detail?: string | undefined; refusal?: string; sqlState?: string },
+    end: { reason: string; detail?: string | undefined; refusal?: string; sqlState?: string; moves?: number },
     bytes: { bytesFromClient: number; bytesFromUpstream: number } = { bytesFromClient: 0, bytesFromUpstream: 0 },
   ): void {
     const { startup, credential } = this

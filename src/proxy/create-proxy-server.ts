@@ -80,6 +80,7 @@ export function createSessionProfile(
       database: config.upstream.database,
       startupTimeoutMs: config.startup_timeout_ms,
       idleClientTimeoutMs: config.idle_client_timeout_ms,
+      rotation: { reconnect: config.rotation.reconnect, strict: config.rotation.strict },
     },
     connector: createUpstreamConnector(config),
     credentials: keepCredentials ?? createCredentialSource(config, logger, env, metrics),
@@ -141,6 +142,7 @@ export function createCredentialSource(
       mount: vault.mount,
       role: vault.role,
       revokeOnShutdown: revoke_on_shutdown,
+      swapBeforeEndMs: config.rotation.swap_before_end_ms,
     })
   if (vault?.static_role) return StaticRoleCredentialSource.forRole(session, vault.mount, vault.static_role)
   if (kv) return new KvCredentialSource(session, { mount: kv.mount, path: kv.path, refreshSeconds: kv.refresh_seconds })

@@ -2,6 +2,7 @@ import type { Socket } from 'node:net'
 import { decodeErrorFields, encodeErrorResponse, errorFields } from '../pgwire/backend-messages.js'
 import { BackendCode, FrontendCode, type TransactionStatus } from '../pgwire/codes.js'
 import { MessageFramer, ProtocolViolation } from '../pgwire/message-framer.js'
+import type { SessionState } from './session-state.js'
 import type { TransactionTracker } from './transaction-tracker.js'
 
 // PostgreSQL's own limits (src/backend/tcop/postgres.c SocketBackend): large messages up to 1 GB - 1,
@@ -21,17 +22,46 @@ const BACKEND_KNOWN = new Set<number>(Array.from('RKZTNAGWIVnst123vSECDHdc', (c)
 const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 /** NotificationResponse payloads are at most 8000 bytes plus a channel name. */
 const MAX_INSPECTED = 16 * 1024
+/** Client Query/Parse messages up to this size are read for session state; longer ones mark it unknown. */
+const MAX_CLIENT_INSPECTED = 64 * 1024
+/** What the upstream sends when it is about to go away (pgwire.md §5.5). */
+const LOSS_SQLSTATES = new Set(['57P01', '57P02', '57P05'])
+
+/** The upstream connection a relay runs on; replaced when the session moves (docs/rotation.md). */
+export interface RelayUpstream {
+  socket: Socket
+  /** Bytes already read from it, forwarded before anything else. */
+  pending: Buffer
+  processId: number
+}
+
+/** How the upstream went away, for the session to decide whether to reconnect. */
+export interface UpstreamLoss {
+  /** The FATAL (or shutdown WARNING) the server sent, if any: '57P01 terminating connection ...'. */
+  announced?: string
+  sqlState?: string
+  /** The socket error code, if it broke. */
+  errorCode?: string
+}
 
 export interface RelayOptions {
   client: Socket
-  upstream: Socket
-  /** Bytes already read from each side during startup, forwarded before anything else. */
+  upstream: RelayUpstream
+  /** Bytes already read from the client during startup, forwarded before anything else. */
   clientPending: Buffer
-  upstreamPending: Buffer
   tracker: TransactionTracker
-  /** The upstream backend's pid, and the pid the client was given instead (see rewriteNotifyPid). */
-  upstreamProcessId: number
+  /** The pid the client was given instead of the upstream's (see rewriteNotifyPid). */
   clientProcessId: number
+  /** ParameterStatus values the client was sent at startup; kept current as more pass. */
+  parameters: Map<string, string>
+  /** Told about client messages that may change session state, so it can be rebuilt elsewhere. */
+  state?: SessionState
+  /**
+   * The upstream is going away (a FATAL such as 57P01, or its socket closed). Return true to take
+   * over: the relay withholds the news from the client, suspends, and waits for resume() or stop().
+   * A string declines and is added to what the client is told, as the reason it was not reconnected.
+   */
+  onUpstreamLost?: (loss: UpstreamLoss) => boolean | string | undefined
   /** Called after upstream bytes were passed to the client, whenever the session is then idle (see isIdle). */
   onIdle?: () => void
   /** Called for every chunk the client sends. */
@@ -49,6 +79,10 @@ export type RelayEndReason =
   | 'upstream_protocol_violation'
   | 'shutdown'
   | 'idle_timeout'
+  /** The upstream went away and the session could not be reconnected. */
+  | 'upstream_lost'
+  /** The session's credential ended and it could not move to a new one. */
+  | 'credential_expired'
 
 export interface RelayResult {
   reason: RelayEndReason
@@ -71,59 +105,201 @@ export class Relay {
   private clientSentTerminate = false
   private upstreamSentFatal: string | undefined
   private readonly clientFramer: MessageFramer
-  private readonly upstreamFramer: MessageFramer
+  private upstreamFramer: MessageFramer
+  private upstream: RelayUpstream
+  /** Relaying is paused at an idle point while the session talks to an upstream itself. */
+  private suspended = false
+  /** The upstream announced its end and the session took over: the rest of its bytes are ignored. */
+  private upstreamLost = false
+  /** The upstream's FATAL with the proxy's reason added, written in its place. */
+  private explainedFatal: Buffer | undefined
+  /** Why the session was not reconnected after its upstream closed without a word. */
+  private lossDetail: string | undefined
+  /** Messages for the client that must wait for a message boundary in the upstream stream. */
+  private readonly toClient: Buffer[] = []
+  private readonly upstreamListeners = {
+    data: (chunk: Buffer): void => this.onUpstreamData(chunk),
+    end: (): void => this.sideEnded('upstream'),
+    error: (err: NodeJS.ErrnoException): void => this.sideEnded('upstream', err),
+  }
 
   constructor(private readonly options: RelayOptions) {
     this.done = new Promise((resolve) => (this.resolveDone = resolve))
-    const { tracker } = options
+    this.upstream = options.upstream
+    const { tracker, state } = options
     this.clientFramer = new MessageFramer({
       isKnownCode: (code) => FRONTEND_KNOWN.has(code),
       maxLength: (code) => (FRONTEND_LARGE.has(code) ? LARGE_MESSAGE_LIMIT : SMALL_MESSAGE_LIMIT),
-      wantsWhole: () => false,
-      maxInspectLength: 0,
-      onMessage: (code) => {
+      wantsWhole: (code) =>
+        state !== undefined &&
+        (code === FrontendCode.Query || code === FrontendCode.Parse || code === FrontendCode.Close),
+      maxInspectLength: state ? MAX_CLIENT_INSPECTED : 0,
+      onMessage: (code, whole) => {
         if (code === FrontendCode.Terminate) this.clientSentTerminate = true
+        if (state) {
+          if (whole) state.onClientMessage(code, whole)
+          else if (code === FrontendCode.Query || code === FrontendCode.Parse) state.onUninspected()
+        }
         tracker.onFrontend(code)
       },
     })
-    this.upstreamFramer = new MessageFramer({
+    this.upstreamFramer = this.newUpstreamFramer()
+  }
+
+  private newUpstreamFramer(): MessageFramer {
+    return new MessageFramer({
       isKnownCode: (code) => BACKEND_KNOWN.has(code),
       maxLength: () => LARGE_MESSAGE_LIMIT,
       wantsWhole: (code) =>
         code === BackendCode.ReadyForQuery ||
         code === BackendCode.NotificationResponse ||
-        code === BackendCode.ErrorResponse,
+        code === BackendCode.ErrorResponse ||
+        code === BackendCode.NoticeResponse ||
+        code === BackendCode.ParameterStatus,
       maxInspectLength: MAX_INSPECTED,
       onMessage: (code, whole) => this.onUpstreamMessage(code, whole),
     })
   }
 
   start(): this {
-    const { client, upstream, clientPending, upstreamPending, onIdle, onClientData, meter } = this.options
-    this.pipe(client, upstream, this.clientFramer, 'client', (n) => {
-      this.bytesFromClient += n
-      meter?.bytesFromClient(n)
-      onClientData?.()
-    })
-    this.pipe(
-      upstream,
-      client,
-      this.upstreamFramer,
-      'upstream',
-      (n) => {
-        this.bytesFromUpstream += n
-        meter?.bytesFromUpstream(n)
-      },
-      // After the write, so whatever the idle handler sends lands after the ReadyForQuery.
-      () => {
-        if (onIdle && this.isIdle) onIdle()
-      },
-    )
+    const { client, clientPending } = this.options
+    client.on('data', (chunk: Buffer) => this.onClientData(chunk))
+    client.on('end', () => this.sideEnded('client'))
+    client.on('close', () => this.sideEnded('client'))
+    client.on('error', (err: NodeJS.ErrnoException) => this.sideEnded('client', err))
     if (clientPending.length > 0) client.unshift(clientPending)
-    if (upstreamPending.length > 0) upstream.unshift(upstreamPending)
+    this.attachUpstream(this.upstream)
     client.resume()
-    upstream.resume()
     return this
+  }
+
+  /** The pid of the upstream backend now serving the session. */
+  get upstreamProcessId(): number {
+    return this.upstream.processId
+  }
+
+  get isFinished(): boolean {
+    return this.finished
+  }
+
+  /**
+   * At an idle point: stop reading the client and stop relaying the upstream, and hand its socket
+   * to the caller (to probe it, or to retire it). Until resume(), nothing reaches the upstream.
+   */
+  suspend(): Socket {
+    if (!this.isIdle || this.suspended) throw new Error('the relay can only be suspended at an idle point')
+    this.suspended = true
+    this.options.client.pause()
+    this.detachUpstream()
+    return this.upstream.socket
+  }
+
+  /** Relays again, on the same upstream after a probe, or on `next` after a move or reconnect. */
+  resume(next?: RelayUpstream): void {
+    if (!this.suspended || this.finished) return
+    this.suspended = false
+    this.upstreamLost = false
+    if (next) {
+      this.upstream = next
+      this.upstreamFramer = this.newUpstreamFramer()
+    }
+    this.attachUpstream(this.upstream)
+    this.flushToClient()
+    this.options.client.resume()
+  }
+
+  /** Whole messages for the client (a notification, a ParameterStatus), sent at the next message boundary. */
+  sendToClient(messages: Buffer): void {
+    if (this.finished) return
+    this.toClient.push(messages)
+    this.flushToClient()
+  }
+
+  private flushToClient(): void {
+    if (this.toClient.length === 0 || (!this.suspended && this.upstreamFramer.isMidMessage)) return
+    for (const message of this.toClient.splice(0)) {
+      if (message[0] === BackendCode.ParameterStatus) this.noteParameter(message)
+      this.options.client.write(message)
+    }
+  }
+
+  private attachUpstream(upstream: RelayUpstream): void {
+    const { socket, pending } = upstream
+    socket.on('data', this.upstreamListeners.data)
+    socket.on('end', this.upstreamListeners.end)
+    socket.on('close', this.upstreamListeners.end)
+    socket.on('error', this.upstreamListeners.error)
+    if (pending.length > 0) socket.unshift(pending)
+    upstream.pending = Buffer.alloc(0)
+    socket.resume()
+  }
+
+  private detachUpstream(): void {
+    const { socket } = this.upstream
+    socket.off('data', this.upstreamListeners.data)
+    socket.off('end', this.upstreamListeners.end)
+    socket.off('close', this.upstreamListeners.end)
+    socket.off('error', this.upstreamListeners.error)
+    if (socket.listenerCount('error') === 0) socket.on('error', () => {})
+    socket.pause()
+  }
+
+  private onClientData(chunk: Buffer): void {
+    const { meter, onClientData } = this.options
+    this.bytesFromClient += chunk.length
+    meter?.bytesFromClient(chunk.length)
+    onClientData?.()
+    let out: Buffer
+    try {
+      out = this.clientFramer.push(chunk)
+    } catch (err) {
+      if (!(err instanceof ProtocolViolation)) throw err
+      if (err.forwardable.length > 0) this.upstream.socket.write(err.forwardable)
+      this.violation('client', err)
+      return
+    }
+    const upstream = this.upstream.socket
+    if (out.length > 0 && !upstream.write(out)) {
+      const client = this.options.client
+      client.pause()
+      upstream.once('drain', () => {
+        if (!this.suspended && this.upstream.socket === upstream) client.resume()
+      })
+    }
+  }
+
+  private onUpstreamData(chunk: Buffer): void {
+    const { meter, onIdle, client } = this.options
+    this.bytesFromUpstream += chunk.length
+    meter?.bytesFromUpstream(chunk.length)
+    let out: Buffer
+    try {
+      out = this.upstreamFramer.push(chunk)
+    } catch (err) {
+      if (!(err instanceof ProtocolViolation)) throw err
+      if (err.forwardable.length > 0) client.write(err.forwardable)
+      this.violation('upstream', err)
+      return
+    }
+    if (out.length > 0 && !client.write(out)) {
+      const upstream = this.upstream.socket
+      upstream.pause()
+      client.once('drain', () => {
+        if (!this.suspended && this.upstream.socket === upstream) upstream.resume()
+      })
+    }
+    if (this.explainedFatal) {
+      client.write(this.explainedFatal)
+      this.explainedFatal = undefined
+    }
+    if (this.upstreamLost) {
+      // The session took over after the upstream announced its end: stop listening to it.
+      this.loseUpstream()
+      return
+    }
+    this.flushToClient()
+    // After the write, so whatever the idle handler sends lands after the ReadyForQuery.
+    if (onIdle && this.isIdle) onIdle()
   }
 
   /**
@@ -134,6 +310,7 @@ export class Relay {
   get isIdle(): boolean {
     return (
       !this.finished &&
+      !this.suspended &&
       this.options.tracker.isIdle &&
       !this.clientFramer.isMidMessage &&
       !this.upstreamFramer.isMidMessage
@@ -142,7 +319,7 @@ export class Relay {
 
   /** Ends the session from outside: the client is told why (unless mid-message), the upstream gets Terminate. */
   stop(
-    reason: 'shutdown' | 'idle_timeout' = 'shutdown',
+    reason: 'shutdown' | 'idle_timeout' | 'upstream_lost' | 'credential_expired' = 'shutdown',
     fields = errorFields({
       severity: 'FATAL',
       sqlState: '57P01',
@@ -154,54 +331,68 @@ export class Relay {
     this.finish(reason)
   }
 
-  private onUpstreamMessage(code: number, whole: Buffer | undefined): void {
+  /** Returns false to keep a message from the client (a loss announcement the session takes over). */
+  private onUpstreamMessage(code: number, whole: Buffer | undefined): boolean {
     const { tracker } = this.options
-    if (code === BackendCode.ReadyForQuery) {
-      tracker.onBackend(code, whole ? (String.fromCharCode(whole[5] ?? 0x49) as TransactionStatus) : undefined)
-      return
-    }
-    if (code === BackendCode.NotificationResponse && whole && whole.length >= 9) {
-      rewriteNotifyPid(whole, this.options.upstreamProcessId, this.options.clientProcessId)
-    }
-    if (code === BackendCode.ErrorResponse && whole) {
-      const fields = decodeErrorFields(whole.subarray(5))
-      const severity = fields.get('V') ?? fields.get('S')
-      if (severity === 'FATAL' || severity === 'PANIC')
-        this.upstreamSentFatal = `${fields.get('C') ?? '?'} ${fields.get('M') ?? ''}`
+    if (this.upstreamLost) return false
+    switch (code) {
+      case BackendCode.ReadyForQuery:
+        tracker.onBackend(code, whole ? (String.fromCharCode(whole[5] ?? 0x49) as TransactionStatus) : undefined)
+        return true
+      case BackendCode.NotificationResponse:
+        if (whole && whole.length >= 9) rewriteNotifyPid(whole, this.upstream.processId, this.options.clientProcessId)
+        break
+      case BackendCode.ParameterStatus:
+        if (whole) this.noteParameter(whole)
+        break
+      case BackendCode.ErrorResponse:
+      case BackendCode.NoticeResponse: {
+        if (!whole) break
+        const fields = decodeErrorFields(whole.subarray(5))
+        const severity = fields.get('V') ?? fields.get('S')
+        const sqlState = fields.get('C')
+        const fatal = code === BackendCode.ErrorResponse && (severity === 'FATAL' || severity === 'PANIC')
+        // An immediate shutdown or a crash elsewhere is announced with a WARNING, then the socket closes.
+        const warned =
+          code === BackendCode.NoticeResponse && severity === 'WARNING' && LOSS_SQLSTATES.has(sqlState ?? '')
+        if (!fatal && !warned) break
+        const announced = `${sqlState ?? '?'} ${fields.get('M') ?? ''}`
+        const decision = LOSS_SQLSTATES.has(sqlState ?? '')
+          ? this.options.onUpstreamLost?.({ announced, sqlState })
+          : undefined
+        if (decision === true) {
+          this.upstreamLost = true
+          return false
+        }
+        if (fatal) this.upstreamSentFatal = announced
+        if (fatal && typeof decision === 'string') {
+          // The server's words stay; the proxy says why it could not keep the session.
+          fields.set('D', [fields.get('D'), decision].filter(Boolean).join(' '))
+          this.explainedFatal = encodeErrorResponse(fields)
+          return false
+        }
+        break
+      }
     }
     tracker.onBackend(code)
+    return true
   }
 
-  private pipe(
-    from: Socket,
-    to: Socket,
-    framer: MessageFramer,
-    side: 'client' | 'upstream',
-    count: (n: number) => void,
-    afterWrite?: () => void,
-  ): void {
-    from.on('data', (chunk: Buffer) => {
-      count(chunk.length)
-      let out: Buffer
-      try {
-        out = framer.push(chunk)
-      } catch (err) {
-        if (!(err instanceof ProtocolViolation)) throw err
-        // Whole messages before the bad header still go through, so anything written next lands on a boundary.
-        if (err.forwardable.length > 0) to.write(err.forwardable)
-        this.violation(side, err)
-        return
-      }
-      if (out.length > 0 && !to.write(out)) {
-        from.pause()
-        to.once('drain', () => from.resume())
-      }
-      afterWrite?.()
-    })
-    from.on('end', () => this.sideEnded(side))
-    from.on('close', () => this.sideEnded(side))
-    from.on('error', (err: NodeJS.ErrnoException) => this.sideEnded(side, err))
-    to.on('error', () => {}) // reported through the 'from' handlers of that socket
+  private noteParameter(message: Buffer): void {
+    const nameEnd = message.indexOf(0, 5)
+    if (nameEnd < 0) return
+    this.options.parameters.set(
+      message.toString('utf8', 5, nameEnd),
+      message.toString('utf8', nameEnd + 1, message.length - 1),
+    )
+  }
+
+  /** The session took over a lost upstream: drop it, keep the client waiting (paused) for resume() or stop(). */
+  private loseUpstream(): void {
+    this.suspended = true
+    this.options.client.pause()
+    this.detachUpstream()
+    this.upstream.socket.destroy()
   }
 
   private violation(side: 'client' | 'upstream', err: ProtocolViolation): void {
@@ -227,6 +418,17 @@ export class Relay {
 
   private sideEnded(side: 'client' | 'upstream', err?: NodeJS.ErrnoException): void {
     if (this.finished) return
+    if (side === 'upstream' && this.upstreamSentFatal === undefined && !this.clientSentTerminate) {
+      // Closed without a word (a socket error, a killed server): the session may reconnect.
+      const decision = this.upstreamFramer.isMidMessage
+        ? undefined
+        : this.options.onUpstreamLost?.(err?.code ? { errorCode: err.code } : {})
+      if (decision === true) {
+        this.loseUpstream()
+        return
+      }
+      if (typeof decision === 'string') this.lossDetail = decision
+    }
     if (side === 'client') {
       this.finish(this.clientSentTerminate ? 'client_terminated' : 'client_closed', err?.code)
       return
@@ -248,6 +450,7 @@ export class Relay {
             severity: 'FATAL',
             sqlState: '08006',
             message: `pg-vault-proxy lost the connection to the upstream server${err?.code ? ` (${err.code})` : ''}`,
+            detail: this.lossDetail,
             hint: 'The server may have restarted or the network failed; reconnect.',
           }),
         ),
@@ -259,7 +462,8 @@ export class Relay {
   private finish(reason: RelayEndReason, detail?: string): void {
     if (this.finished) return
     this.finished = true
-    const { client, upstream } = this.options
+    const { client } = this.options
+    const upstream = this.upstream.socket
     // A clean Terminate lets the server end the session without logging an unexpected EOF.
     if (!this.clientSentTerminate && !upstream.destroyed && !this.clientFramer.isMidMessage) upstream.end(TERMINATE)
     else upstream.end()

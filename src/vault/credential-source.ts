@@ -22,6 +22,26 @@ export interface CredentialStatus {
 }
 
 /**
+ * A session's claim on the credential it logged in with. Through it the source tells the session
+ * when to move to a fresh credential (see docs/rotation.md): once a newer one replaced it, and
+ * before it stops working upstream.
+ */
+export interface CredentialHold {
+  release(): void
+  /** When the credential stops working upstream (epoch ms; a Vault lease's expiry), or undefined if never. */
+  readonly endsAt: number | undefined
+  /** A newer credential replaced this one: sessions on it should move at their next idle point. */
+  readonly superseded: boolean
+  /** Called whenever `superseded` or `endsAt` changes; no-op after release. */
+  onChange(listener: () => void): void
+}
+
+/** For credentials that never end and are never superseded under a running session. */
+export function permanentHold(): CredentialHold {
+  return { release: () => undefined, endsAt: undefined, superseded: false, onChange: () => undefined }
+}
+
+/**
  * Where upstream credentials come from. The proxy asks for one per upstream login; a source is
  * expected to cache, so every session of a route shares one credential.
  */
@@ -34,10 +54,10 @@ export interface CredentialSource {
    */
   invalidate(credential: DbCredential): Promise<boolean>
   /**
-   * A session logged in with `credential` and runs on it until the returned function is called;
-   * sources that hold leases revoke the ones no session uses any more.
+   * A session logged in with `credential` and runs on it until it releases the hold; sources that
+   * hold leases revoke the ones no session uses any more, and say when sessions should move on.
    */
-  use(credential: DbCredential): () => void
+  use(credential: DbCredential): CredentialHold
   /** Cheap and synchronous: called on every health probe and scrape. */
   status(): CredentialStatus
   /** Stops timers; sources that hold leases revoke them (unless configured not to). */

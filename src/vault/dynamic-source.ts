@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import type { CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
+import type { CredentialHold, CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
 import { RefusalBackoff } from './refusal-backoff.js'
 import { credentialUnavailable, type VaultSession } from './vault-session.js'
 import type { VaultSecret } from './vault-client.js'
@@ -9,6 +9,11 @@ export interface DynamicSourceOptions {
   role: string
   /** Revoke every lease at shutdown (default true): no login user outlives the proxy. */
   revokeOnShutdown: boolean
+  /**
+   * rotation.swap_before_end_ms: sessions move off a credential this long before it ends, so the
+   * next one is fetched by then (but not before half of a lease: short leases would thrash).
+   */
+  swapBeforeEndMs?: number
 }
 
 /** One Vault lease and the sessions running on it. */
@@ -22,6 +27,8 @@ interface Lease {
   sessions: number
   retired: boolean
   timer?: NodeJS.Timeout | undefined
+  /** Sessions' onChange listeners: told when the lease is renewed or replaced. */
+  listeners: Set<() => void>
 }
 
 /** How long close() waits for a credential being issued, so it can revoke that lease too. */
@@ -96,16 +103,34 @@ export class DynamicCredentialSource implements CredentialSource {
     return Promise.resolve(true)
   }
 
-  use(credential: DbCredential): () => void {
+  use(credential: DbCredential): CredentialHold {
     const lease = [...this.leases.values()].find((l) => l.credential === credential)
-    if (!lease) return () => undefined
+    if (!lease) {
+      // Already revoked (a race with shutdown or a refusal): the session should move as soon as it can.
+      return { release: () => undefined, endsAt: Date.now(), superseded: true, onChange: () => undefined }
+    }
     lease.sessions++
+    const mine = new Set<() => void>()
     let released = false
-    return () => {
-      if (released) return
-      released = true
-      lease.sessions--
-      if (lease.retired && lease.sessions === 0) void this.revoke(lease)
+    return {
+      release: () => {
+        if (released) return
+        released = true
+        for (const listener of mine) lease.listeners.delete(listener)
+        lease.sessions--
+        if (lease.retired && lease.sessions === 0) void this.revoke(lease)
+      },
+      get endsAt() {
+        return lease.expiresAt
+      },
+      get superseded() {
+        return lease.retired
+      },
+      onChange: (listener) => {
+        if (released) return
+        mine.add(listener)
+        lease.listeners.add(listener)
+      },
     }
   }
 
@@ -186,6 +211,7 @@ export class DynamicCredentialSource implements CredentialSource {
       renewable: secret.renewable,
       sessions: 0,
       retired: false,
+      listeners: new Set(),
     }
   }
 
@@ -195,7 +221,10 @@ export class DynamicCredentialSource implements CredentialSource {
     clearTimeout(lease.timer)
     const ttlMs = ttlSeconds * 1000
     const canRenew = lease.renewable && ttlSeconds >= lease.ttlSeconds
-    const delay = canRenew ? ttlMs * RENEW_AT : Math.min(ttlMs * REFETCH_AT, ttlMs - minRemainingMs(lease) * 1.5)
+    const swapLeadMs = this.options.swapBeforeEndMs ?? 0
+    const delay = canRenew
+      ? ttlMs * RENEW_AT
+      : Math.max(ttlMs / 2, Math.min(ttlMs * REFETCH_AT, ttlMs - minRemainingMs(lease) * 1.5, ttlMs - swapLeadMs))
     lease.timer = setTimeout(() => void (canRenew ? this.renew(lease) : this.replace(lease)), Math.max(0, delay))
     lease.timer.unref()
   }
@@ -213,6 +242,7 @@ export class DynamicCredentialSource implements CredentialSource {
         'renewed a lease',
       )
       this.schedule(lease, secret.leaseDurationSeconds)
+      this.changed(lease)
     } catch (err) {
       this.vault.metrics.leaseRenewal('failed')
       this.log.warn(
@@ -246,6 +276,12 @@ export class DynamicCredentialSource implements CredentialSource {
     clearTimeout(lease.timer)
     if (this.current === lease) this.current = undefined
     if (lease.sessions === 0) void this.revoke(lease)
+    else this.changed(lease)
+  }
+
+  /** Tells the sessions on `lease` that it was renewed or replaced. */
+  private changed(lease: Lease): void {
+    for (const listener of [...lease.listeners]) listener()
   }
 
   private async revoke(lease: Lease): Promise<void> {

@@ -1,5 +1,11 @@
 import type { Logger } from 'pino'
-import type { CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
+import {
+  permanentHold,
+  type CredentialHold,
+  type CredentialSource,
+  type CredentialStatus,
+  type DbCredential,
+} from './credential-source.js'
 import { RefusalBackoff } from './refusal-backoff.js'
 import { credentialUnavailable, type VaultSession } from './vault-session.js'
 
@@ -53,8 +59,9 @@ export abstract class RereadCredentialSource implements CredentialSource {
     return fresh !== undefined && (fresh.password !== credential.password || fresh.username !== credential.username)
   }
 
-  use(): () => void {
-    return () => undefined
+  use(): CredentialHold {
+    // Sessions outlive a password change (PostgreSQL checks passwords only at login): nothing to move.
+    return permanentHold()
   }
 
   status(): CredentialStatus {

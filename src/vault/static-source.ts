@@ -2,7 +2,13 @@ import { accessSync, constants } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { noMetrics, type CredentialMetrics } from '../ops/metrics.js'
 import { ProxyError } from '../proxy/proxy-error.js'
-import type { CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
+import {
+  permanentHold,
+  type CredentialHold,
+  type CredentialSource,
+  type CredentialStatus,
+  type DbCredential,
+} from './credential-source.js'
 
 export interface StaticSourceOptions {
   username: string
@@ -43,8 +49,9 @@ export class StaticCredentialSource implements CredentialSource {
     return after !== undefined && after !== before
   }
 
-  use(): () => void {
-    return () => undefined
+  use(): CredentialHold {
+    // Sessions outlive a password change (PostgreSQL checks passwords only at login): nothing to move.
+    return permanentHold()
   }
 
   status(): CredentialStatus {

@@ -477,61 +477,76 @@ void t.test('the upstream closing during login is FATAL 08001', async (t) => {
   }
 })
 
-void t.test('faults after login: garbage is 08006, an upstream FATAL is relayed unchanged', async (t) => {
-  const QUERY = new BufferList().cstring('select 1').message('Q')
-  const afterQuery = (act: (upstream: Peer) => void): Script => {
-    return async (upstream) => {
-      await acceptLogin(upstream)
-      for (;;) {
-        const { type } = await upstream.readMessage()
-        if (type === 'Q') return act(upstream)
+void t.test(
+  'faults after login: garbage is 08006, an upstream FATAL is relayed with the reason it ends the session',
+  async (t) => {
+    const QUERY = new BufferList().cstring('select 1').message('Q')
+    const afterQuery = (act: (upstream: Peer) => void): Script => {
+      return async (upstream) => {
+        await acceptLogin(upstream)
+        for (;;) {
+          const { type } = await upstream.readMessage()
+          if (type === 'Q') return act(upstream)
+        }
       }
     }
-  }
-  const run = async (name: string, act: (upstream: Peer) => void): Promise<{ client: Peer; reply: Buffer }> => {
-    const fake = await fakeUpstream(t, afterQuery(act))
-    const client = await loggedInClient(t, await proxyFor(t, fake))
-    const from = client.received.length
-    client.write(QUERY)
-    t.ok(await client.untilClosed(), `${name}: the client is closed`)
-    client.socket.destroy()
-    return { client, reply: client.received.subarray(from) }
-  }
+    const run = async (name: string, act: (upstream: Peer) => void): Promise<{ client: Peer; reply: Buffer }> => {
+      const fake = await fakeUpstream(t, afterQuery(act))
+      const client = await loggedInClient(t, await proxyFor(t, fake))
+      const from = client.received.length
+      client.write(QUERY)
+      t.ok(await client.untilClosed(), `${name}: the client is closed`)
+      client.socket.destroy()
+      return { client, reply: client.received.subarray(from) }
+    }
 
-  for (const [name, garbage] of [
-    ['unknown type byte', Buffer.from([0x79, 0, 0, 0, 4])],
-    ['length below 4', Buffer.from([0x44, 0, 0, 0, 1])],
-    ['length over 1 GB', Buffer.from([0x44, 0x7f, 0xff, 0xff, 0xff])],
-  ] as const) {
-    const { reply } = await run(name, (upstream) => upstream.write(garbage))
-    const messages = parseMessages(reply)
+    for (const [name, garbage] of [
+      ['unknown type byte', Buffer.from([0x79, 0, 0, 0, 4])],
+      ['length below 4', Buffer.from([0x44, 0, 0, 0, 1])],
+      ['length over 1 GB', Buffer.from([0x44, 0x7f, 0xff, 0xff, 0xff])],
+    ] as const) {
+      const { reply } = await run(name, (upstream) => upstream.write(garbage))
+      const messages = parseMessages(reply)
+      t.same(
+        messages.map((m) => m.type),
+        ['E'],
+        `${name}: one ErrorResponse`,
+      )
+      const fields = errorFieldsOf(messages[0]?.body ?? Buffer.alloc(0))
+      t.equal(fields.S, 'FATAL', `${name}: FATAL`)
+      t.equal(fields.C, '08006', `${name}: SQLSTATE`)
+    }
+
+    const fatal = errorResponse([
+      ['S', 'FATAL'],
+      ['V', 'FATAL'],
+      ['C', '57P01'],
+      ['M', 'terminating connection due to administrator command'],
+      ['F', 'postgres.c'],
+      ['L', '3191'],
+      ['R', 'ProcessInterrupts'],
+    ])
+    const { reply } = await run('FATAL 57P01', (upstream) => upstream.socket.end(fatal))
+    const relayed = parseMessages(reply)
     t.same(
-      messages.map((m) => m.type),
+      relayed.map((m) => m.type),
       ['E'],
-      `${name}: one ErrorResponse`,
+      'FATAL 57P01: one ErrorResponse, nothing after it',
     )
-    const fields = errorFieldsOf(messages[0]?.body ?? Buffer.alloc(0))
-    t.equal(fields.S, 'FATAL', `${name}: FATAL`)
-    t.equal(fields.C, '08006', `${name}: SQLSTATE`)
-  }
+    const { D: detail, ...serverFields } = errorFieldsOf(relayed[0]?.body ?? Buffer.alloc(0))
+    t.same(serverFields, errorFieldsOf(fatal.subarray(5)), 'FATAL 57P01: every field the server sent, as it sent it')
+    t.match(
+      detail,
+      /request in flight.*never replays statements/,
+      'FATAL 57P01: the proxy says why it did not reconnect',
+    )
 
-  const fatal = errorResponse([
-    ['S', 'FATAL'],
-    ['V', 'FATAL'],
-    ['C', '57P01'],
-    ['M', 'terminating connection due to administrator command'],
-    ['F', 'postgres.c'],
-    ['L', '3191'],
-    ['R', 'ProcessInterrupts'],
-  ])
-  const { reply } = await run('FATAL 57P01', (upstream) => upstream.socket.end(fatal))
-  t.same(reply, fatal, 'FATAL 57P01: relayed byte for byte, and nothing after it')
-
-  const silent = await run('close without a word', (upstream) => upstream.socket.end())
-  const fields = errorFieldsOf(parseMessages(silent.reply)[0]?.body ?? Buffer.alloc(0))
-  t.equal(fields.C, '08006', 'close without a word: FATAL 08006')
-  t.match(fields.M, /lost the connection to the upstream server/, 'close without a word: message')
-})
+    const silent = await run('close without a word', (upstream) => upstream.socket.end())
+    const fields = errorFieldsOf(parseMessages(silent.reply)[0]?.body ?? Buffer.alloc(0))
+    t.equal(fields.C, '08006', 'close without a word: FATAL 08006')
+    t.match(fields.M, /lost the connection to the upstream server/, 'close without a word: message')
+  },
+)
 
 void t.test('a FATAL is never spliced into a message the client is receiving', async (t) => {
   // A DataRow of 105 bytes that the fake sends in two parts.

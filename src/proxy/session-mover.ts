@@ -1,0 +1,453 @@
+import type { Socket } from 'node:net'
+import type { Logger } from 'pino'
+import { serialize } from 'pg-protocol'
+import type { SessionMetrics } from '../ops/metrics.js'
+import { encodeParameterStatus, errorFields } from '../pgwire/backend-messages.js'
+import { BackendCode, FrontendCode } from '../pgwire/codes.js'
+import { MessageReader } from '../pgwire/message-reader.js'
+import type { CredentialHold, CredentialSource, DbCredential } from '../vault/credential-source.js'
+import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
+import { rewriteNotifyPid, type Relay, type UpstreamLoss } from './relay.js'
+import { SessionState } from './session-state.js'
+import { exchange, frame } from './upstream-exchange.js'
+import type { UpstreamSession } from './upstream-connector.js'
+
+/** rotation.* in the configuration. */
+export interface RotationSettings {
+  /** Reconnect an idle, clean session whose upstream went away (default true). */
+  reconnect: boolean
+  /** Close every session still on a credential at its end, busy or not (default false). */
+  strict: boolean
+}
+
+/** A session's upstream connection and the credential it logged in with. */
+export interface UpstreamLogin {
+  session: UpstreamSession
+  credential: DbCredential
+  hold: CredentialHold
+}
+
+export interface SessionMoverOptions {
+  relay: Relay
+  state: SessionState
+  /** The upstream the session started on. */
+  login: UpstreamLogin
+  credentials: CredentialSource
+  /** Logs in a new upstream connection with `credential` and the session's startup parameters. */
+  connect(credential: DbCredential): Promise<UpstreamLogin>
+  ownerRole: string
+  /** The client's view of ParameterStatus values (the relay keeps it current). */
+  clientParameters: Map<string, string>
+  clientProcessId: number
+  settings: RotationSettings
+  metrics: SessionMetrics
+  log: Logger
+}
+
+/** Probes, replays and logins each get this long before a move is given up. */
+const STEP_TIMEOUT_MS = 10_000
+/** How long an upstream that went away may take to accept a login again (a restart, a failover). */
+const RECONNECT_BUDGET_MS = 15_000
+/** After a failed or blocked swap, the next try waits this long. */
+const RETRY_SWAP_MS = 2_000
+/** The proxy closes sessions this long before their credential's end, so its message, not the revocation's, is what clients see. */
+const HARD_END_MARGIN_MS = 1_000
+/** Sessions on a superseded credential start moving within this window (bounded by a quarter of what is left). */
+const SPREAD_MS = 2_000
+const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
+
+/**
+ * Keeps one client session on a working upstream connection without the client noticing
+ * (docs/rotation.md). Planned swap: once the session's credential is superseded, at an idle point
+ * the mover probes the session's state, logs in with the current credential, rebuilds the state
+ * there, and switches the relay over; notifications still arriving on the old connection are
+ * passed on until it closes. Unplanned loss: when the upstream of an idle, clean session goes
+ * away, it reconnects and rebuilds the last probed state. Nothing in flight is ever replayed.
+ */
+export class SessionMover {
+  private login: UpstreamLogin
+  /** A probe, swap or reconnect is under way. */
+  private busy = false
+  /** When a swap may next be tried (spread, or after a failure). */
+  private swapAfter = 0
+  /** Why the last swap was refused, for the close at the credential's end. */
+  private blockedBy: string | undefined
+  private swapTimer: NodeJS.Timeout | undefined
+  private endTimer: NodeJS.Timeout | undefined
+  private closed = false
+  moves = 0
+
+  constructor(private readonly options: SessionMoverOptions) {
+    this.login = options.login
+    this.watch(this.login.hold)
+  }
+
+  /** The upstream now serving the session (cancel requests go there). */
+  get upstream(): UpstreamSession {
+    return this.login.session
+  }
+
+  get credential(): DbCredential {
+    return this.login.credential
+  }
+
+  /** The session ended: stop timers and give the credential back. */
+  close(): void {
+    this.closed = true
+    clearTimeout(this.swapTimer)
+    clearTimeout(this.endTimer)
+    this.login.hold.release()
+  }
+
+  /** Called at every idle point of the session (after draining and the idle timeout had their say). */
+  onIdle(): void {
+    if (this.busy || this.closed || !this.options.relay.isIdle) return
+    const { state, settings } = this.options
+    if (this.swapDue()) void this.swap()
+    else if (state.dirty && settings.reconnect) void this.refreshSnapshot()
+  }
+
+  /** The relay's hook: the upstream is going away. True takes over (reconnect); a string says why not. */
+  onUpstreamLost(loss: UpstreamLoss): boolean | string | undefined {
+    const { relay, state, settings, metrics, log } = this.options
+    if (this.closed || this.busy || !settings.reconnect) return undefined
+    const why = this.whyNotReconnect(relay.isIdle, state)
+    if (why !== undefined) {
+      metrics.sessionMoved('reconnect', 'declined')
+      log.warn({ loss, why }, 'upstream connection lost; not reconnecting')
+      return why
+    }
+    log.info({ loss, upstreamPid: this.upstream.processId }, 'upstream connection lost at an idle point; reconnecting')
+    this.busy = true
+    void this.reconnect(loss).finally(() => (this.busy = false))
+    return true
+  }
+
+  private whyNotReconnect(idle: boolean, state: SessionState): string | undefined {
+    if (!idle)
+      return 'The session was inside a transaction or had a request in flight, so pg-vault-proxy did not reconnect it: it never replays statements.'
+    if (state.dirty || state.unknown)
+      return 'The session had just changed its state (a SET, PREPARE, LISTEN ...) that pg-vault-proxy had not yet recorded, so it did not reconnect it.'
+    const unmovable = SessionState.unmovable(state.snapshot)
+    if (unmovable)
+      return `The session held ${unmovable}, which cannot move to a new connection, so pg-vault-proxy did not reconnect it.`
+    return undefined
+  }
+
+  /** Follows the session's credential: move once it is superseded, close at its end if it cannot. */
+  private watch(hold: CredentialHold): void {
+    const plan = (): void => {
+      if (this.closed || hold !== this.login.hold) return
+      clearTimeout(this.endTimer)
+      if (hold.endsAt !== undefined) {
+        this.endTimer = setTimeout(
+          () => this.credentialEnding(hold),
+          Math.max(0, hold.endsAt - HARD_END_MARGIN_MS - Date.now()),
+        )
+        this.endTimer.unref()
+      }
+      if (hold.superseded && this.swapTimer === undefined) {
+        const left = hold.endsAt === undefined ? SPREAD_MS * 4 : hold.endsAt - Date.now()
+        const delay = Math.random() * Math.max(0, Math.min(SPREAD_MS, left / 4))
+        this.swapAfter = Date.now() + delay
+        // An idle session sees no idle points of its own: the timer is its idle point.
+        this.swapTimer = setTimeout(() => {
+          this.swapTimer = undefined
+          this.onIdle()
+        }, delay)
+        this.swapTimer.unref()
+      }
+    }
+    hold.onChange(plan)
+    plan()
+  }
+
+  private swapDue(): boolean {
+    return this.login.hold.superseded && Date.now() >= this.swapAfter
+  }
+
+  /** The credential is about to end and the session is still on it. */
+  private credentialEnding(hold: CredentialHold): void {
+    if (this.closed || hold !== this.login.hold) return
+    const { relay, settings, log, metrics } = this.options
+    const why = this.blockedBy ?? (this.busy ? 'a move to a new connection was still under way' : undefined)
+    // Not strict: a busy session is left alone (it moves at its next idle point, if the server lets it live).
+    if (why === undefined && !settings.strict) return
+    const reason = why ?? (relay.isIdle ? 'it could not be moved' : 'it was busy (a transaction or a long query)')
+    log.warn({ leaseId: this.credential.leaseId, why: reason }, 'closing a session whose credential ends')
+    metrics.sessionMoved('swap', 'blocked')
+    relay.stop(
+      'credential_expired',
+      errorFields({
+        severity: 'FATAL',
+        sqlState: '57P01',
+        message: `terminating connection: its upstream credential (${this.credential.origin}) ends, and pg-vault-proxy could not move the session to a new one because ${why !== undefined ? `it held ${why}` : reason}`,
+        hint: 'Reconnect. Sessions that hold temporary tables, WITH HOLD cursors or advisory locks cannot move to a new credential; see docs/rotation.md.',
+      }),
+    )
+  }
+
+  /** Probes the session's state at an idle point so an unplanned reconnect can rebuild it. */
+  private async refreshSnapshot(): Promise<void> {
+    this.busy = true
+    const { relay } = this.options
+    const socket = relay.suspend()
+    try {
+      await this.probe(socket, this.upstream)
+      relay.resume()
+    } catch (err) {
+      this.lostWhileSuspended(socket, err)
+    } finally {
+      this.busy = false
+    }
+    if (relay.isIdle && this.swapDue()) this.onIdle()
+  }
+
+  /** Runs the state probe on a suspended upstream; the answer becomes the state's snapshot. */
+  private async probe(socket: Socket, upstream: UpstreamSession): Promise<void> {
+    const { state } = this.options
+    const query = serialize.query(state.probeQuery())
+    const result = await exchange(socket, query, 1, STEP_TIMEOUT_MS)
+    this.passOn(result.notifications, upstream.processId, result.parameters)
+    // Left in the socket for the relay: pending is unshifted back before resuming.
+    if (result.pending.length > 0) socket.unshift(result.pending)
+    const row = result.rows[0]?.[0]
+    if (result.error || typeof row !== 'string' || result.status !== 'I') {
+      state.markUnknown()
+      this.options.log.warn({ error: result.error?.get('M') }, 'the session state probe failed')
+      return
+    }
+    state.acceptProbe(row)
+  }
+
+  /** The planned move to the current credential. */
+  private async swap(): Promise<void> {
+    const { relay, state, credentials, log, metrics } = this.options
+    this.busy = true
+    const old = this.login
+    const socket = relay.suspend()
+    let next: UpstreamLogin | undefined
+    try {
+      await this.probe(socket, old.session)
+      const unmovable = state.unknown ? 'state the probe could not read' : SessionState.unmovable(state.snapshot)
+      if (unmovable) {
+        if (this.blockedBy !== unmovable) {
+          log.warn({ why: unmovable, leaseId: old.credential.leaseId }, 'session cannot move to the new credential')
+          metrics.sessionMoved('swap', 'blocked')
+        }
+        this.blockedBy = unmovable
+        this.retryLater()
+        relay.resume()
+        return
+      }
+      this.blockedBy = undefined
+      const credential = await credentials.get()
+      if (credential === old.credential) {
+        this.retryLater()
+        relay.resume()
+        return
+      }
+      next = await this.options.connect(credential)
+      const rebuilt = await this.rebuild(next)
+      if (relay.isFinished) throw new Error('the client left during the move')
+      this.switchTo(next, rebuilt)
+      next = undefined
+      this.retire(socket, old)
+      metrics.sessionMoved('swap', 'moved')
+      log.info(
+        { from: old.credential.username, to: this.credential.username, upstreamPid: this.upstream.processId },
+        'session moved to a new credential',
+      )
+    } catch (err) {
+      if (next) this.discard(next)
+      if (relay.isFinished) return
+      if (socket.destroyed || !socket.readable) {
+        this.lostWhileSuspended(socket, err)
+        return
+      }
+      metrics.sessionMoved('swap', 'failed')
+      log.warn({ err: (err as Error).message }, 'could not move the session to the new credential; will retry')
+      this.retryLater()
+      relay.resume()
+    } finally {
+      this.busy = false
+    }
+  }
+
+  /** After an unplanned loss: log in again and rebuild the last probed state, or end the session with the reason. */
+  private async reconnect(loss: UpstreamLoss): Promise<void> {
+    const { relay, metrics, log } = this.options
+    const old = this.login
+    const deadline = Date.now() + RECONNECT_BUDGET_MS
+    let next: UpstreamLogin | undefined
+    try {
+      next = await this.loginAgain(deadline)
+      const rebuilt = await this.rebuild(next)
+      if (relay.isFinished) throw new Error('the client left during the reconnect')
+      this.switchTo(next, rebuilt)
+      next = undefined
+      old.hold.release()
+      metrics.sessionMoved('reconnect', 'moved')
+      log.info({ upstreamPid: this.upstream.processId, user: this.credential.username }, 'session reconnected')
+    } catch (err) {
+      if (next) this.discard(next)
+      metrics.sessionMoved('reconnect', 'failed')
+      const why = err instanceof ProxyError ? err.message : (err as Error).message
+      log.warn({ err: why, loss }, 'could not reconnect the session')
+      relay.stop(
+        'upstream_lost',
+        errorFields({
+          severity: 'FATAL',
+          sqlState: loss.sqlState ?? '08006',
+          message: `pg-vault-proxy lost the connection to the upstream server (${loss.announced ?? loss.errorCode ?? 'closed'}) and could not reconnect: ${why}`,
+          hint: 'Reconnect.',
+        }),
+      )
+    }
+  }
+
+  /** A login with the current credential; a refused one gets one fresh credential, an unreachable server retries until the deadline. */
+  private async loginAgain(deadline: number): Promise<UpstreamLogin> {
+    const { credentials } = this.options
+    let delay = 100
+    for (;;) {
+      const credential = await credentials.get()
+      try {
+        return await this.options.connect(credential)
+      } catch (err) {
+        const refused = err instanceof UpstreamRefusedError && ['28P01', '28000'].includes(err.sqlState)
+        if (refused && (await credentials.invalidate(credential))) {
+          return this.options.connect(await credentials.get())
+        }
+        // A server starting up (57P03) or not listening yet: wait and try again while time is left.
+        const retriable =
+          err instanceof ProxyError && (err.clientError.sqlState === '57P03' || err.reason === 'upstream_unreachable')
+        if (!retriable || Date.now() + delay > deadline) throw err
+        await new Promise((resolve) => setTimeout(resolve, delay))
+        delay = Math.min(delay * 2, 2_000)
+      }
+    }
+  }
+
+  /** Replays the session's state on a fresh connection; anything but a clean ReadyForQuery 'I' fails the move. */
+  private async rebuild(
+    next: UpstreamLogin,
+  ): Promise<{ parameters: Map<string, string>; notifications: Buffer[]; pending: Buffer }> {
+    const { state, ownerRole } = this.options
+    const replay = state.replay(state.snapshot, ownerRole)
+    const parameters = new Map(next.session.parameters)
+    if (replay.readyForQueries === 0) return { parameters, notifications: [], pending: next.session.pending }
+    const result = await exchange(
+      next.session.socket,
+      replay.messages,
+      replay.readyForQueries,
+      STEP_TIMEOUT_MS,
+      next.session.pending,
+    )
+    if (result.error) {
+      throw new Error(
+        `replaying the session state failed: ${result.error.get('C') ?? ''} ${result.error.get('M') ?? ''}`,
+      )
+    }
+    if (result.status !== 'I') throw new Error(`replaying the session state left status ${result.status}`)
+    for (const [name, value] of result.parameters) parameters.set(name, value)
+    return { parameters, notifications: result.notifications, pending: result.pending }
+  }
+
+  /** Points the relay (and so cancels) at the new connection and tells the client what changed. */
+  private switchTo(
+    next: UpstreamLogin,
+    rebuilt: { parameters: Map<string, string>; notifications: Buffer[]; pending: Buffer },
+  ): void {
+    const { relay, clientParameters } = this.options
+    this.login = next
+    this.moves++
+    relay.resume({ socket: next.session.socket, pending: rebuilt.pending, processId: next.session.processId })
+    const changed: Buffer[] = []
+    for (const [name, value] of rebuilt.parameters) {
+      if (clientParameters.get(name) !== value) changed.push(encodeParameterStatus(name, value))
+    }
+    if (changed.length > 0) relay.sendToClient(Buffer.concat(changed))
+    this.passOn(rebuilt.notifications, next.session.processId)
+    this.watch(next.hold)
+  }
+
+  /**
+   * Ends the old connection politely, passing on notifications it still delivers until it closes,
+   * then gives its credential back (which may revoke the lease).
+   */
+  private retire(socket: Socket, old: UpstreamLogin): void {
+    const reader = new MessageReader(socket)
+    const timer = setTimeout(() => socket.destroy(), STEP_TIMEOUT_MS)
+    timer.unref()
+    socket.write(TERMINATE)
+    const drain = async (): Promise<void> => {
+      for (;;) {
+        const { code, body } = await reader.readMessage(64 << 20)
+        if (code === BackendCode.NotificationResponse) this.passOn([frame(code, body)], old.session.processId)
+      }
+    }
+    void drain()
+      .catch(() => undefined)
+      .finally(() => {
+        clearTimeout(timer)
+        reader.detach()
+        socket.destroy()
+        old.hold.release()
+      })
+  }
+
+  private discard(next: UpstreamLogin): void {
+    next.session.socket.end(TERMINATE)
+    next.hold.release()
+  }
+
+  /** Notifications (and any ParameterStatus) that arrived on a connection the relay was not reading. */
+  private passOn(notifications: Buffer[], upstreamPid: number, parameters?: Map<string, string>): void {
+    const { relay, clientProcessId, clientParameters } = this.options
+    const out: Buffer[] = []
+    for (const message of notifications) {
+      rewriteNotifyPid(message, upstreamPid, clientProcessId)
+      out.push(message)
+    }
+    for (const [name, value] of parameters ?? []) {
+      if (clientParameters.get(name) !== value) out.push(encodeParameterStatus(name, value))
+    }
+    if (out.length > 0) relay.sendToClient(Buffer.concat(out))
+  }
+
+  /** The suspended upstream died while the mover was talking to it: treat it as an unplanned loss. */
+  private lostWhileSuspended(socket: Socket, err: unknown): void {
+    const { relay, state } = this.options
+    socket.destroy()
+    if (relay.isFinished) return
+    const loss: UpstreamLoss = { errorCode: (err as NodeJS.ErrnoException).code ?? 'closed' }
+    // The session was idle when suspended; only its state decides.
+    const why = this.options.settings.reconnect ? this.whyNotReconnect(true, state) : 'rotation.reconnect is off'
+    if (why !== undefined) {
+      relay.stop(
+        'upstream_lost',
+        errorFields({
+          severity: 'FATAL',
+          sqlState: '08006',
+          message: `pg-vault-proxy lost the connection to the upstream server: ${(err as Error).message}`,
+          detail: why,
+          hint: 'Reconnect.',
+        }),
+      )
+      return
+    }
+    this.busy = true
+    void this.reconnect(loss).finally(() => (this.busy = false))
+  }
+
+  private retryLater(): void {
+    this.swapAfter = Date.now() + RETRY_SWAP_MS
+    clearTimeout(this.swapTimer)
+    this.swapTimer = setTimeout(() => {
+      this.swapTimer = undefined
+      this.onIdle()
+    }, RETRY_SWAP_MS)
+    this.swapTimer.unref()
+  }
+}

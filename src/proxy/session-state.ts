@@ -1,0 +1,213 @@
+import { serialize } from 'pg-protocol'
+import { FrontendCode } from '../pgwire/codes.js'
+import { customSettingNames, mayChangeSessionState, prepareStatementFor } from '../pgwire/sql-text.js'
+import { quoteIdent } from './upstream-connector.js'
+
+export interface PreparedStatementState {
+  name: string
+  /** Created by SQL PREPARE (true) or by a protocol-level Parse (false). */
+  fromSql: boolean
+  /** pg_prepared_statements.statement: the Parse's query, or the whole query string holding the PREPARE. */
+  statement: string
+  parameterTypes: number[]
+}
+
+/** What the upstream said a session holds, at the last probe. */
+export interface SessionSnapshot {
+  /** Settings changed in the session (SET, set_config), with current values, custom ones included. */
+  settings: Array<[string, string]>
+  /** current_setting('role'): the owner role unless the client ran SET ROLE. */
+  role: string | undefined
+  prepared: PreparedStatementState[]
+  listen: string[]
+  holdableCursors: number
+  advisoryLocks: number
+  tempRelations: number
+}
+
+/** A session that never changed anything: startup parameters and the owner role only. */
+export const FRESH_SESSION: SessionSnapshot = {
+  settings: [],
+  role: undefined,
+  prepared: [],
+  listen: [],
+  holdableCursors: 0,
+  advisoryLocks: 0,
+  tempRelations: 0,
+}
+
+/** Requests that rebuild a session's state on a new upstream connection, and the ReadyForQuery count they earn. */
+export interface Replay {
+  messages: Buffer
+  readyForQueries: number
+}
+
+const MAX_RECORDED_PARSES = 10_000
+
+/**
+ * Follows one client session's state well enough to rebuild it on another upstream connection
+ * (docs/rotation.md). Client messages that may change state mark it `dirty`; the session then
+ * probes the upstream at the next idle point (pgwire.md §6.3), and the probe's answer, not this
+ * class's guesses, is what gets replayed. Named Parse messages are recorded as sent, so they are
+ * re-prepared byte for byte.
+ */
+export class SessionState {
+  snapshot: SessionSnapshot = FRESH_SESSION
+  /** Something since the last probe may have changed the session's state. */
+  dirty = false
+  /** The last probe failed: the session's state is not known, so it must not move. */
+  unknown = false
+  private readonly parses = new Map<string, Buffer>()
+  /** Dotted settings the client may have set: PostgreSQL lists them nowhere, so they are asked for by name. */
+  private readonly customSettings = new Set<string>()
+
+  /** A client message the relay inspected (Query, Parse, Close), header included. */
+  onClientMessage(code: number, message: Buffer): void {
+    switch (code) {
+      case FrontendCode.Query:
+        this.onSql(cstringAt(message, 5).value)
+        break
+      case FrontendCode.Parse: {
+        const name = cstringAt(message, 5)
+        const query = cstringAt(message, name.end)
+        if (name.value !== '') {
+          // Copied: the chunk it came in belongs to the relay.
+          if (this.parses.size < MAX_RECORDED_PARSES || this.parses.has(name.value))
+            this.parses.set(name.value, Buffer.from(message))
+          this.dirty = true
+        }
+        this.onSql(query.value)
+        break
+      }
+      case FrontendCode.Close:
+        if (message[5] === 0x53 /* S */) this.parses.delete(cstringAt(message, 6).value)
+        break
+    }
+  }
+
+  /** A Query or Parse too long to inspect: assume the worst. */
+  onUninspected(): void {
+    this.dirty = true
+  }
+
+  private onSql(sql: string): void {
+    if (!mayChangeSessionState(sql)) return
+    this.dirty = true
+    for (const name of customSettingNames(sql)) this.customSettings.add(name)
+  }
+
+  /** One query that reports everything the session holds, as one JSON row (pgwire.md §6.3). */
+  probeQuery(): string {
+    const custom = [...this.customSettings]
+      .map((name) => `json_build_array(${quoteLiteral(name)}, current_setting(${quoteLiteral(name)}, true))`)
+      .join(', ')
+    return `select json_build_object(
+ 'settings', (select coalesce(json_agg(json_build_array(name, current_setting(name))), '[]') from pg_settings where source = 'session'),
+ 'custom', json_build_array(${custom}),
+ 'role', current_setting('role'),
+ 'prepared', (select coalesce(json_agg(json_build_object('name', name, 'fromSql', from_sql, 'statement', statement, 'parameterTypes', parameter_types::oid[])), '[]') from pg_prepared_statements),
+ 'holdableCursors', (select count(*) from pg_cursors where is_holdable),
+ 'listen', (select coalesce(json_agg(c), '[]') from pg_listening_channels() c),
+ 'advisoryLocks', (select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()),
+ 'tempRelations', (select count(*) from pg_class where relnamespace = pg_my_temp_schema()))`
+  }
+
+  /** Takes the probe's answer as the truth, and forgets recorded Parses the server no longer has. */
+  acceptProbe(json: string): SessionSnapshot {
+    const raw = JSON.parse(json) as {
+      settings: Array<[string, string]>
+      custom: Array<[string, string | null]>
+      role: string
+      prepared: Array<{ name: string; fromSql: boolean; statement: string; parameterTypes: Array<string | number> }>
+      listen: string[]
+      holdableCursors: number
+      advisoryLocks: number
+      tempRelations: number
+    }
+    const settings = raw.settings.filter(([name]) => !this.customSettings.has(name))
+    for (const [name, value] of raw.custom) if (value !== null && value !== '') settings.push([name, value])
+    const prepared = raw.prepared.map((p) => ({ ...p, parameterTypes: p.parameterTypes.map(Number) }))
+    const protocolNames = new Set(prepared.filter((p) => !p.fromSql).map((p) => p.name))
+    for (const name of [...this.parses.keys()]) if (!protocolNames.has(name)) this.parses.delete(name)
+    this.snapshot = {
+      settings,
+      role: raw.role,
+      prepared,
+      listen: raw.listen,
+      holdableCursors: Number(raw.holdableCursors),
+      advisoryLocks: Number(raw.advisoryLocks),
+      tempRelations: Number(raw.tempRelations),
+    }
+    this.dirty = false
+    this.unknown = false
+    return this.snapshot
+  }
+
+  markUnknown(): void {
+    this.unknown = true
+    this.dirty = false
+  }
+
+  /** Why `snapshot` cannot move to another connection, in words for the client; undefined if it can. */
+  static unmovable(snapshot: SessionSnapshot): string | undefined {
+    const reasons: string[] = []
+    if (snapshot.tempRelations > 0) reasons.push('temporary tables')
+    if (snapshot.holdableCursors > 0) reasons.push('WITH HOLD cursors')
+    if (snapshot.advisoryLocks > 0) reasons.push('session advisory locks')
+    for (const p of snapshot.prepared) {
+      if (p.fromSql && prepareStatementFor(p.statement, p.name) === undefined)
+        reasons.push(`the SQL prepared statement "${p.name}" (its PREPARE cannot be told apart in its query string)`)
+    }
+    return reasons.length > 0 ? reasons.join(', ') : undefined
+  }
+
+  /**
+   * The requests that rebuild `snapshot` on a new connection logged in with the same startup
+   * parameters and owner role: settings first (search_path shapes what PREPARE resolves), then
+   * SQL prepared statements, LISTENs, and the recorded Parse messages. Call only when movable.
+   */
+  replay(snapshot: SessionSnapshot, ownerRole: string): Replay {
+    const parts: Buffer[] = []
+    let readyForQueries = 0
+    const query = (sql: string): void => {
+      parts.push(serialize.query(sql))
+      readyForQueries++
+    }
+    const settings = snapshot.settings.map(
+      ([name, value]) => `set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`,
+    )
+    // Role last: a SET ROLE the client made may take away the right to change the others.
+    if (snapshot.role !== undefined && snapshot.role !== ownerRole)
+      settings.push(`set_config('role', ${quoteLiteral(snapshot.role)}, false)`)
+    if (settings.length > 0) query(`select ${settings.join(', ')}`)
+    for (const p of snapshot.prepared) {
+      if (p.fromSql) query(prepareStatementFor(p.statement, p.name) as string)
+    }
+    if (snapshot.listen.length > 0) query(snapshot.listen.map((channel) => `LISTEN ${quoteIdent(channel)}`).join('; '))
+    const parses = snapshot.prepared.filter((p) => !p.fromSql)
+    for (const p of parses) {
+      const recorded = this.parses.get(p.name)
+      parts.push(
+        recorded && cstringAt(recorded, cstringAt(recorded, 5).end).value === p.statement
+          ? recorded
+          : serialize.parse({ name: p.name, text: p.statement, types: p.parameterTypes }),
+      )
+    }
+    if (parses.length > 0) {
+      parts.push(serialize.sync())
+      readyForQueries++
+    }
+    return { messages: Buffer.concat(parts), readyForQueries }
+  }
+}
+
+function cstringAt(buf: Buffer, offset: number): { value: string; end: number } {
+  const end = buf.indexOf(0, offset)
+  const stop = end < 0 ? buf.length : end
+  return { value: buf.toString('utf8', offset, stop), end: stop + 1 }
+}
+
+/** An escape-string literal: right whatever standard_conforming_strings the client chose. */
+export function quoteLiteral(value: string): string {
+  return `E'${value.replaceAll('\\', '\\\\').replaceAll("'", "''")}'`
+}
