@@ -20,6 +20,11 @@ export function mayChangeSessionState(sql: string): boolean {
   return false
 }
 
+/** One identifier as PostgreSQL's lexer reads it: "quoted" (a "" inside is a quote) or plain. */
+const IDENT = String.raw`(?:"(?:[^"]|"")+"|[A-Za-z_\u0080-\uffff][\w$\u0080-\uffff]*)`
+/** A SET's setting name: identifiers joined by dots, or one quoted identifier holding the dots ("app.tenant"). */
+const SET_NAME = new RegExp(String.raw`\bset\s+(?:session\s+)?(${IDENT}(?:\s*\.\s*${IDENT})*)`, 'gi')
+
 /**
  * Names of custom (dotted) settings that `sql` may set, e.g. `app.tenant` from `SET app.tenant = 'x'`
  * or `set_config('app.tenant', ...)`. PostgreSQL hides these placeholders from pg_settings, so the
@@ -27,21 +32,24 @@ export function mayChangeSessionState(sql: string): boolean {
  */
 export function customSettingNames(sql: string): string[] {
   const names = new Set<string>()
-  for (const match of sql.matchAll(/\bset\s+(?:session\s+)?("?[A-Za-z_][\w$]*"?\s*\.\s*"?[A-Za-z_][\w$]*"?)/gi))
-    names.add(normalizeName(match[1] as string))
-  for (const match of sql.matchAll(/set_config\s*\(\s*'([^']+\.[^']+)'/gi))
-    names.add((match[1] as string).toLowerCase())
+  for (const match of sql.matchAll(SET_NAME)) {
+    const name = normalizeName(match[1] as string)
+    if (name.includes('.')) names.add(name)
+  }
+  for (const match of sql.matchAll(/set_config\s*\(\s*'([^']+\.[^']+)'/gi)) names.add(asciiLower(match[1] as string))
   return [...names]
 }
 
+/** The name PostgreSQL makes of a dotted name: quoted parts kept as written, others folded to lower case. */
 function normalizeName(name: string): string {
-  return name
-    .split('.')
-    .map((part) => {
-      const trimmed = part.trim()
-      return trimmed.startsWith('"') ? trimmed.slice(1, -1) : trimmed.toLowerCase()
-    })
-    .join('.')
+  return Array.from(name.matchAll(new RegExp(IDENT, 'g')), ([part]) =>
+    part.startsWith('"') ? part.slice(1, -1).replaceAll('""', '"') : asciiLower(part),
+  ).join('.')
+}
+
+/** PostgreSQL folds only ASCII letters in identifiers and setting names (UTF-8 databases). */
+function asciiLower(text: string): string {
+  return text.replace(/[A-Z]+/g, (letters) => letters.toLowerCase())
 }
 
 /**

@@ -290,6 +290,7 @@ export class ClientSession {
       settings: settings.rotation,
       metrics,
       log: this.log,
+      idle: () => this.onIdle(),
     })
     relay.start()
     if (relay.isIdle) this.onIdle()

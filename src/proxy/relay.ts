@@ -113,6 +113,8 @@ export class Relay {
   private upstreamLost = false
   /** The upstream's FATAL with the proxy's reason added, written in its place. */
   private explainedFatal: Buffer | undefined
+  /** Set while a lost session waits for its client to speak before reconnecting. */
+  private wake: (() => void) | undefined
   /** Why the session was not reconnected after its upstream closed without a word. */
   private lossDetail: string | undefined
   /** Messages for the client that must wait for a message boundary in the upstream stream. */
@@ -208,6 +210,16 @@ export class Relay {
     this.options.client.resume()
   }
 
+  /**
+   * While suspended after the upstream was lost: call `wake` once the client sends something (its
+   * bytes wait for resume()). A client that only says goodbye (Terminate) is let go without a reconnect.
+   */
+  wakeOnClientData(wake: () => void): void {
+    if (!this.suspended || this.finished) return
+    this.wake = wake
+    this.options.client.resume()
+  }
+
   /** Whole messages for the client (a notification, a ParameterStatus), sent at the next message boundary. */
   sendToClient(messages: Buffer): void {
     if (this.finished) return
@@ -246,6 +258,19 @@ export class Relay {
 
   private onClientData(chunk: Buffer): void {
     const { meter, onClientData } = this.options
+    if (this.wake) {
+      const wake = this.wake
+      this.wake = undefined
+      if (chunk.length === 5 && chunk[0] === FrontendCode.Terminate) {
+        this.clientSentTerminate = true
+        this.finish('client_terminated')
+        return
+      }
+      this.options.client.pause()
+      this.options.client.unshift(chunk)
+      wake()
+      return
+    }
     this.bytesFromClient += chunk.length
     meter?.bytesFromClient(chunk.length)
     onClientData?.()

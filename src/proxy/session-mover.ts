@@ -42,6 +42,8 @@ export interface SessionMoverOptions {
   settings: RotationSettings
   metrics: SessionMetrics
   log: Logger
+  /** The session is idle again after a probe, move or reconnect (where a drain ends it, for one). */
+  idle(): void
 }
 
 /** Probes, replays and logins each get this long before a move is given up. */
@@ -117,9 +119,16 @@ export class SessionMover {
       log.warn({ loss, why }, 'upstream connection lost; not reconnecting')
       return why
     }
-    log.info({ loss, upstreamPid: this.upstream.processId }, 'upstream connection lost at an idle point; reconnecting')
     this.busy = true
-    void this.reconnect(loss).finally(() => (this.busy = false))
+    if (loss.sqlState === '57P05' && state.snapshot.listen.length === 0) {
+      // The server's idle_session_timeout: reconnecting now would only be timed out again. Wait
+      // until the client has something to say (a LISTENing session cannot wait: it must hear).
+      log.info({ loss }, 'upstream closed an idle session; reconnecting when the client next speaks')
+      setImmediate(() => relay.wakeOnClientData(() => void this.reconnect(loss)))
+      return true
+    }
+    log.info({ loss, upstreamPid: this.upstream.processId }, 'upstream connection lost at an idle point; reconnecting')
+    void this.reconnect(loss)
     return true
   }
 
@@ -138,28 +147,39 @@ export class SessionMover {
   private watch(hold: CredentialHold): void {
     const plan = (): void => {
       if (this.closed || hold !== this.login.hold) return
-      clearTimeout(this.endTimer)
-      if (hold.endsAt !== undefined) {
-        this.endTimer = setTimeout(
-          () => this.credentialEnding(hold),
-          Math.max(0, hold.endsAt - HARD_END_MARGIN_MS - Date.now()),
-        )
-        this.endTimer.unref()
-      }
+      this.armEnd(hold)
       if (hold.superseded && this.swapTimer === undefined) {
         const left = hold.endsAt === undefined ? SPREAD_MS * 4 : hold.endsAt - Date.now()
         const delay = Math.random() * Math.max(0, Math.min(SPREAD_MS, left / 4))
         this.swapAfter = Date.now() + delay
-        // An idle session sees no idle points of its own: the timer is its idle point.
-        this.swapTimer = setTimeout(() => {
-          this.swapTimer = undefined
-          this.onIdle()
-        }, delay)
-        this.swapTimer.unref()
+        this.wakeAfter(delay)
       }
     }
     hold.onChange(plan)
     plan()
+  }
+
+  /** An idle session sees no idle points of its own: the timer is its idle point. */
+  private wakeAfter(delay: number): void {
+    clearTimeout(this.swapTimer)
+    this.swapTimer = setTimeout(() => {
+      this.swapTimer = undefined
+      // Timers may fire a millisecond early by the wall clock.
+      this.swapAfter = 0
+      this.onIdle()
+    }, delay)
+    this.swapTimer.unref()
+  }
+
+  /** Plans what happens HARD_END_MARGIN_MS before the credential ends (at once, if that time has passed). */
+  private armEnd(hold: CredentialHold): void {
+    clearTimeout(this.endTimer)
+    if (hold.endsAt === undefined) return
+    this.endTimer = setTimeout(
+      () => this.credentialEnding(hold),
+      Math.max(0, hold.endsAt - HARD_END_MARGIN_MS - Date.now()),
+    )
+    this.endTimer.unref()
   }
 
   private swapDue(): boolean {
@@ -196,11 +216,12 @@ export class SessionMover {
       await this.probe(socket, this.upstream)
       relay.resume()
     } catch (err) {
-      this.lostWhileSuspended(socket, err)
-    } finally {
       this.busy = false
+      this.lostWhileSuspended(socket, err)
+      return
     }
-    if (relay.isIdle && this.swapDue()) this.onIdle()
+    this.busy = false
+    if (relay.isIdle) this.options.idle()
   }
 
   /** Runs the state probe on a suspended upstream; the answer becomes the state's snapshot. */
@@ -238,28 +259,32 @@ export class SessionMover {
         this.blockedBy = unmovable
         this.retryLater()
         relay.resume()
-        return
+        // Its end may already be near: the session is then closed now, with the reason.
+        this.armEnd(old.hold)
+      } else {
+        this.blockedBy = undefined
+        const credential = await credentials.get()
+        if (credential === old.credential) {
+          // Nothing newer to move to yet (Vault may be down): the old credential serves on.
+          this.retryLater()
+          relay.resume()
+        } else {
+          next = await this.options.connect(credential)
+          const rebuilt = await this.rebuild(next)
+          if (relay.isFinished) throw new Error('the client left during the move')
+          this.switchTo(next, rebuilt)
+          next = undefined
+          this.retire(socket, old)
+          metrics.sessionMoved('swap', 'moved')
+          log.info(
+            { from: old.credential.username, to: this.credential.username, upstreamPid: this.upstream.processId },
+            'session moved to a new credential',
+          )
+        }
       }
-      this.blockedBy = undefined
-      const credential = await credentials.get()
-      if (credential === old.credential) {
-        this.retryLater()
-        relay.resume()
-        return
-      }
-      next = await this.options.connect(credential)
-      const rebuilt = await this.rebuild(next)
-      if (relay.isFinished) throw new Error('the client left during the move')
-      this.switchTo(next, rebuilt)
-      next = undefined
-      this.retire(socket, old)
-      metrics.sessionMoved('swap', 'moved')
-      log.info(
-        { from: old.credential.username, to: this.credential.username, upstreamPid: this.upstream.processId },
-        'session moved to a new credential',
-      )
     } catch (err) {
       if (next) this.discard(next)
+      this.busy = false
       if (relay.isFinished) return
       if (socket.destroyed || !socket.readable) {
         this.lostWhileSuspended(socket, err)
@@ -269,9 +294,9 @@ export class SessionMover {
       log.warn({ err: (err as Error).message }, 'could not move the session to the new credential; will retry')
       this.retryLater()
       relay.resume()
-    } finally {
-      this.busy = false
     }
+    this.busy = false
+    if (relay.isIdle) this.options.idle()
   }
 
   /** After an unplanned loss: log in again and rebuild the last probed state, or end the session with the reason. */
@@ -289,6 +314,8 @@ export class SessionMover {
       old.hold.release()
       metrics.sessionMoved('reconnect', 'moved')
       log.info({ upstreamPid: this.upstream.processId, user: this.credential.username }, 'session reconnected')
+      this.busy = false
+      this.options.idle()
     } catch (err) {
       if (next) this.discard(next)
       metrics.sessionMoved('reconnect', 'failed')
@@ -303,6 +330,8 @@ export class SessionMover {
           hint: 'Reconnect.',
         }),
       )
+    } finally {
+      this.busy = false
     }
   }
 
@@ -438,16 +467,11 @@ export class SessionMover {
       return
     }
     this.busy = true
-    void this.reconnect(loss).finally(() => (this.busy = false))
+    void this.reconnect(loss)
   }
 
   private retryLater(): void {
     this.swapAfter = Date.now() + RETRY_SWAP_MS
-    clearTimeout(this.swapTimer)
-    this.swapTimer = setTimeout(() => {
-      this.swapTimer = undefined
-      this.onIdle()
-    }, RETRY_SWAP_MS)
-    this.swapTimer.unref()
+    this.wakeAfter(RETRY_SWAP_MS)
   }
 }

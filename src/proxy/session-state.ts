@@ -80,7 +80,12 @@ export class SessionState {
         break
       }
       case FrontendCode.Close:
-        if (message[5] === 0x53 /* S */) this.parses.delete(cstringAt(message, 6).value)
+        if (message[5] === 0x53 /* S */) {
+          const name = cstringAt(message, 6).value
+          this.parses.delete(name)
+          // The snapshot still lists the statement: without a new probe a reconnect would re-create it.
+          if (name !== '') this.dirty = true
+        }
         break
     }
   }
