@@ -63,12 +63,12 @@ export class MessageFramer {
       const code = buf[offset] as number
       const length = buf.readUInt32BE(offset + 1)
       if (!options.isKnownCode(code)) {
-        throw new ProtocolViolation(`invalid message type ${describeCode(code)}`, buf.subarray(0, offset))
+        throw new ProtocolViolation(`invalid message type ${describeCode(code)}`, this.forward(buf, offset))
       }
       if (length < 4 || length > options.maxLength(code)) {
         throw new ProtocolViolation(
           `invalid length ${length} for message type ${describeCode(code)}`,
-          buf.subarray(0, offset),
+          this.forward(buf, offset),
         )
       }
       const total = 1 + length

@@ -140,6 +140,7 @@ export class Relay {
         if (code === FrontendCode.Terminate) this.clientSentTerminate = true
         if (state) {
           if (whole) state.onClientMessage(code, whole)
+          else if (code === FrontendCode.Bind) state.onBind()
           else if (code === FrontendCode.Query || code === FrontendCode.Parse) state.onUninspected()
         }
         tracker.onFrontend(code)

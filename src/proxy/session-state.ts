@@ -60,6 +60,8 @@ export class SessionState {
   private readonly parses = new Map<string, Buffer>()
   /** Dotted settings the client may have set: PostgreSQL lists them nowhere, so they are asked for by name. */
   private readonly customSettings = new Set<string>()
+  /** Named statements whose query may change state (a set_config with parameters): each run of one does. */
+  private readonly stateChanging = new Set<string>()
 
   /** A client message the relay inspected (Query, Parse, Close), header included. */
   onClientMessage(code: number, message: Buffer): void {
@@ -75,6 +77,8 @@ export class SessionState {
           if (this.parses.size < MAX_RECORDED_PARSES || this.parses.has(name.value))
             this.parses.set(name.value, Buffer.from(message))
           this.dirty = true
+          if (mayChangeSessionState(query.value)) this.stateChanging.add(name.value)
+          else this.stateChanging.delete(name.value)
         }
         this.onSql(query.value)
         break
@@ -83,11 +87,20 @@ export class SessionState {
         if (message[5] === 0x53 /* S */) {
           const name = cstringAt(message, 6).value
           this.parses.delete(name)
+          this.stateChanging.delete(name)
           // The snapshot still lists the statement: without a new probe a reconnect would re-create it.
           if (name !== '') this.dirty = true
         }
         break
     }
+  }
+
+  /**
+   * A Bind (seen by header only: Binds are the hot path of prepared workloads). Running a named
+   * statement that may change state, such as `select set_config('app.user', $1, false)`, does.
+   */
+  onBind(): void {
+    if (this.stateChanging.size > 0) this.dirty = true
   }
 
   /** A Query or Parse too long to inspect: assume the worst. */
@@ -96,7 +109,9 @@ export class SessionState {
   }
 
   private onSql(sql: string): void {
-    if (!mayChangeSessionState(sql)) return
+    // EXECUTE of a SQL prepared statement may run anything it was prepared with.
+    const executes = this.snapshot.prepared.some((p) => p.fromSql) && /(?:^|;)\s*execute\b/i.test(sql)
+    if (!executes && !mayChangeSessionState(sql)) return
     this.dirty = true
     for (const name of customSettingNames(sql)) this.customSettings.add(name)
   }
@@ -130,7 +145,8 @@ export class SessionState {
       tempRelations: number
     }
     const settings = raw.settings.filter(([name]) => !this.customSettings.has(name))
-    for (const [name, value] of raw.custom) if (value !== null && value !== '') settings.push([name, value])
+    // NULL: the setting does not exist (never set). '' is a value like any other.
+    for (const [name, value] of raw.custom) if (value !== null) settings.push([name, value])
     const prepared = raw.prepared.map((p) => ({ ...p, parameterTypes: p.parameterTypes.map(Number) }))
     const protocolNames = new Set(prepared.filter((p) => !p.fromSql).map((p) => p.name))
     for (const name of [...this.parses.keys()]) if (!protocolNames.has(name)) this.parses.delete(name)

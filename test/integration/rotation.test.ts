@@ -66,6 +66,18 @@ async function backendOf(appName: string): Promise<number> {
 
 const terminate = (pid: number): Promise<unknown> => cluster.query('select pg_terminate_backend($1)', [pid])
 
+/**
+ * Waits until the proxy has noticed `count` upstream losses of idle sessions. A client statement
+ * sent before that races the loss, and one that reaches a dying upstream is never replayed.
+ */
+async function lossesNoticed(proxy: RunningProxy, count: number): Promise<boolean> {
+  return eventually(10, async () =>
+    Promise.resolve(
+      proxy.logs.filter((l) => String(l.msg).startsWith('upstream connection lost at an idle point')).length >= count,
+    ),
+  )
+}
+
 void t.test('planned swap: settings, prepared statements and LISTENs move with the session', async (t) => {
   const proxy = await rotatingProxy(t, 'swap_state', 4)
   const client = await proxy.client({ application_name: 'swap-state' })
@@ -118,12 +130,12 @@ void t.test('pgjdbc-style S_1 after five executions, and postgres.js named state
   t.teardown(() => sql.end({ timeout: 1 }))
   const pjsUser = async (): Promise<string> => (await sql`select session_user as u`)[0]!.u as string
   const pjsFirst = await pjsUser()
+  t.equal(sql.parameters.session_authorization, pjsFirst, 'postgres.js tracks session_authorization')
   const query = (n: number) => sql`select ${n}::int * 3 as n`
   t.equal((await query(1))[0]!.n, 3)
 
   t.ok(await movedFrom(jdbc, first), 'the jdbc-style session moved')
   t.equal((await jdbc.query<{ n: number }>({ ...s1, values: [6] })).rows[0]?.n, 6, 'S_1 still binds after the move')
-  t.equal(sql.parameters.session_authorization, pjsFirst)
   t.ok(await eventually(15, async () => (await pjsUser()) !== pjsFirst), 'the postgres.js session moved')
   t.equal(
     sql.parameters.session_authorization,
@@ -155,6 +167,7 @@ void t.test('a node-postgres Client without an error listener lives through a sw
   const first = await one<string>(client, 'select session_user')
   t.ok(await movedFrom(client, first), 'moved to a new credential')
   await terminate(await backendOf('no-error-listener'))
+  t.ok(await lossesNoticed(proxy, 1))
   t.equal(await one(client, 'select 1'), 1, 'the next query after pg_terminate_backend succeeds')
   t.equal(await one(client, 'select current_user'), 'app_owner')
 })
@@ -196,7 +209,10 @@ void t.test('a backend terminated mid-transaction: a prompt error, nothing repla
   const fatal = new Promise<PgError>((resolve) => client.once('error', resolve))
   await terminate(await backendOf('mid-tx'))
   await new Promise((resolve) => setTimeout(resolve, 50))
-  const next = client.query('insert into rotation_tx values (2)').catch((e: unknown) => e as PgError)
+  const next = client.query('insert into rotation_tx values (2)').then(
+    () => new Error('the insert succeeded') as PgError,
+    (e: unknown) => e as PgError,
+  )
   const err = await Promise.race([fatal, next])
   t.equal(err.code, '57P01', 'the client gets the FATAL')
   t.match(err.message, /terminating connection due to administrator command/)
@@ -327,4 +343,25 @@ void t.test('notifications keep flowing through a swap: none is lost', async (t)
   for (let i = 0; i < 20; i++) await cluster.query(`notify stream, '${sent++}'`)
   t.ok(moved, 'the listening session moved')
   t.ok(await eventually(5, async () => got.size === sent), `all ${sent} notifications arrived (${got.size})`)
+})
+
+void t.test('a backend crash: idle sessions reconnect once the server has recovered', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const victim = await proxy.client({ application_name: 'crash-victim' })
+  const bystander = await proxy.client({ application_name: 'crash-bystander' })
+  await victim.query('set search_path = pg_catalog, public')
+  await bystander.query("set application_name = 'crash-bystander-2'")
+  // A state change is probed at the next idle point, before the client's next statement runs.
+  await Promise.all([victim.query('select 1'), bystander.query('select 1')])
+  // SIGKILL on a backend: its socket closes without a word, and the postmaster ends every other
+  // backend with WARNING 57P02, then refuses logins (57P03) while it recovers.
+  process.kill(await backendOf('crash-victim'), 'SIGKILL')
+  t.ok(await lossesNoticed(proxy, 2), 'the proxy noticed both losses')
+  t.equal(await one(victim, 'show search_path'), 'pg_catalog, public', 'the killed session answers again')
+  t.equal(await one(bystander, 'show application_name'), 'crash-bystander-2', 'so does the bystander')
+  t.equal(await moves(proxy, 'reconnect', 'moved'), 2)
+  t.ok(
+    proxy.logs.some((l) => /57P02/.test(JSON.stringify(l.loss ?? ''))),
+    "the bystander's loss was the crash WARNING 57P02",
+  )
 })
