@@ -188,9 +188,10 @@ export class SessionMover {
 
   /** The credential is about to end and the session is still on it. */
   private credentialEnding(hold: CredentialHold): void {
-    if (this.closed || hold !== this.login.hold) return
+    // A move under way settles it: it re-arms this check if the session is still here afterwards.
+    if (this.closed || hold !== this.login.hold || this.busy) return
     const { relay, settings, log, metrics } = this.options
-    const why = this.blockedBy ?? (this.busy ? 'a move to a new connection was still under way' : undefined)
+    const why = this.blockedBy
     // Not strict: a busy session is left alone (it moves at its next idle point, if the server lets it live).
     if (why === undefined && !settings.strict) return
     const reason = why ?? (relay.isIdle ? 'it could not be moved' : 'it was busy (a transaction or a long query)')
@@ -221,6 +222,7 @@ export class SessionMover {
       return
     }
     this.busy = false
+    this.armEnd(this.login.hold)
     if (relay.isIdle) this.options.idle()
   }
 
@@ -259,8 +261,6 @@ export class SessionMover {
         this.blockedBy = unmovable
         this.retryLater()
         relay.resume()
-        // Its end may already be near: the session is then closed now, with the reason.
-        this.armEnd(old.hold)
       } else {
         this.blockedBy = undefined
         const credential = await credentials.get()
@@ -296,6 +296,8 @@ export class SessionMover {
       relay.resume()
     }
     this.busy = false
+    // Still on the old credential (blocked, failed, nothing newer): its end may have come meanwhile.
+    if (this.login === old) this.armEnd(old.hold)
     if (relay.isIdle) this.options.idle()
   }
 

@@ -22,6 +22,7 @@ interface Lease {
   leaseId: string
   /** Requested TTL for renewals: the lease's original duration. */
   ttlSeconds: number
+  issuedAt: number
   expiresAt: number
   renewable: boolean
   sessions: number
@@ -207,6 +208,7 @@ export class DynamicCredentialSource implements CredentialSource {
       credential: { username, password, origin: `Vault lease ${secret.leaseId}`, leaseId: secret.leaseId },
       leaseId: secret.leaseId,
       ttlSeconds: secret.leaseDurationSeconds,
+      issuedAt: Date.now(),
       expiresAt: Date.now() + secret.leaseDurationSeconds * 1000,
       renewable: secret.renewable,
       sessions: 0,
@@ -222,9 +224,12 @@ export class DynamicCredentialSource implements CredentialSource {
     const ttlMs = ttlSeconds * 1000
     const canRenew = lease.renewable && ttlSeconds >= lease.ttlSeconds
     const swapLeadMs = this.options.swapBeforeEndMs ?? 0
+    // Not before half of the lease's first term has passed (short leases would thrash), but right
+    // away after a capped renewal that leaves less than the swap lead.
+    const earliest = lease.issuedAt + (lease.ttlSeconds * 1000) / 2 - Date.now()
     const delay = canRenew
       ? ttlMs * RENEW_AT
-      : Math.max(ttlMs / 2, Math.min(ttlMs * REFETCH_AT, ttlMs - minRemainingMs(lease) * 1.5, ttlMs - swapLeadMs))
+      : Math.max(earliest, Math.min(ttlMs * REFETCH_AT, ttlMs - minRemainingMs(lease) * 1.5, ttlMs - swapLeadMs))
     lease.timer = setTimeout(() => void (canRenew ? this.renew(lease) : this.replace(lease)), Math.max(0, delay))
     lease.timer.unref()
   }

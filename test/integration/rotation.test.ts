@@ -1,4 +1,5 @@
-import { readFile } from 'node:fs/promises'
+import { spawn } from 'node:child_process'
+import { readFile, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
 import pg from 'pg'
 import postgres from 'postgres'
@@ -62,6 +63,16 @@ async function backendOf(appName: string): Promise<number> {
   ])
   if (rows.length !== 1) throw new Error(`expected one backend for ${appName}, found ${rows.length}`)
   return rows[0]!.pid
+}
+
+function run(cmd: string, args: string[]): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args)
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()))
+    child.on('close', (code) => resolve({ code, out }))
+  })
 }
 
 const terminate = (pid: number): Promise<unknown> => cluster.query('select pg_terminate_backend($1)', [pid])
@@ -365,3 +376,68 @@ void t.test('a backend crash: idle sessions reconnect once the server has recove
     "the bystander's loss was the crash WARNING 57P02",
   )
 })
+
+void t.test(
+  'pgbench on persistent connections and a psql session, across leases that terminate backends',
+  async (t) => {
+    const proxy = await rotatingProxy(t, 'swap_bench', 6)
+    const target = ['-h', proxy.host, '-p', String(proxy.port), '-U', 'bench']
+    const script = `${proxy.socketDir}/tx.sql`
+    await writeFile(
+      script,
+      [
+        '\\set n random(1, 1000)',
+        'begin;',
+        'select :n + 1;',
+        'select current_user;',
+        'end;',
+        'select session_user;',
+      ].join('\n') + '\n',
+    )
+    // psql with a pause in the middle of its session: the swap happens while it sleeps (idle).
+    const psqlScript = `${proxy.socketDir}/psql.sql`
+    await writeFile(
+      psqlScript,
+      [
+        'set search_path = pg_catalog, public;',
+        'select session_user;',
+        '\\! sleep 8',
+        'select session_user;',
+        'show search_path;',
+      ].join('\n') + '\n',
+    )
+    const [bench, psql] = await Promise.all([
+      run('pgbench', [...target, '-n', '-c', '4', '-j', '2', '-T', '12', '-f', script, cluster.database]),
+      run('psql', [...target, '-d', cluster.database, '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-f', psqlScript]),
+    ])
+    t.equal(bench.code, 0, 'pgbench succeeded')
+    t.match(bench.out, /number of failed transactions: 0 /, 'no transaction failed')
+    t.notMatch(bench.out, /aborted/, 'no client aborted')
+    t.ok(
+      (await moves(proxy, 'swap', 'moved')) >= 4,
+      `pgbench's sessions were moved (${await moves(proxy, 'swap', 'moved')} moves)`,
+    )
+    t.equal(psql.code, 0, psql.out)
+    const [user1, user2, path] = psql.out.trim().split('\n').slice(-3)
+    t.not(user1, user2, 'psql ran on two credentials in one session')
+    t.equal(path, 'pg_catalog, public', 'and kept its setting')
+  },
+)
+
+void t.test(
+  'Vault revokes a lease behind the proxy: its idle sessions reconnect with a fresh credential',
+  async (t) => {
+    await db.createDynamicRole({ name: 'revoked_live', defaultTtl: 60, maxTtl: 120 })
+    const proxy = await startProxy(t, cluster, { vault: viaRoot, credentials: { vault: { role: 'revoked_live' } } })
+    const client = await proxy.client({ application_name: 'revoked-live' })
+    const first = await one<string>(client, 'select session_user')
+    const leaseId = proxy.logs.find((l) => l.msg === 'issued a database credential')?.leaseId as string
+    // The revocation statements terminate the session's backend and drop its login user.
+    await vault.call('PUT', 'sys/leases/revoke', { lease_id: leaseId })
+    t.ok(await lossesNoticed(proxy, 1))
+    const second = await one<string>(client, 'select session_user')
+    t.not(second, first, 'the session runs on a fresh credential')
+    t.equal(await one(client, 'select current_user'), 'app_owner')
+    t.ok(proxy.logs.some((l) => l.msg === 'upstream refused the credential; fetching a new one'))
+  },
+)
