@@ -380,7 +380,7 @@ void t.test('a backend crash: idle sessions reconnect once the server has recove
 void t.test(
   'pgbench on persistent connections and a psql session, across leases that terminate backends',
   async (t) => {
-    const proxy = await rotatingProxy(t, 'swap_bench', 6)
+    const proxy = await rotatingProxy(t, 'swap_bench', 8)
     const target = ['-h', proxy.host, '-p', String(proxy.port), '-U', 'bench']
     const script = `${proxy.socketDir}/tx.sql`
     await writeFile(
@@ -401,13 +401,13 @@ void t.test(
       [
         'set search_path = pg_catalog, public;',
         'select session_user;',
-        '\\! sleep 8',
+        '\\! sleep 10',
         'select session_user;',
         'show search_path;',
       ].join('\n') + '\n',
     )
     const [bench, psql] = await Promise.all([
-      run('pgbench', [...target, '-n', '-c', '4', '-j', '2', '-T', '12', '-f', script, cluster.database]),
+      run('pgbench', [...target, '-n', '-c', '4', '-j', '2', '-T', '14', '-f', script, cluster.database]),
       run('psql', [...target, '-d', cluster.database, '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-f', psqlScript]),
     ])
     t.equal(bench.code, 0, 'pgbench succeeded')
