@@ -166,7 +166,7 @@ export class ClientSession {
    */
   drain(): void {
     this.draining = true
-    if (this.relay?.isIdle) this.relay.stop('shutdown')
+    if (this.relay?.isIdle || this.mover?.isParked) this.relay?.stop('shutdown')
   }
 
   /**
@@ -221,21 +221,27 @@ export class ClientSession {
     const { cancels, metrics } = this.context
     const { connector, settings, credentials } = this.chosen
     const key = cancels.register(async () => {
-      // Only a busy session is cancelled: a late cancel must not hit the client's next statement.
-      if (!tracker.isBusy || !this.mover) {
+      // Only a busy session is cancelled: a late cancel must not hit the client's next statement
+      // (nor the proxy's own state probe or replay during a move).
+      const mover = this.mover
+      const stillBusy = (pid: number): boolean =>
+        tracker.isBusy && !!mover && !mover.isMoving && mover.upstream.processId === pid
+      if (!mover || !stillBusy(mover.upstream.processId)) {
         metrics.cancelRequest('not_busy')
         return
       }
       this.log.info('forwarding cancel request')
       // The upstream serving the session now: the mapping follows a move.
-      const { processId, secretKey } = this.mover.upstream
-      await connector.cancel(processId, secretKey).then(
-        () => metrics.cancelRequest('forwarded'),
-        (err: Error) => {
-          metrics.cancelRequest('failed')
-          this.log.warn({ err: err.message }, 'cancel forwarding failed')
-        },
-      )
+      const { processId, secretKey } = mover.upstream
+      await connector
+        .cancel(processId, secretKey, () => stillBusy(processId))
+        .then(
+          () => metrics.cancelRequest('forwarded'),
+          (err: Error) => {
+            metrics.cancelRequest('failed')
+            this.log.warn({ err: err.message }, 'cancel forwarding failed')
+          },
+        )
     })
     this.socket.once('close', () => cancels.unregister(key.processId))
 
@@ -310,7 +316,7 @@ export class ClientSession {
     this.idleTimer = setTimeout(() => {
       this.idleTimer = undefined
       // Not idle at this instant (a notification half-way through): the next idle point re-arms it.
-      if (relay.isIdle) relay.stop('idle_timeout', idleTimeoutFields(timeoutMs))
+      if (relay.isIdle || this.mover?.isParked) relay.stop('idle_timeout', idleTimeoutFields(timeoutMs))
     }, timeoutMs)
     this.idleTimer.unref()
   }

@@ -113,6 +113,8 @@ export class Relay {
   private upstreamLost = false
   /** The upstream's FATAL with the proxy's reason added, written in its place. */
   private explainedFatal: Buffer | undefined
+  private lossReported = false
+  private lastLossDecision: boolean | string | undefined
   /** Set while a lost session waits for its client to speak before reconnecting. */
   private wake: (() => void) | undefined
   /** Why the session was not reconnected after its upstream closed without a word. */
@@ -203,6 +205,8 @@ export class Relay {
     this.suspended = false
     this.upstreamLost = false
     if (next) {
+      this.lossReported = false
+      this.lastLossDecision = undefined
       this.upstream = next
       this.upstreamFramer = this.newUpstreamFramer()
     }
@@ -404,6 +408,14 @@ export class Relay {
     return true
   }
 
+  /** Asks the session about a lost upstream, once per upstream (a shutdown WARNING is followed by the socket's end). */
+  private reportLoss(loss: UpstreamLoss): boolean | string | undefined {
+    if (this.lossReported) return this.lastLossDecision
+    this.lossReported = true
+    this.lastLossDecision = this.options.onUpstreamLost?.(loss)
+    return this.lastLossDecision
+  }
+
   private noteParameter(message: Buffer): void {
     const nameEnd = message.indexOf(0, 5)
     if (nameEnd < 0) return
@@ -448,7 +460,7 @@ export class Relay {
       // Closed without a word (a socket error, a killed server): the session may reconnect.
       const decision = this.upstreamFramer.isMidMessage
         ? undefined
-        : this.options.onUpstreamLost?.(err?.code ? { errorCode: err.code } : {})
+        : this.reportLoss(err?.code ? { errorCode: err.code } : {})
       if (decision === true) {
         this.loseUpstream()
         return

@@ -1,6 +1,5 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
-import { serialize } from 'pg-protocol'
 import type { SessionMetrics } from '../ops/metrics.js'
 import { encodeParameterStatus, errorFields } from '../pgwire/backend-messages.js'
 import { BackendCode, FrontendCode } from '../pgwire/codes.js'
@@ -9,7 +8,7 @@ import type { CredentialHold, CredentialSource, DbCredential } from '../vault/cr
 import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
 import { rewriteNotifyPid, type Relay, type UpstreamLoss } from './relay.js'
 import { SessionState } from './session-state.js'
-import { exchange, frame } from './upstream-exchange.js'
+import { exchange, ExchangeClosedError, frame } from './upstream-exchange.js'
 import type { UpstreamSession } from './upstream-connector.js'
 
 /** rotation.* in the configuration. */
@@ -52,6 +51,8 @@ const STEP_TIMEOUT_MS = 10_000
 const RECONNECT_BUDGET_MS = 15_000
 /** After a failed or blocked swap, the next try waits this long. */
 const RETRY_SWAP_MS = 2_000
+/** After a failed state probe, the next one waits this long. */
+const RETRY_PROBE_MS = 1_000
 /** The proxy closes sessions this long before their credential's end, so its message, not the revocation's, is what clients see. */
 const HARD_END_MARGIN_MS = 1_000
 /** Sessions on a superseded credential start moving within this window (bounded by a quarter of what is left). */
@@ -60,18 +61,26 @@ const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 
 /**
  * Keeps one client session on a working upstream connection without the client noticing
- * (docs/rotation.md). Planned swap: once the session's credential is superseded, at an idle point
- * the mover probes the session's state, logs in with the current credential, rebuilds the state
- * there, and switches the relay over; notifications still arriving on the old connection are
- * passed on until it closes. Unplanned loss: when the upstream of an idle, clean session goes
- * away, it reconnects and rebuilds the last probed state. Nothing in flight is ever replayed.
+ * (docs/rotation.md). Planned swap: once the session's credential is superseded, the mover logs in
+ * with the current credential, then at an idle point probes the session's state, rebuilds it on
+ * the new connection and switches the relay over; notifications still arriving on the old
+ * connection are passed on until it closes. Unplanned loss: when the upstream of an idle, clean
+ * session goes away, it reconnects and rebuilds the last probed state. Nothing in flight is ever
+ * replayed.
  */
 export class SessionMover {
   private login: UpstreamLogin
-  /** A probe, swap or reconnect is under way. */
+  /** The relay is suspended for a probe, swap or reconnect (or parked until the client speaks). */
   private busy = false
+  /** Parked after the upstream's idle_session_timeout: no upstream until the client next speaks. */
+  private parked = false
+  /** Logging in the next connection ahead of the swap, so the client waits only for probe and replay. */
+  private preparing = false
+  /** That connection, logged in and waiting for the session's next idle point. */
+  private ready: UpstreamLogin | undefined
   /** When a swap may next be tried (spread, or after a failure). */
   private swapAfter = 0
+  private probeAfter = 0
   /** Why the last swap was refused, for the close at the credential's end. */
   private blockedBy: string | undefined
   private swapTimer: NodeJS.Timeout | undefined
@@ -93,38 +102,66 @@ export class SessionMover {
     return this.login.credential
   }
 
-  /** The session ended: stop timers and give the credential back. */
+  /** Suspended for a move: a cancel now could only hit the proxy's own requests. */
+  get isMoving(): boolean {
+    return this.busy && !this.parked
+  }
+
+  /** Waiting, without an upstream, for the client to speak: as idle as a session gets. */
+  get isParked(): boolean {
+    return this.parked
+  }
+
+  /** The session ended: stop timers and give the credentials back. */
   close(): void {
     this.closed = true
     clearTimeout(this.swapTimer)
     clearTimeout(this.endTimer)
     this.login.hold.release()
+    this.dropNext()
   }
 
   /** Called at every idle point of the session (after draining and the idle timeout had their say). */
   onIdle(): void {
     if (this.busy || this.closed || !this.options.relay.isIdle) return
     const { state, settings } = this.options
-    if (this.swapDue()) void this.swap()
-    else if (state.dirty && settings.reconnect) void this.refreshSnapshot()
+    if (this.ready) {
+      const next = this.ready
+      this.ready = undefined
+      void this.swap(next)
+    } else if (this.swapDue()) this.startSwap()
+    else if (state.dirty && settings.reconnect && Date.now() >= this.probeAfter) void this.refreshSnapshot()
   }
 
   /** The relay's hook: the upstream is going away. True takes over (reconnect); a string says why not. */
   onUpstreamLost(loss: UpstreamLoss): boolean | string | undefined {
-    const { relay, state, settings, metrics, log } = this.options
-    if (this.closed || this.busy || !settings.reconnect) return undefined
-    const why = this.whyNotReconnect(relay.isIdle, state)
+    if (this.closed || this.busy || !this.options.settings.reconnect) return undefined
+    return this.takeOver(loss, this.options.relay.isIdle)
+  }
+
+  /** Decides about a lost upstream; when it can, starts the reconnect (or parks until the client speaks). */
+  private takeOver(loss: UpstreamLoss, idle: boolean): true | string {
+    const { relay, state, metrics, log } = this.options
+    const why = this.whyNotReconnect(idle, state)
     if (why !== undefined) {
       metrics.sessionMoved('reconnect', 'declined')
       log.warn({ loss, why }, 'upstream connection lost; not reconnecting')
       return why
     }
     this.busy = true
+    this.dropNext()
     if (loss.sqlState === '57P05' && state.snapshot.listen.length === 0) {
       // The server's idle_session_timeout: reconnecting now would only be timed out again. Wait
       // until the client has something to say (a LISTENing session cannot wait: it must hear).
       log.info({ loss }, 'upstream closed an idle session; reconnecting when the client next speaks')
-      setImmediate(() => relay.wakeOnClientData(() => void this.reconnect(loss)))
+      this.parked = true
+      this.login.hold.release()
+      setImmediate(() =>
+        relay.wakeOnClientData(() => {
+          this.parked = false
+          void this.reconnect(loss)
+        }),
+      )
       return true
     }
     log.info({ loss, upstreamPid: this.upstream.processId }, 'upstream connection lost at an idle point; reconnecting')
@@ -135,7 +172,9 @@ export class SessionMover {
   private whyNotReconnect(idle: boolean, state: SessionState): string | undefined {
     if (!idle)
       return 'The session was inside a transaction or had a request in flight, so pg-vault-proxy did not reconnect it: it never replays statements.'
-    if (state.dirty || state.unknown)
+    if (state.unknown)
+      return 'pg-vault-proxy could not read the session state (its state probe failed), so it did not reconnect it.'
+    if (state.dirty)
       return 'The session had just changed its state (a SET, PREPARE, LISTEN ...) that pg-vault-proxy had not yet recorded, so it did not reconnect it.'
     const unmovable = SessionState.unmovable(state.snapshot)
     if (unmovable)
@@ -174,7 +213,7 @@ export class SessionMover {
   /** Plans what happens HARD_END_MARGIN_MS before the credential ends (at once, if that time has passed). */
   private armEnd(hold: CredentialHold): void {
     clearTimeout(this.endTimer)
-    if (hold.endsAt === undefined) return
+    if (hold.endsAt === undefined || this.closed) return
     this.endTimer = setTimeout(
       () => this.credentialEnding(hold),
       Math.max(0, hold.endsAt - HARD_END_MARGIN_MS - Date.now()),
@@ -215,12 +254,14 @@ export class SessionMover {
     const socket = relay.suspend()
     try {
       await this.probe(socket, this.upstream)
-      relay.resume()
     } catch (err) {
       this.busy = false
-      this.lostWhileSuspended(socket, err)
+      if (isClosed(socket)) this.lostWhileSuspended(socket, err)
+      else this.options.log.warn({ err: (err as Error).message }, 'the session state probe failed')
+      if (!relay.isFinished && !isClosed(socket)) relay.resume()
       return
     }
+    relay.resume()
     this.busy = false
     this.armEnd(this.login.hold)
     if (relay.isIdle) this.options.idle()
@@ -228,28 +269,70 @@ export class SessionMover {
 
   /** Runs the state probe on a suspended upstream; the answer becomes the state's snapshot. */
   private async probe(socket: Socket, upstream: UpstreamSession): Promise<void> {
-    const { state } = this.options
-    const query = serialize.query(state.probeQuery())
-    const result = await exchange(socket, query, 1, STEP_TIMEOUT_MS)
+    const { state, log } = this.options
+    const result = await exchange(socket, state.probeMessages(), 1, STEP_TIMEOUT_MS)
     this.passOn(result.notifications, upstream.processId, result.parameters)
-    // Left in the socket for the relay: pending is unshifted back before resuming.
+    // Left in the socket for the relay (or the retirement) to read next.
     if (result.pending.length > 0) socket.unshift(result.pending)
     const row = result.rows[0]?.[0]
-    if (result.error || typeof row !== 'string' || result.status !== 'I') {
+    try {
+      if (result.error || typeof row !== 'string' || result.status !== 'I')
+        throw new Error(result.error?.get('M') ?? 'no answer')
+      state.acceptProbeResult(row)
+    } catch (err) {
+      // A cancel that landed on the probe, a tiny statement_timeout...: try again a little later.
       state.markUnknown()
-      this.options.log.warn({ error: result.error?.get('M') }, 'the session state probe failed')
-      return
+      this.probeAfter = Date.now() + RETRY_PROBE_MS
+      log.warn({ err: (err as Error).message }, 'the session state probe failed; will retry')
     }
-    state.acceptProbe(row)
   }
 
-  /** The planned move to the current credential. */
-  private async swap(): Promise<void> {
-    const { relay, state, credentials, log, metrics } = this.options
+  /** The swap is due: log in with the current credential first, then move at the next idle point. */
+  private startSwap(): void {
+    if (this.preparing) return
+    this.preparing = true
+    const { credentials, log, metrics, relay } = this.options
+    const old = this.login
+    void (async () => {
+      let next: UpstreamLogin | undefined
+      try {
+        const credential = await credentials.get()
+        if (credential !== old.credential && !this.closed) next = await this.options.connect(credential)
+      } catch (err) {
+        metrics.sessionMoved('swap', 'failed')
+        log.warn({ err: (err as Error).message }, 'could not log in with the new credential; will retry')
+      }
+      this.preparing = false
+      if (!next) {
+        // Nothing newer to move to yet (Vault may be down), or the login failed: the old one serves on.
+        this.retryLater()
+        return
+      }
+      if (this.closed || this.login !== old) {
+        this.discard(next)
+        return
+      }
+      this.ready = next
+      if (relay.isIdle) this.onIdle()
+    })()
+  }
+
+  private dropNext(): void {
+    if (this.ready) this.discard(this.ready)
+    this.ready = undefined
+  }
+
+  /** The planned move onto `next`, at an idle point. */
+  private async swap(next: UpstreamLogin): Promise<void> {
+    const { relay, state, log, metrics } = this.options
+    if (this.busy || this.closed || !relay.isIdle) {
+      this.discard(next)
+      return
+    }
     this.busy = true
     const old = this.login
     const socket = relay.suspend()
-    let next: UpstreamLogin | undefined
+    let pending: UpstreamLogin | undefined = next
     try {
       await this.probe(socket, old.session)
       const unmovable = state.unknown ? 'state the probe could not read' : SessionState.unmovable(state.snapshot)
@@ -263,30 +346,26 @@ export class SessionMover {
         relay.resume()
       } else {
         this.blockedBy = undefined
-        const credential = await credentials.get()
-        if (credential === old.credential) {
-          // Nothing newer to move to yet (Vault may be down): the old credential serves on.
-          this.retryLater()
-          relay.resume()
-        } else {
-          next = await this.options.connect(credential)
-          const rebuilt = await this.rebuild(next)
-          if (relay.isFinished) throw new Error('the client left during the move')
-          this.switchTo(next, rebuilt)
-          next = undefined
-          this.retire(socket, old)
-          metrics.sessionMoved('swap', 'moved')
-          log.info(
-            { from: old.credential.username, to: this.credential.username, upstreamPid: this.upstream.processId },
-            'session moved to a new credential',
-          )
-        }
+        const rebuilt = await this.rebuild(next)
+        if (relay.isFinished || this.closed) throw new Error('the client left during the move')
+        this.switchTo(next, rebuilt)
+        pending = undefined
+        this.retire(socket, old)
+        metrics.sessionMoved('swap', 'moved')
+        log.info(
+          { from: old.credential.username, to: this.credential.username, upstreamPid: this.upstream.processId },
+          'session moved to a new credential',
+        )
       }
     } catch (err) {
-      if (next) this.discard(next)
       this.busy = false
-      if (relay.isFinished) return
-      if (socket.destroyed || !socket.readable) {
+      if (relay.isFinished || this.closed) {
+        if (pending) this.discard(pending)
+        return
+      }
+      if (isClosed(socket)) {
+        // The old upstream died under the probe: the new connection is as good as any for the reconnect.
+        if (pending) this.discard(pending)
         this.lostWhileSuspended(socket, err)
         return
       }
@@ -295,8 +374,9 @@ export class SessionMover {
       this.retryLater()
       relay.resume()
     }
+    if (pending) this.discard(pending)
     this.busy = false
-    // Still on the old credential (blocked, failed, nothing newer): its end may have come meanwhile.
+    // Still on the old credential (blocked, failed): its end may have come meanwhile.
     if (this.login === old) this.armEnd(old.hold)
     if (relay.isIdle) this.options.idle()
   }
@@ -307,21 +387,23 @@ export class SessionMover {
     const old = this.login
     const deadline = Date.now() + RECONNECT_BUDGET_MS
     let next: UpstreamLogin | undefined
+    // pg_terminate_backend may be the start of the credential's revocation: log in with another.
+    if (loss.sqlState === '57P01') this.options.credentials.distrust?.(old.credential)
     try {
       next = await this.loginAgain(deadline)
       const rebuilt = await this.rebuild(next)
-      if (relay.isFinished) throw new Error('the client left during the reconnect')
+      if (relay.isFinished || this.closed) throw new Error('the client left during the reconnect')
       this.switchTo(next, rebuilt)
       next = undefined
       old.hold.release()
       metrics.sessionMoved('reconnect', 'moved')
       log.info({ upstreamPid: this.upstream.processId, user: this.credential.username }, 'session reconnected')
-      this.busy = false
-      this.options.idle()
     } catch (err) {
       if (next) this.discard(next)
+      this.busy = false
+      if (relay.isFinished || this.closed) return
       metrics.sessionMoved('reconnect', 'failed')
-      const why = err instanceof ProxyError ? err.message : (err as Error).message
+      const why = (err as Error).message
       log.warn({ err: why, loss }, 'could not reconnect the session')
       relay.stop(
         'upstream_lost',
@@ -332,16 +414,18 @@ export class SessionMover {
           hint: 'Reconnect.',
         }),
       )
-    } finally {
-      this.busy = false
+      return
     }
+    this.busy = false
+    this.options.idle()
   }
 
   /** A login with the current credential; a refused one gets one fresh credential, an unreachable server retries until the deadline. */
   private async loginAgain(deadline: number): Promise<UpstreamLogin> {
-    const { credentials } = this.options
+    const { credentials, relay } = this.options
     let delay = 100
     for (;;) {
+      if (this.closed || relay.isFinished) throw new Error('the session ended')
       const credential = await credentials.get()
       try {
         return await this.options.connect(credential)
@@ -364,8 +448,8 @@ export class SessionMover {
   private async rebuild(
     next: UpstreamLogin,
   ): Promise<{ parameters: Map<string, string>; notifications: Buffer[]; pending: Buffer }> {
-    const { state, ownerRole } = this.options
-    const replay = state.replay(state.snapshot, ownerRole)
+    const { state, ownerRole, clientParameters } = this.options
+    const replay = state.replay(state.snapshot, ownerRole, clientParameters.get('client_encoding'))
     const parameters = new Map(next.session.parameters)
     if (replay.readyForQueries === 0) return { parameters, notifications: [], pending: next.session.pending }
     const result = await exchange(
@@ -408,9 +492,23 @@ export class SessionMover {
    * then gives its credential back (which may revoke the lease).
    */
   private retire(socket: Socket, old: UpstreamLogin): void {
-    const reader = new MessageReader(socket)
-    const timer = setTimeout(() => socket.destroy(), STEP_TIMEOUT_MS)
+    let done = false
+    const finish = (): void => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      reader?.detach()
+      socket.destroy()
+      old.hold.release()
+    }
+    const timer = setTimeout(finish, STEP_TIMEOUT_MS)
     timer.unref()
+    // It may have closed while nobody listened (during the login or replay): nothing left to read.
+    if (isClosed(socket)) {
+      finish()
+      return
+    }
+    const reader: MessageReader | undefined = new MessageReader(socket)
     socket.write(TERMINATE)
     const drain = async (): Promise<void> => {
       for (;;) {
@@ -420,12 +518,7 @@ export class SessionMover {
     }
     void drain()
       .catch(() => undefined)
-      .finally(() => {
-        clearTimeout(timer)
-        reader.detach()
-        socket.destroy()
-        old.hold.release()
-      })
+      .finally(finish)
   }
 
   private discard(next: UpstreamLogin): void {
@@ -447,33 +540,35 @@ export class SessionMover {
     if (out.length > 0) relay.sendToClient(Buffer.concat(out))
   }
 
-  /** The suspended upstream died while the mover was talking to it: treat it as an unplanned loss. */
+  /** The suspended upstream died while the mover was talking to it: an unplanned loss at an idle point. */
   private lostWhileSuspended(socket: Socket, err: unknown): void {
-    const { relay, state } = this.options
+    const { relay, settings } = this.options
     socket.destroy()
-    if (relay.isFinished) return
-    const loss: UpstreamLoss = { errorCode: (err as NodeJS.ErrnoException).code ?? 'closed' }
-    // The session was idle when suspended; only its state decides.
-    const why = this.options.settings.reconnect ? this.whyNotReconnect(true, state) : 'rotation.reconnect is off'
-    if (why !== undefined) {
-      relay.stop(
-        'upstream_lost',
-        errorFields({
-          severity: 'FATAL',
-          sqlState: '08006',
-          message: `pg-vault-proxy lost the connection to the upstream server: ${(err as Error).message}`,
-          detail: why,
-          hint: 'Reconnect.',
-        }),
-      )
-      return
-    }
-    this.busy = true
-    void this.reconnect(loss)
+    if (relay.isFinished || this.closed) return
+    const fatal = err instanceof ExchangeClosedError ? err.fatal : undefined
+    const sqlState = fatal?.get('C')
+    const loss: UpstreamLoss = fatal
+      ? { announced: `${sqlState ?? '?'} ${fatal.get('M') ?? ''}`, ...(sqlState ? { sqlState } : {}) }
+      : { errorCode: (err as NodeJS.ErrnoException).code ?? 'closed' }
+    const decision = settings.reconnect ? this.takeOver(loss, true) : 'rotation.reconnect is off.'
+    if (decision === true) return
+    const fields =
+      fatal ??
+      errorFields({
+        severity: 'FATAL',
+        sqlState: '08006',
+        message: `pg-vault-proxy lost the connection to the upstream server: ${(err as Error).message}`,
+      })
+    fields.set('D', [fields.get('D'), decision].filter(Boolean).join(' '))
+    relay.stop('upstream_lost', fields)
   }
 
   private retryLater(): void {
     this.swapAfter = Date.now() + RETRY_SWAP_MS
     this.wakeAfter(RETRY_SWAP_MS)
   }
+}
+
+function isClosed(socket: Socket): boolean {
+  return socket.destroyed || socket.readableEnded || !socket.readable
 }

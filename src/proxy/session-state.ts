@@ -43,6 +43,8 @@ export interface Replay {
 }
 
 const MAX_RECORDED_PARSES = 10_000
+/** The state probe's own statement name. */
+const PROBE_STATEMENT = 'pg_vault_proxy_state_probe'
 
 /**
  * Follows one client session's state well enough to rebuild it on another upstream connection
@@ -60,6 +62,12 @@ export class SessionState {
   private readonly parses = new Map<string, Buffer>()
   /** Dotted settings the client may have set: PostgreSQL lists them nowhere, so they are asked for by name. */
   private readonly customSettings = new Set<string>()
+  /**
+   * The client's unnamed statement (the last unnamed Parse), which PostgreSQL keeps until the next
+   * unnamed Parse or simple Query: clients that Parse+Describe in one round trip and Bind+Execute in
+   * the next rely on it across an idle point.
+   */
+  private unnamedParse: Buffer | undefined
   /** Named statements whose query may change state (a set_config with parameters): each run of one does. */
   private readonly stateChanging = new Set<string>()
 
@@ -67,6 +75,7 @@ export class SessionState {
   onClientMessage(code: number, message: Buffer): void {
     switch (code) {
       case FrontendCode.Query:
+        this.unnamedParse = undefined
         this.onSql(cstringAt(message, 5).value)
         break
       case FrontendCode.Parse: {
@@ -79,6 +88,8 @@ export class SessionState {
           this.dirty = true
           if (mayChangeSessionState(query.value)) this.stateChanging.add(name.value)
           else this.stateChanging.delete(name.value)
+        } else {
+          this.unnamedParse = Buffer.from(message)
         }
         this.onSql(query.value)
         break
@@ -88,6 +99,7 @@ export class SessionState {
           const name = cstringAt(message, 6).value
           this.parses.delete(name)
           this.stateChanging.delete(name)
+          if (name === '') this.unnamedParse = undefined
           // The snapshot still lists the statement: without a new probe a reconnect would re-create it.
           if (name !== '') this.dirty = true
         }
@@ -106,6 +118,8 @@ export class SessionState {
   /** A Query or Parse too long to inspect: assume the worst. */
   onUninspected(): void {
     this.dirty = true
+    // It may have replaced the unnamed statement: better none than a stale one after a move.
+    this.unnamedParse = undefined
   }
 
   private onSql(sql: string): void {
@@ -116,20 +130,48 @@ export class SessionState {
     for (const name of customSettingNames(sql)) this.customSettings.add(name)
   }
 
-  /** One query that reports everything the session holds, as one JSON row (pgwire.md §6.3). */
+  /**
+   * One query that reports everything the session holds, as one row: JSON, converted to UTF-8 and
+   * base64-encoded, so whatever client_encoding the session uses cannot mangle it. Every name is
+   * schema-qualified: the client's search_path must not be able to shadow a catalog.
+   */
   probeQuery(): string {
     const custom = [...this.customSettings]
-      .map((name) => `json_build_array(${quoteLiteral(name)}, current_setting(${quoteLiteral(name)}, true))`)
+      .map(
+        (name) =>
+          `pg_catalog.json_build_array(${quoteLiteral(name)}, pg_catalog.current_setting(${quoteLiteral(name)}, true))`,
+      )
       .join(', ')
-    return `select json_build_object(
- 'settings', (select coalesce(json_agg(json_build_array(name, current_setting(name))), '[]') from pg_settings where source = 'session'),
- 'custom', json_build_array(${custom}),
- 'role', current_setting('role'),
- 'prepared', (select coalesce(json_agg(json_build_object('name', name, 'fromSql', from_sql, 'statement', statement, 'parameterTypes', parameter_types::oid[])), '[]') from pg_prepared_statements),
- 'holdableCursors', (select count(*) from pg_cursors where is_holdable),
- 'listen', (select coalesce(json_agg(c), '[]') from pg_listening_channels() c),
- 'advisoryLocks', (select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()),
- 'tempRelations', (select count(*) from pg_class where relnamespace = pg_my_temp_schema()))`
+    const eq = 'OPERATOR(pg_catalog.=)'
+    const json = `pg_catalog.json_build_object(
+ 'settings', (select coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(s.name, pg_catalog.current_setting(s.name))), '[]') from pg_catalog.pg_settings s where s.source ${eq} 'session'),
+ 'custom', pg_catalog.json_build_array(${custom}),
+ 'role', pg_catalog.current_setting('role'),
+ 'prepared', (select coalesce(pg_catalog.json_agg(pg_catalog.json_build_object('name', p.name, 'fromSql', p.from_sql, 'statement', p.statement, 'parameterTypes', p.parameter_types::pg_catalog.oid[])), '[]') from pg_catalog.pg_prepared_statements p where p.name OPERATOR(pg_catalog.<>) '${PROBE_STATEMENT}'),
+ 'holdableCursors', (select pg_catalog.count(*) from pg_catalog.pg_cursors c where c.is_holdable),
+ 'listen', (select coalesce(pg_catalog.json_agg(l.c), '[]') from pg_catalog.pg_listening_channels() l(c)),
+ 'advisoryLocks', (select pg_catalog.count(*) from pg_catalog.pg_locks k where k.locktype ${eq} 'advisory' and k.pid ${eq} pg_catalog.pg_backend_pid()),
+ 'tempRelations', (select pg_catalog.count(*) from pg_catalog.pg_class r where r.relnamespace ${eq} pg_catalog.pg_my_temp_schema()))`
+    return `select pg_catalog.encode(pg_catalog.convert_to(${json}::pg_catalog.text, 'UTF8'), 'base64')`
+  }
+
+  /**
+   * The probe as extended-protocol messages under a statement name of its own: a simple Query
+   * would destroy the client's unnamed statement. Earns one ReadyForQuery.
+   */
+  probeMessages(): Buffer {
+    return Buffer.concat([
+      serialize.parse({ name: PROBE_STATEMENT, text: this.probeQuery(), types: [] }),
+      serialize.bind({ statement: PROBE_STATEMENT }),
+      serialize.execute(),
+      serialize.close({ type: 'S', name: PROBE_STATEMENT }),
+      serialize.sync(),
+    ])
+  }
+
+  /** The probe's one value, as it came back (base64 of UTF-8 JSON). */
+  acceptProbeResult(encoded: string): SessionSnapshot {
+    return this.acceptProbe(Buffer.from(encoded, 'base64').toString('utf8'))
   }
 
   /** Takes the probe's answer as the truth, and forgets recorded Parses the server no longer has. */
@@ -164,9 +206,9 @@ export class SessionState {
     return this.snapshot
   }
 
+  /** The probe failed: the state is not known until a probe succeeds (the session retries it). */
   markUnknown(): void {
     this.unknown = true
-    this.dirty = false
   }
 
   /** Why `snapshot` cannot move to another connection, in words for the client; undefined if it can. */
@@ -184,39 +226,65 @@ export class SessionState {
 
   /**
    * The requests that rebuild `snapshot` on a new connection logged in with the same startup
-   * parameters and owner role: settings first (search_path shapes what PREPARE resolves), then
-   * SQL prepared statements, LISTENs, and the recorded Parse messages. Call only when movable.
+   * parameters and owner role: settings first (search_path shapes what PREPARE resolves), then SQL
+   * prepared statements, LISTENs and the protocol-level statements, the unnamed one last (any
+   * simple Query would destroy it). What the proxy writes itself is UTF-8, so for a client using
+   * another client_encoding the replay switches to UTF8 and back; the client's recorded Parse
+   * messages are sent once its own encoding is back. Call only when movable.
    */
-  replay(snapshot: SessionSnapshot, ownerRole: string): Replay {
+  replay(snapshot: SessionSnapshot, ownerRole: string, clientEncoding = 'UTF8'): Replay {
     const parts: Buffer[] = []
     let readyForQueries = 0
     const query = (sql: string): void => {
       parts.push(serialize.query(sql))
       readyForQueries++
     }
-    const settings = snapshot.settings.map(
-      ([name, value]) => `set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`,
-    )
+    const sync = (): void => {
+      parts.push(serialize.sync())
+      readyForQueries++
+    }
+    const wrapped = !/^utf-?8$/i.test(clientEncoding)
+    if (wrapped) query("select pg_catalog.set_config('client_encoding', 'UTF8', false)")
+    const encodingSet = snapshot.settings.some(([name]) => name === 'client_encoding')
+    const settings = snapshot.settings
+      .filter(([name]) => name !== 'client_encoding')
+      .map(([name, value]) => `pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`)
     // Role last: a SET ROLE the client made may take away the right to change the others.
     if (snapshot.role !== undefined && snapshot.role !== ownerRole)
-      settings.push(`set_config('role', ${quoteLiteral(snapshot.role)}, false)`)
+      settings.push(`pg_catalog.set_config('role', ${quoteLiteral(snapshot.role)}, false)`)
     if (settings.length > 0) query(`select ${settings.join(', ')}`)
     for (const p of snapshot.prepared) {
       if (p.fromSql) query(prepareStatementFor(p.statement, p.name) as string)
     }
     if (snapshot.listen.length > 0) query(snapshot.listen.map((channel) => `LISTEN ${quoteIdent(channel)}`).join('; '))
     const parses = snapshot.prepared.filter((p) => !p.fromSql)
+    const recorded: Buffer[] = []
+    const rebuilt: Buffer[] = []
+    const inOrder: Buffer[] = []
     for (const p of parses) {
-      const recorded = this.parses.get(p.name)
-      parts.push(
-        recorded && cstringAt(recorded, cstringAt(recorded, 5).end).value === p.statement
-          ? recorded
-          : serialize.parse({ name: p.name, text: p.statement, types: p.parameterTypes }),
-      )
+      const bytes = this.parses.get(p.name)
+      const message =
+        bytes && cstringAt(bytes, cstringAt(bytes, 5).end).value === p.statement
+          ? bytes
+          : serialize.parse({ name: p.name, text: p.statement, types: p.parameterTypes })
+      ;(message === bytes ? recorded : rebuilt).push(message)
+      inOrder.push(message)
     }
-    if (parses.length > 0) {
-      parts.push(serialize.sync())
-      readyForQueries++
+    if (wrapped) {
+      // Statements rebuilt from the probe's (UTF-8) text are parsed while the connection speaks UTF-8.
+      if (rebuilt.length > 0) {
+        parts.push(...rebuilt)
+        sync()
+      }
+      query(`select pg_catalog.set_config('client_encoding', ${quoteLiteral(clientEncoding)}, false)`)
+    } else {
+      if (encodingSet) query(`select pg_catalog.set_config('client_encoding', ${quoteLiteral(clientEncoding)}, false)`)
+      recorded.splice(0, recorded.length, ...inOrder)
+    }
+    if (this.unnamedParse) recorded.push(this.unnamedParse)
+    if (recorded.length > 0) {
+      parts.push(...recorded)
+      sync()
     }
     return { messages: Buffer.concat(parts), readyForQueries }
   }

@@ -73,8 +73,11 @@ export class UpstreamConnector {
     }
   }
 
-  /** Forwards a CancelRequest to the upstream backend and waits until the server closes. */
-  async cancel(processId: number, secretKey: Buffer): Promise<void> {
+  /**
+   * Forwards a CancelRequest to the upstream backend and waits until the server closes. `stillWanted`
+   * is asked again just before sending: the dial takes time, and the query may have ended meanwhile.
+   */
+  async cancel(processId: number, secretKey: Buffer, stillWanted: () => boolean = () => true): Promise<void> {
     const signal = AbortSignal.timeout(CANCEL_TIMEOUT_MS)
     let socket = await this.endpoint.dial(signal)
     const onAbort = (): void => void socket.destroy()
@@ -84,6 +87,7 @@ export class UpstreamConnector {
       socket.resume()
       const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
       socket.on('error', () => {})
+      if (!stillWanted()) return
       socket.write(serialize.cancel(processId, secretKey.readInt32BE(0)))
       await closed
     } finally {

@@ -19,6 +19,17 @@ export interface ExchangeResult {
   pending: Buffer
 }
 
+/** The connection closed before the last ReadyForQuery; `fatal` is the FATAL the server sent first, if any. */
+export class ExchangeClosedError extends ConnectionClosedError {
+  override name = 'ExchangeClosedError'
+  constructor(
+    message: string,
+    readonly fatal: ErrorFields | undefined,
+  ) {
+    super(message)
+  }
+}
+
 /** Rows and messages of a probe or replay are small; this bounds what one can make the proxy hold. */
 const MAX_MESSAGE = 64 << 20
 
@@ -77,6 +88,7 @@ export async function exchange(
     return result
   } catch (err) {
     reader.detach()
+    if (err instanceof ConnectionClosedError) throw new ExchangeClosedError(err.message, result.error)
     throw err
   } finally {
     clearTimeout(timer)

@@ -54,6 +54,13 @@ export interface CredentialSource {
    */
   invalidate(credential: DbCredential): Promise<boolean>
   /**
+   * The server terminated sessions running on `credential` (FATAL 57P01). Revocation statements do
+   * that before they drop the login user, in a transaction that may not have committed yet, so a
+   * login made now could still succeed and leave a session whose user is then dropped. Sources
+   * whose credentials can be revoked stop handing this one out.
+   */
+  distrust?(credential: DbCredential): void
+  /**
    * A session logged in with `credential` and runs on it until it releases the hold; sources that
    * hold leases revoke the ones no session uses any more, and say when sessions should move on.
    */

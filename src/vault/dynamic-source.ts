@@ -75,6 +75,9 @@ export class DynamicCredentialSource implements CredentialSource {
   }
 
   async get(): Promise<DbCredential> {
+    // A lease issued now would outlive close()'s revocations.
+    if (this.closed)
+      throw credentialUnavailable(new Error('the credential source is closed'), this.vault.client.address)
     const current = this.current
     if (current && current.expiresAt - Date.now() > minRemainingMs(current)) return current.credential
     try {
@@ -102,6 +105,16 @@ export class DynamicCredentialSource implements CredentialSource {
     )
     this.retire(lease)
     return Promise.resolve(true)
+  }
+
+  distrust(credential: DbCredential): void {
+    const lease = this.current
+    if (!lease || lease.credential !== credential) return
+    this.log.info(
+      { leaseId: lease.leaseId, user: credential.username },
+      'the server terminated sessions of this credential (it may be being revoked); fetching a new one',
+    )
+    this.retire(lease)
   }
 
   use(credential: DbCredential): CredentialHold {

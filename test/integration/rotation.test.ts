@@ -8,7 +8,8 @@ import { sample } from '../support/ops-probe.js'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
 import { eventually, vaultFor } from '../support/vault-target.js'
-import { BufferList } from '../support/wire-builder.js'
+import { serialize } from 'pg-protocol'
+import { BufferList, parseMessages, startupMessage, type WireMessage } from '../support/wire-builder.js'
 
 // Live sessions moving to fresh credentials (planned swaps) and reconnecting after upstream loss,
 // against the real cluster and the dev Vault, with node-postgres and postgres.js (docs/rotation.md).
@@ -438,6 +439,150 @@ void t.test(
     const second = await one<string>(client, 'select session_user')
     t.not(second, first, 'the session runs on a fresh credential')
     t.equal(await one(client, 'select current_user'), 'app_owner')
-    t.ok(proxy.logs.some((l) => l.msg === 'upstream refused the credential; fetching a new one'))
+    t.ok(proxy.logs.some((l) => String(l.msg).startsWith('the server terminated sessions of this credential')))
   },
 )
+
+/** A bare protocol client: what drivers that Parse and Bind in separate round trips (asyncpg, pgx) do. */
+async function rawSession(proxy: RunningProxy): Promise<{
+  send(...messages: Buffer[]): void
+  untilReady(): Promise<WireMessage[]>
+  close(): void
+}> {
+  const socket = connect(proxy.port, proxy.host)
+  let received = Buffer.alloc(0)
+  let wake: (() => void) | undefined
+  socket.on('data', (chunk: Buffer) => {
+    received = Buffer.concat([received, chunk])
+    wake?.()
+  })
+  const untilReady = async (): Promise<WireMessage[]> => {
+    for (;;) {
+      const messages = parseMessages(received)
+      const end = messages.findIndex((m) => m.type === 'Z')
+      if (end >= 0) {
+        const taken = messages.slice(0, end + 1)
+        received = received.subarray(taken.reduce((n, m) => n + 5 + m.body.length, 0))
+        return taken
+      }
+      await new Promise<void>((resolve) => (wake = resolve))
+    }
+  }
+  socket.write(startupMessage({ user: 'raw', database: cluster.database, client_encoding: 'UTF8' }))
+  await untilReady()
+  return { send: (...messages) => socket.write(Buffer.concat(messages)), untilReady, close: () => socket.destroy() }
+}
+
+void t.test("the client's unnamed statement survives the state probe and a swap", async (t) => {
+  const proxy = await rotatingProxy(t, 'swap_unnamed', 4)
+  const raw = await rawSession(proxy)
+  t.teardown(() => raw.close())
+  const bindExecute = (value: string): Buffer[] => [
+    serialize.bind({ statement: '', values: [value] }),
+    serialize.execute(),
+    serialize.sync(),
+  ]
+  // A statement that changes state makes the proxy probe at the idle point between the round trips.
+  raw.send(
+    serialize.parse({ text: "select pg_catalog.set_config('app.user', $1, false) as v", types: [25] }),
+    serialize.describe({ type: 'S' }),
+    serialize.sync(),
+  )
+  t.same(
+    (await raw.untilReady()).map((m) => m.type),
+    ['1', 't', 'T', 'Z'],
+  )
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  raw.send(...bindExecute('alice'))
+  const first = await raw.untilReady()
+  t.same(
+    first.map((m) => m.type),
+    ['2', 'D', 'C', 'Z'],
+    'Bind of the unnamed statement works after the probe',
+  )
+  t.ok(
+    await eventually(15, async () => (await moves(proxy, 'swap', 'moved')) >= 1),
+    'the session moved to a new credential',
+  )
+  raw.send(...bindExecute('bob'))
+  const second = await raw.untilReady()
+  t.same(
+    second.filter((m) => m.type !== 'S').map((m) => m.type),
+    ['2', 'D', 'C', 'Z'],
+    'and after the move',
+  )
+  t.ok(
+    second.some((m) => m.type === 'S' && m.body.toString().startsWith('session_authorization\0v-')),
+    'the client was told the new session_authorization',
+  )
+  t.match(second.find((m) => m.type === 'D')?.body.toString(), /bob/)
+})
+
+void t.test('a LATIN1 client: its settings keep their characters across a swap', async (t) => {
+  const proxy = await rotatingProxy(t, 'swap_latin1', 4)
+  const script = `${proxy.socketDir}/latin1.sql`
+  await writeFile(
+    script,
+    Buffer.from(
+      [
+        "set app.tenant = 'café';",
+        'select session_user;',
+        '\\! sleep 6',
+        'select session_user;',
+        "select current_setting('app.tenant') = 'café' as same, length(current_setting('app.tenant'));",
+      ].join('\n') + '\n',
+      'latin1',
+    ),
+  )
+  const out = await new Promise<{ code: number | null; out: string }>((resolve) => {
+    const child = spawn(
+      'psql',
+      [
+        '-h',
+        proxy.host,
+        '-p',
+        String(proxy.port),
+        '-U',
+        'latin',
+        '-d',
+        cluster.database,
+        '-X',
+        '-A',
+        '-t',
+        '-F',
+        ' ',
+        '-v',
+        'ON_ERROR_STOP=1',
+        '-f',
+        script,
+      ],
+      { env: { ...process.env, PGCLIENTENCODING: 'LATIN1' } },
+    )
+    let text = ''
+    child.stdout.on('data', (d: Buffer) => (text += d.toString('latin1')))
+    child.stderr.on('data', (d: Buffer) => (text += d.toString('latin1')))
+    child.on('close', (code) => resolve({ code, out: text }))
+  })
+  t.equal(out.code, 0, out.out)
+  const [user1, user2, check] = out.out.trim().split('\n').slice(-3)
+  t.not(user1, user2, 'the session moved')
+  t.equal(check, 't 4', "the setting is still 'café', four characters")
+})
+
+void t.test('a session parked after 57P05 still honours idle_client_timeout_ms and the shutdown drain', async (t) => {
+  const proxy = await startProxy(t, cluster, { idle_client_timeout_ms: 1500 })
+  const client = await proxy.client({ application_name: 'parked' })
+  const ended = new Promise<Error & { code?: string }>((resolve) => client.on('error', resolve))
+  await client.query("set idle_session_timeout = '200ms'")
+  const err = await Promise.race([ended, new Promise<undefined>((resolve) => setTimeout(resolve, 5_000))])
+  t.equal(err?.code, '57P05', "the proxy's own idle timeout ends the parked session")
+  t.match(err?.message, /idle_client_timeout_ms = 1500/)
+
+  const drained = await startProxy(t, cluster)
+  const other = await drained.client({ application_name: 'parked-drain' })
+  await other.query("set idle_session_timeout = '200ms'")
+  await new Promise((resolve) => setTimeout(resolve, 600))
+  const started = Date.now()
+  await drained.server.drain(10_000)
+  t.ok(Date.now() - started < 5_000, 'the drain did not wait for the parked session')
+})

@@ -129,26 +129,29 @@ void t.test(
     t.ok(state.dirty, 'named: it outlives its transaction')
 
     const unnamed = new SessionState()
-    send(unnamed, parse('', "select set_config('app.user_id', $1, false)", [25]))
+    send(unnamed, parse('', "select pg_catalog.set_config('app.user_id', $1, false)", [25]))
     t.ok(unnamed.dirty, 'unnamed, but its SQL sets something')
   },
 )
 
 void t.test('probeQuery asks for the custom settings named in Query and Parse SQL', async (t) => {
   const state = new SessionState()
-  t.match(state.probeQuery(), /'custom', json_build_array\(\),/, 'none yet')
+  t.match(state.probeQuery(), /'custom', pg_catalog\.json_build_array\(\),/, 'none yet')
   send(
     state,
     query('SET app.tenant = \'x\'; set session "My".Setting to 1'),
-    parse('', "select set_config('app.user_id', $1, false)"),
+    parse('', "select pg_catalog.set_config('app.user_id', $1, false)"),
     query(`SET "it's".odd = 1`),
     query('SET search_path = a'),
     query('UPDATE t SET a.b = 1'),
   )
   const sql = state.probeQuery()
   for (const name of ['app.tenant', 'My.setting', 'app.user_id'])
-    t.ok(sql.includes(`json_build_array(E'${name}', current_setting(E'${name}', true))`), name)
-  t.ok(sql.includes(`json_build_array(E'it''s.odd', current_setting(E'it''s.odd', true))`), 'quotes in names escaped')
+    t.ok(sql.includes(`pg_catalog.json_build_array(E'${name}', pg_catalog.current_setting(E'${name}', true))`), name)
+  t.ok(
+    sql.includes(`pg_catalog.json_build_array(E'it''s.odd', pg_catalog.current_setting(E'it''s.odd', true))`),
+    'quotes in names escaped',
+  )
   t.notOk(sql.includes(`E'search_path'`), 'built-in settings come from pg_settings')
   t.notOk(sql.includes(`E'a.b'`), 'not from SQL that cannot change state')
   for (const key of [
@@ -209,12 +212,12 @@ void t.test('acceptProbe: custom values join the settings (empty ones too); unse
   t.notOk(state.unknown)
 })
 
-void t.test('acceptProbe clears dirty; markUnknown clears it too but marks unknown', async (t) => {
+void t.test('acceptProbe clears dirty; markUnknown keeps it (the probe is retried) and marks unknown', async (t) => {
   const state = new SessionState()
   send(state, query('LISTEN ch'))
   t.ok(state.dirty)
   state.markUnknown()
-  t.notOk(state.dirty)
+  t.ok(state.dirty, 'still dirty: the session probes again')
   t.ok(state.unknown)
   send(state, query('UNLISTEN ch'))
   state.acceptProbe(probe())
@@ -272,7 +275,7 @@ void t.test('replay: settings with escaped values, the role last and only when n
   t.same(sent(withRole.messages), [
     {
       type: 'Q',
-      sql: `select set_config(E'search_path', E'"a b", public', false), set_config(E'app.tenant', E'it''s \\\\ x', false), set_config('role', E'reporting', false)`,
+      sql: `select pg_catalog.set_config(E'search_path', E'"a b", public', false), pg_catalog.set_config(E'app.tenant', E'it''s \\\\ x', false), pg_catalog.set_config('role', E'reporting', false)`,
     },
   ])
   t.equal(withRole.readyForQueries, 1)
@@ -281,12 +284,12 @@ void t.test('replay: settings with escaped values, the role last and only when n
   t.same(sent(asOwner.messages), [
     {
       type: 'Q',
-      sql: `select set_config(E'search_path', E'"a b", public', false), set_config(E'app.tenant', E'it''s \\\\ x', false)`,
+      sql: `select pg_catalog.set_config(E'search_path', E'"a b", public', false), pg_catalog.set_config(E'app.tenant', E'it''s \\\\ x', false)`,
     },
   ])
 
   const roleOnly = state.replay(snapshot({ role: "O'Brien\\" }), OWNER)
-  t.same(sent(roleOnly.messages), [{ type: 'Q', sql: `select set_config('role', E'O''Brien\\\\', false)` }])
+  t.same(sent(roleOnly.messages), [{ type: 'Q', sql: `select pg_catalog.set_config('role', E'O''Brien\\\\', false)` }])
   t.equal(roleOnly.readyForQueries, 1)
 })
 
@@ -385,7 +388,7 @@ void t.test(
     t.match(sent(replay.messages), [
       {
         type: 'Q',
-        sql: `select set_config(E'search_path', E'app', false), set_config(E'app.tenant', E'acme', false), set_config('role', E'reporting', false)`,
+        sql: `select pg_catalog.set_config(E'search_path', E'app', false), pg_catalog.set_config(E'app.tenant', E'acme', false), pg_catalog.set_config('role', E'reporting', false)`,
       },
       { type: 'Q', sql: 'prepare a as select 1' },
       { type: 'Q', sql: 'prepare b as select 2' },
@@ -474,8 +477,10 @@ void t.test('running a named statement that may change state marks the state dir
   state.acceptProbe(probe({ prepared: [byParse('plain', 'select $1::int', [])] }))
   state.onBind()
   t.notOk(state.dirty, 'binding an ordinary statement changes nothing')
-  send(state, parse('tenant', "select set_config('app.tenant', $1, false)"))
-  state.acceptProbe(probe({ prepared: [byParse('tenant', "select set_config('app.tenant', $1, false)", [])] }))
+  send(state, parse('tenant', "select pg_catalog.set_config('app.tenant', $1, false)"))
+  state.acceptProbe(
+    probe({ prepared: [byParse('tenant', "select pg_catalog.set_config('app.tenant', $1, false)", [])] }),
+  )
   t.notOk(state.dirty)
   state.onBind()
   t.ok(state.dirty, 'binding a set_config statement may change a setting')
@@ -495,7 +500,7 @@ void t.test('EXECUTE marks the state dirty only when SQL prepared statements exi
         {
           name: 'p',
           fromSql: true,
-          statement: "prepare p(text) as select set_config('app.x', $1, false)",
+          statement: "prepare p(text) as select pg_catalog.set_config('app.x', $1, false)",
           parameterTypes: ['25'],
         },
       ],
@@ -503,4 +508,76 @@ void t.test('EXECUTE marks the state dirty only when SQL prepared statements exi
   )
   send(state, query("execute p('y')"))
   t.ok(state.dirty)
+})
+
+void t.test('replay: the unnamed statement is re-parsed last, after every simple Query', async (t) => {
+  const state = new SessionState()
+  const unnamed = parse('', 'select $1::int', [23])
+  send(state, query('LISTEN jobs'), unnamed)
+  state.acceptProbe(probe({ listen: ['jobs'] }))
+  const replay = state.replay(state.snapshot, OWNER)
+  const messages = sent(replay.messages)
+  t.same(
+    messages.map((m) => m.type),
+    ['Q', 'P', 'S'],
+  )
+  t.same(messages[1]?.type === 'P' ? messages[1].raw : undefined, unnamed, 'the client bytes, as sent')
+  t.equal(replay.readyForQueries, 2)
+  send(state, query('select 1'))
+  t.same(
+    sent(state.replay(state.snapshot, OWNER).messages).map((m) => m.type),
+    ['Q'],
+    'a simple Query destroyed it (as it does on the server)',
+  )
+  send(state, unnamed, closeStatement(''))
+  t.same(
+    sent(state.replay(state.snapshot, OWNER).messages).map((m) => m.type),
+    ['Q'],
+    'so does Close',
+  )
+})
+
+void t.test(
+  'replay for a LATIN1 client: UTF-8 while the proxy speaks, the client encoding for its own bytes',
+  async (t) => {
+    const state = new SessionState()
+    const recorded = parse('mine', 'select 1')
+    send(state, recorded)
+    state.acceptProbe(
+      probe({
+        settings: [['search_path', 'app']],
+        prepared: [byParse('mine', 'select 1'), byParse('rebuilt', 'select 2')],
+      }),
+    )
+    const messages = sent(state.replay(state.snapshot, OWNER, 'LATIN1').messages)
+    t.same(
+      messages.map((m) => (m.type === 'Q' ? m.sql : m.type === 'P' ? `P ${m.name}` : m.type)),
+      [
+        "select pg_catalog.set_config('client_encoding', 'UTF8', false)",
+        "select pg_catalog.set_config(E'search_path', E'app', false)",
+        'P rebuilt',
+        'S',
+        "select pg_catalog.set_config('client_encoding', E'LATIN1', false)",
+        'P mine',
+        'S',
+      ],
+    )
+  },
+)
+
+void t.test('the probe is sent under a statement name of its own, never as a simple Query', async (t) => {
+  const messages = parseMessages(new SessionState().probeMessages())
+  t.same(
+    messages.map((m) => m.type),
+    ['P', 'B', 'E', 'C', 'S'],
+    'Parse, Bind, Execute, Close, Sync: one ReadyForQuery',
+  )
+  const name = messages[0]?.body.toString('utf8', 0, messages[0].body.indexOf(0))
+  t.ok(name, 'a named statement: the unnamed one is left alone')
+  t.equal(messages[3]?.body.toString('utf8', 1, messages[3].body.length - 1), name, 'and it is closed again')
+  t.match(
+    messages[0]?.body.toString(),
+    /pg_catalog\.encode\(pg_catalog\.convert_to\(/,
+    'the answer comes back as base64 of UTF-8',
+  )
 })
