@@ -76,6 +76,29 @@ function run(cmd: string, args: string[]): Promise<{ code: number | null; out: s
   })
 }
 
+/** Runs pg_sleep on `client`, sends a CancelRequest with the key the proxy gave it, and returns the SQLSTATE. */
+async function cancelledSleep(client: pg.Client, appName: string, proxy: RunningProxy): Promise<string | undefined> {
+  const running = client.query('select pg_sleep(20)').catch((e: unknown) => e as Error & { code?: string })
+  await eventually(
+    5,
+    async () =>
+      (
+        await cluster.query('select 1 from pg_stat_activity where application_name = $1 and state = $2', [
+          appName,
+          'active',
+        ])
+      ).length === 1,
+  )
+  const { processID, secretKey } = client as unknown as { processID: number; secretKey: number }
+  const key = Buffer.alloc(4)
+  key.writeInt32BE(secretKey)
+  const cancel = connect(proxy.port, proxy.host)
+  cancel.write(new BufferList().int32(80877102).int32(processID).bytes(key).packet())
+  const result = await running
+  cancel.destroy()
+  return (result as { code?: string }).code
+}
+
 const terminate = (pid: number): Promise<unknown> => cluster.query('select pg_terminate_backend($1)', [pid])
 
 /**
@@ -121,6 +144,7 @@ void t.test('planned swap: settings, prepared statements and LISTENs move with t
   await cluster.query(`notify "Chan A", 'after the move'`)
   t.ok(await eventually(5, async () => notes.includes('after the move')), 'the LISTEN survived')
   t.same(await serverErrorsSince(logFrom), [], 'the server logged no error (no statement went missing)')
+  t.equal(await cancelledSleep(client, 'swap-state', proxy), '57014', 'a cancel request reaches the new backend')
   t.ok((await moves(proxy, 'swap', 'moved')) >= 1, 'session_moves_total{kind="swap",outcome="moved"}')
   t.ok(
     proxy.logs.some((l) => l.msg === 'session moved to a new credential' && l.from === first),
@@ -280,21 +304,7 @@ void t.test('an idle session whose backend is terminated reconnects with its sta
   t.ok(await eventually(5, async () => notes.includes('again')), 'LISTEN was restored')
   t.equal(await moves(proxy, 'reconnect', 'moved'), 1)
   // Cancel follows the new backend.
-  const running = client.query('select pg_sleep(20)').catch((e: unknown) => e)
-  await eventually(
-    5,
-    async () =>
-      (await cluster.query("select 1 from pg_stat_activity where application_name = 'idle-kill' and state = 'active'"))
-        .length === 1,
-  )
-  const { processID, secretKey } = client as unknown as { processID: number; secretKey: number }
-  const key = Buffer.alloc(4)
-  key.writeInt32BE(secretKey)
-  const cancel = connect(proxy.port, proxy.host)
-  cancel.write(new BufferList().int32(80877102).int32(processID).bytes(key).packet())
-  const err = (await running) as Error & { code?: string }
-  cancel.destroy()
-  t.equal(err.code, '57014', 'a cancel request reaches the new backend')
+  t.equal(await cancelledSleep(client, 'idle-kill', proxy), '57014', 'a cancel request reaches the new backend')
 })
 
 void t.test('idle_session_timeout (57P05): reconnects when the client next speaks', async (t) => {
