@@ -242,7 +242,10 @@ export class SessionMover {
         severity: 'FATAL',
         sqlState: '57P01',
         message: `terminating connection: its upstream credential (${this.credential.origin}) ends, and pg-vault-proxy could not move the session to a new one because ${why !== undefined ? `it held ${why}` : reason}`,
-        hint: 'Reconnect. Sessions that hold temporary tables, WITH HOLD cursors or advisory locks cannot move to a new credential; see docs/rotation.md.',
+        hint:
+          why !== undefined
+            ? 'Reconnect. Sessions that hold temporary tables, WITH HOLD cursors or advisory locks cannot move to a new credential; see docs/rotation.md.'
+            : 'Reconnect. rotation.strict is on, so sessions still busy when their credential ends are closed; see docs/rotation.md.',
       }),
     )
   }

@@ -240,8 +240,10 @@ export class DynamicCredentialSource implements CredentialSource {
     // Not before half of the lease's first term has passed (short leases would thrash), but right
     // away after a capped renewal that leaves less than the swap lead.
     const earliest = lease.issuedAt + (lease.ttlSeconds * 1000) / 2 - Date.now()
+    // Renewal at 2/3 of the TTL, but early enough that a renewal capped by max_ttl still leaves the
+    // swap lead to fetch the next credential in (short leases: not before half of the term).
     const delay = canRenew
-      ? ttlMs * RENEW_AT
+      ? Math.max(ttlMs / 2, Math.min(ttlMs * RENEW_AT, ttlMs - swapLeadMs))
       : Math.max(earliest, Math.min(ttlMs * REFETCH_AT, ttlMs - minRemainingMs(lease) * 1.5, ttlMs - swapLeadMs))
     lease.timer = setTimeout(() => void (canRenew ? this.renew(lease) : this.replace(lease)), Math.max(0, delay))
     lease.timer.unref()
