@@ -35,9 +35,10 @@ export interface SessionMetrics {
 export type MoveKind = 'swap' | 'reconnect'
 /**
  * moved; blocked: the session held state that cannot move (temp tables, ...); failed: the new
- * connection or the state replay failed; declined: the upstream was lost while the session was busy.
+ * connection or the state replay failed; declined: the upstream was lost while the session was busy;
+ * closed: the session was still on its credential at the end (blocked, or busy in strict mode) and was closed.
  */
-export type MoveOutcome = 'moved' | 'blocked' | 'failed' | 'declined'
+export type MoveOutcome = 'moved' | 'blocked' | 'failed' | 'declined' | 'closed'
 
 /** Gauges read when scraped, from whoever owns the state. */
 export interface MetricsState {

@@ -235,7 +235,7 @@ export class SessionMover {
     if (why === undefined && !settings.strict) return
     const reason = why ?? (relay.isIdle ? 'it could not be moved' : 'it was busy (a transaction or a long query)')
     log.warn({ leaseId: this.credential.leaseId, why: reason }, 'closing a session whose credential ends')
-    metrics.sessionMoved('swap', 'blocked')
+    metrics.sessionMoved('swap', 'closed')
     relay.stop(
       'credential_expired',
       errorFields({

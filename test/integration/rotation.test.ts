@@ -230,6 +230,11 @@ void t.test('a temp table blocks the swap: the session is closed with 57P01 sayi
     'a log line says why the swap was refused',
   )
   t.ok((await moves(proxy, 'swap', 'blocked')) >= 1, 'session_moves_total{outcome="blocked"}')
+  t.equal(
+    await moves(proxy, 'swap', 'closed'),
+    1,
+    'session_moves_total{outcome="closed"}: one session closed at the end',
+  )
   t.equal(await one(free, 'select 1'), 1, 'the other session keeps working')
 })
 
