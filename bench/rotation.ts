@@ -44,14 +44,12 @@
  * each run), BENCH_LOG_LEVEL (info), BENCH_JSON=file (also write the results as JSON),
  * PGVP_PG_BIN (the server binaries, as for the tests).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { openSync, readFileSync, statSync } from 'node:fs'
 import { mkdtemp, readFile, writeFile, appendFile } from 'node:fs/promises'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { DevVault } from '../dev-vault/dev-vault-server.js'
 import {
@@ -66,9 +64,32 @@ import {
 import { freePort } from '../test/support/free-port.js'
 import { startCluster, type PgCluster } from '../test/support/pg-cluster.js'
 import { vaultAdminFor } from '../test/support/vault-target.js'
-
-const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
-const HOST = '127.0.0.1'
+import {
+  CLK_TCK,
+  HOST,
+  ROOT,
+  cleanupSync,
+  clientEnv,
+  ensureBuilt,
+  ensureClients,
+  firstLine,
+  intEnv,
+  machineTicks,
+  markdownTable,
+  median,
+  postgresTicks,
+  procStat,
+  run,
+  runOk,
+  sleep,
+  stopAll,
+  stopChild,
+  tempDir,
+  track,
+  waitForQuiet,
+  waitReady,
+  type Tracked,
+} from './support.js'
 
 const SECONDS = intEnv('BENCH_SECONDS', 60)
 const ROUNDS = intEnv('BENCH_ROUNDS', 1)
@@ -115,196 +136,6 @@ const WORKLOADS = (() => {
   }
   return ALL_WORKLOADS.filter((w) => wanted.some((id) => id.trim() === w.id))
 })()
-
-function intEnv(name: string, fallback: number, min = 1): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return fallback
-  const value = Number(raw)
-  if (!Number.isInteger(value) || value < min) throw new Error(`${name} must be an integer >= ${min}, got "${raw}"`)
-  return value
-}
-
-// ---------------------------------------------------------------------------
-// Child processes and cleanup (also on SIGINT/SIGTERM)
-
-interface Tracked {
-  child: ChildProcess
-}
-const tracked = new Set<Tracked>()
-const tempDirs = new Set<string>()
-
-function track(entry: Tracked): Tracked {
-  tracked.add(entry)
-  entry.child.once('exit', () => tracked.delete(entry))
-  return entry
-}
-
-function signalTracked(entry: Tracked, signal: NodeJS.Signals): void {
-  const { child } = entry
-  try {
-    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) child.kill(signal)
-  } catch {
-    // already gone
-  }
-}
-
-function cleanupSync(): void {
-  for (const entry of tracked) signalTracked(entry, 'SIGTERM')
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
-  tempDirs.clear()
-}
-
-function onSignal(signal: NodeJS.Signals): void {
-  process.stderr.write(`\nbench: ${signal}, cleaning up\n`)
-  cleanupSync()
-  // process.exit runs the cluster harness's 'exit' hook, which stops the cluster synchronously.
-  process.exit(128 + (os.constants.signals[signal] ?? 0))
-}
-
-// Registered before startCluster installs its own hooks, so ours runs first.
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, onSignal)
-
-async function stopChild(entry: Tracked, timeoutMs = 15_000): Promise<void> {
-  const { child } = entry
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-  signalTracked(entry, 'SIGTERM')
-  const timer = setTimeout(() => signalTracked(entry, 'SIGKILL'), timeoutMs)
-  await exited
-  clearTimeout(timer)
-}
-
-async function tempDir(prefix: string): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), prefix))
-  tempDirs.add(dir)
-  return dir
-}
-
-// ---------------------------------------------------------------------------
-// Running commands
-
-/** PG* variables from the caller's shell must not redirect our clients; no TLS anywhere. */
-function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('PG')))
-  return { ...env, LC_ALL: 'C', PGCONNECT_TIMEOUT: '10', PGSSLMODE: 'disable', ...extra }
-}
-
-interface RunResult {
-  code: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-}
-
-function run(file: string, args: string[], env: NodeJS.ProcessEnv): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
-    const entry = track({ child })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s))
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s))
-    child.once('error', (err) => {
-      tracked.delete(entry)
-      reject(err)
-    })
-    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
-  })
-}
-
-async function runOk(file: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  const result = await run(file, args, env)
-  if (result.code !== 0) {
-    throw new Error(
-      `${path.basename(file)} ${args.join(' ')} failed (${result.signal ?? `exit ${result.code}`}):\n${result.stderr}${result.stdout}`,
-    )
-  }
-  return result.stdout
-}
-
-function which(binary: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(':')) {
-    const candidate = path.join(dir, binary)
-    if (dir && existsSync(candidate)) return candidate
-  }
-  return undefined
-}
-
-function firstLine(file: string, args: string[]): string {
-  return execFileSync(file, args, { encoding: 'utf8' }).split('\n')[0]?.trim() ?? ''
-}
-
-// ---------------------------------------------------------------------------
-// Prerequisites
-
-function ensureClients(): { pgbench: string; psql: string } {
-  const pgbench = which('pgbench')
-  const psql = which('psql')
-  if (!pgbench || !psql) {
-    throw new Error('pgbench and psql are needed: `apt-get install -y postgresql-client-15` (or postgresql-15)')
-  }
-  return { pgbench, psql }
-}
-
-function ensureBuilt(): void {
-  const main = path.join(ROOT, 'dist', 'cli', 'main.js')
-  if (existsSync(main)) {
-    console.log(
-      `using the proxy build in dist/ (built ${statSync(main).mtime.toISOString()}; \`npm run bench:rotation\` rebuilds)`,
-    )
-    return
-  }
-  console.log('dist/ is missing; running `npm run build`')
-  execFileSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'inherit' })
-}
-
-// ---------------------------------------------------------------------------
-// Readiness
-
-async function portAccepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: HOST, port })
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.once('error', () => resolve(false))
-  })
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Waits until `psql` can run a query through the port; fails early if `child` exits. */
-async function waitReady(psql: string, port: number, child: ChildProcess, logFile: string): Promise<void> {
-  const deadline = Date.now() + 30_000
-  let last = ''
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(
-        `pg-vault-proxy exited (${child.signalCode ?? child.exitCode}) while starting. Log:\n${tail(logFile)}`,
-      )
-    }
-    if (await portAccepts(port)) {
-      const result = await run(
-        psql,
-        ['-X', '-At', '-h', HOST, '-p', String(port), '-U', CLIENT_USER, '-d', 'appdb', '-c', 'SELECT 1'],
-        clientEnv(),
-      )
-      if (result.code === 0 && result.stdout.trim() === '1') return
-      last = result.stderr.trim()
-    }
-    await sleep(200)
-  }
-  throw new Error(`pg-vault-proxy did not answer a query on port ${port} within 30 s: ${last}\nLog:\n${tail(logFile)}`)
-}
-
-function tail(file: string, lines = 40): string {
-  try {
-    return readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n')
-  } catch {
-    return '(no log)'
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Vault
@@ -423,7 +254,7 @@ async function startProxy(
     { cwd: ROOT, stdio: ['ignore', out, out], env: clientEnv() },
   )
   const entry = track({ child })
-  await waitReady(psql, port, child, logFile)
+  await waitReady(psql, 'pg-vault-proxy', port, CLIENT_USER, child, logFile)
   return { entry, port, opsPort, pid: () => child.pid, logFile }
 }
 
@@ -503,34 +334,7 @@ function deltaBy(before: Scrape, after: Scrape, name: string, label: string): Re
 }
 
 // ---------------------------------------------------------------------------
-// Other work on the machine (as in bench/run.ts)
-
-interface ProcStat {
-  ppid: number
-  own: number
-  reaped: number
-}
-
-function procStat(pid: number | 'self'): ProcStat | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const f = stat
-      .slice(stat.lastIndexOf(')') + 2)
-      .split(' ')
-      .map(Number)
-    return { ppid: f[1] ?? 0, own: (f[11] ?? 0) + (f[12] ?? 0), reaped: (f[13] ?? 0) + (f[14] ?? 0) }
-  } catch {
-    return undefined
-  }
-}
-
-const CLK_TCK = (() => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
-  } catch {
-    return 100
-  }
-})()
+// CPU per part
 
 /** CPU ticks used so far by each part of the benchmark. */
 interface CpuParts {
@@ -544,13 +348,7 @@ interface CpuParts {
 }
 
 function cpuParts(postmasterPid: number, proxyPid: number | undefined): CpuParts {
-  const total = (st: ProcStat | undefined): number => (st ? st.own + st.reaped : 0)
-  let postgres = total(procStat(postmasterPid))
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    const st = procStat(Number(entry))
-    if (st?.ppid === postmasterPid) postgres += total(st)
-  }
+  const postgres = postgresTicks(postmasterPid)
   const self = procStat('self')
   return {
     proxy: proxyPid === undefined ? 0 : (procStat(proxyPid)?.own ?? 0),
@@ -561,36 +359,6 @@ function cpuParts(postmasterPid: number, proxyPid: number | undefined): CpuParts
 }
 
 const cpuSum = (c: CpuParts): number => c.proxy + c.postgres + c.vault + c.pgbench
-
-/** [busy, total] jiffies of all CPUs. */
-function machineTicks(): [number, number] {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? ''
-  const values = line.trim().split(/\s+/).slice(1, 9).map(Number)
-  const total = values.reduce((a, b) => a + b, 0)
-  const idle = (values[3] ?? 0) + (values[4] ?? 0)
-  return [total - idle, total]
-}
-
-/** Before each run, waits (at most BENCH_QUIET_WAIT_SECONDS) until the machine has been nearly idle for a second. */
-async function waitForQuiet(): Promise<void> {
-  const deadline = Date.now() + QUIET_WAIT_SECONDS * 1000
-  let warned = false
-  while (QUIET_WAIT_SECONDS > 0) {
-    const [busy0, total0] = machineTicks()
-    await sleep(1000)
-    const [busy1, total1] = machineTicks()
-    const busy = (100 * (busy1 - busy0)) / Math.max(1, total1 - total0)
-    if (busy < 15) return
-    if (Date.now() >= deadline) {
-      console.log(`  the machine is still ${busy.toFixed(0)}% busy with other work; measuring anyway`)
-      return
-    }
-    if (!warned) {
-      console.log(`  the machine is ${busy.toFixed(0)}% busy; waiting up to ${QUIET_WAIT_SECONDS} s for it to settle`)
-      warned = true
-    }
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Logs
@@ -776,7 +544,7 @@ async function measure(
 ): Promise<Sample> {
   const { cluster } = ctx
   await resetTables(cluster)
-  await waitForQuiet()
+  await waitForQuiet(QUIET_WAIT_SECONDS)
   const proxy = await startProxy(ctx.psql, cluster, ctx.setup, mode, ctx.logDir, name)
   try {
     const pgLogOffset = sizeOf(cluster.logFile)
@@ -884,23 +652,6 @@ async function measure(
 // ---------------------------------------------------------------------------
 // Reporting
 
-/** A Markdown table with padded columns; `right` marks right-aligned ones. */
-function markdownTable(rows: string[][], right: boolean[]): string[] {
-  const widths = (rows[0] ?? []).map((_, c) => Math.max(3, ...rows.map((r) => (r[c] ?? '').length)))
-  const line = (cells: string[]): string =>
-    `| ${cells.map((cell, c) => (right[c] ? cell.padStart(widths[c] ?? 0) : cell.padEnd(widths[c] ?? 0))).join(' | ')} |`
-  const rule = `| ${widths.map((w, c) => (right[c] ? `${'-'.repeat(w - 1)}:` : '-'.repeat(w))).join(' | ')} |`
-  const [head, ...body] = rows
-  return [line(head ?? []), rule, ...body.map(line)]
-}
-
-function median(values: number[]): number {
-  if (values.length === 0) return NaN
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
-}
-
 const fmt = (value: number, digits = 0): string => (Number.isNaN(value) ? '-' : value.toFixed(digits))
 /** `{moved: 3, failed: 1}` as "3 moved, 1 failed"; "0" when empty. */
 const outcomes = (values: Record<string, number>): string =>
@@ -962,7 +713,7 @@ function details(s: Sample): string[] {
 
 async function main(): Promise<void> {
   const { pgbench, psql } = ensureClients()
-  ensureBuilt()
+  ensureBuilt('bench:rotation')
   const logDir = await mkdtemp(path.join(os.tmpdir(), 'pgvp-bench-rotation-')) // kept for inspection
 
   console.log('starting a PostgreSQL 15 cluster and the dev Vault ...')
@@ -1133,7 +884,7 @@ async function main(): Promise<void> {
       console.log(`results written to ${JSON_OUT}`)
     }
   } finally {
-    for (const entry of tracked) await stopChild(entry, 3_000)
+    await stopAll()
     await monitor?.end().catch(() => undefined)
     await setup?.vault.stop().catch(() => undefined)
     await cluster.stop()

@@ -21,21 +21,43 @@
  * the proxy spends its CPU), BENCH_JSON=file (also write the results as JSON), PGBOUNCER_BIN
  * (/usr/sbin/pgbouncer), PGVP_PG_BIN (the server binaries, as for the tests).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { execFileSync, spawn } from 'node:child_process'
+import { existsSync, openSync, readFileSync } from 'node:fs'
 import { chown, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { freePort } from '../test/support/free-port.js'
 import { startCluster, type PgCluster } from '../test/support/pg-cluster.js'
 import { clusterUpstreamYaml } from '../test/support/proxy-config.js'
+import {
+  CLK_TCK,
+  HOST,
+  ROOT,
+  cleanupSync,
+  clientEnv,
+  ensureBuilt,
+  ensureClients,
+  firstLine,
+  intEnv,
+  machineTicks,
+  markdownTable,
+  median,
+  postgresTicks,
+  procStat,
+  run,
+  runOk,
+  sleep,
+  stopAll,
+  stopChild,
+  tempDir,
+  track,
+  waitForQuiet,
+  waitReady,
+  type Tracked,
+} from './support.js'
 
-const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
 const PGBOUNCER = process.env.PGBOUNCER_BIN ?? '/usr/sbin/pgbouncer'
-const HOST = '127.0.0.1'
-
 const SECONDS = intEnv('BENCH_SECONDS', 15)
 const ROUNDS = intEnv('BENCH_ROUNDS', 3)
 const WARMUP_SECONDS = intEnv('BENCH_WARMUP_SECONDS', 5)
@@ -88,142 +110,6 @@ interface Sample {
   disturbed: boolean
 }
 
-function intEnv(name: string, fallback: number, min = 1): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return fallback
-  const value = Number(raw)
-  if (!Number.isInteger(value) || value < min) throw new Error(`${name} must be an integer >= ${min}, got "${raw}"`)
-  return value
-}
-
-// ---------------------------------------------------------------------------
-// Child processes and cleanup (also on SIGINT/SIGTERM)
-
-interface Tracked {
-  child: ChildProcess
-  /** Spawned in its own process group (pgbouncer behind runuser): signal the whole group. */
-  group: boolean
-  /** A pid file naming the real daemon, in case the wrapper does not pass signals on. */
-  pidFile?: string
-}
-const tracked = new Set<Tracked>()
-const tempDirs = new Set<string>()
-
-function track(entry: Tracked): Tracked {
-  tracked.add(entry)
-  entry.child.once('exit', () => tracked.delete(entry))
-  return entry
-}
-
-function signalTracked(entry: Tracked, signal: NodeJS.Signals): void {
-  const { child, group, pidFile } = entry
-  try {
-    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
-      if (group) process.kill(-child.pid, signal)
-      else child.kill(signal)
-    }
-  } catch {
-    // already gone
-  }
-  if (pidFile) {
-    try {
-      const pid = Number(readFileSync(pidFile, 'utf8').trim())
-      if (pid > 0) process.kill(pid, signal)
-    } catch {
-      // no pid file, or the daemon is gone
-    }
-  }
-}
-
-function cleanupSync(): void {
-  for (const entry of tracked) signalTracked(entry, 'SIGTERM')
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
-  tempDirs.clear()
-}
-
-function onSignal(signal: NodeJS.Signals): void {
-  process.stderr.write(`\nbench: ${signal}, cleaning up\n`)
-  cleanupSync()
-  // process.exit runs the cluster harness's 'exit' hook, which stops the cluster synchronously.
-  process.exit(128 + (os.constants.signals[signal] ?? 0))
-}
-
-// Registered before startCluster installs its own hooks, so ours runs first.
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, onSignal)
-
-async function stopChild(entry: Tracked, timeoutMs = 10_000): Promise<void> {
-  const { child } = entry
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-  signalTracked(entry, 'SIGTERM')
-  const timer = setTimeout(() => signalTracked(entry, 'SIGKILL'), timeoutMs)
-  await exited
-  clearTimeout(timer)
-}
-
-async function tempDir(prefix: string): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), prefix))
-  tempDirs.add(dir)
-  return dir
-}
-
-// ---------------------------------------------------------------------------
-// Running commands
-
-/**
- * PG* variables from the caller's shell must not redirect our clients. No TLS anywhere: the test
- * cluster serves TLS and libpq's default sslmode=prefer would encrypt only the direct connections.
- */
-function clientEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('PG')))
-  return { ...env, LC_ALL: 'C', PGCONNECT_TIMEOUT: '10', PGSSLMODE: 'disable', ...extra }
-}
-
-interface RunResult {
-  code: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-}
-
-function run(file: string, args: string[], env: NodeJS.ProcessEnv): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
-    const entry = track({ child, group: false })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s))
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s))
-    child.once('error', (err) => {
-      tracked.delete(entry)
-      reject(err)
-    })
-    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
-  })
-}
-
-async function runOk(file: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  const result = await run(file, args, env)
-  if (result.code !== 0) {
-    throw new Error(
-      `${path.basename(file)} ${args.join(' ')} failed (${result.signal ?? `exit ${result.code}`}):\n${result.stderr}${result.stdout}`,
-    )
-  }
-  return result.stdout
-}
-
-function which(binary: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(':')) {
-    const candidate = path.join(dir, binary)
-    if (dir && existsSync(candidate)) return candidate
-  }
-  return undefined
-}
-
-function firstLine(file: string, args: string[]): string {
-  return execFileSync(file, args, { encoding: 'utf8' }).split('\n')[0]?.trim() ?? ''
-}
-
 // ---------------------------------------------------------------------------
 // Prerequisites
 
@@ -243,80 +129,6 @@ function ensurePgbouncer(): void {
     throw new Error(`installing pgbouncer failed; install it by hand: \`${how}\``, { cause: err })
   }
   if (!existsSync(PGBOUNCER)) throw new Error(`pgbouncer still missing at ${PGBOUNCER} after installing the package`)
-}
-
-function ensureClients(): { pgbench: string; psql: string } {
-  const pgbench = which('pgbench')
-  const psql = which('psql')
-  if (!pgbench || !psql) {
-    throw new Error('pgbench and psql are needed: `apt-get install -y postgresql-client-15` (or postgresql-15)')
-  }
-  return { pgbench, psql }
-}
-
-function ensureBuilt(): void {
-  const main = path.join(ROOT, 'dist', 'cli', 'main.js')
-  if (existsSync(main)) {
-    console.log(
-      `using the proxy build in dist/ (built ${statSync(main).mtime.toISOString()}; \`npm run bench\` rebuilds)`,
-    )
-    return
-  }
-  console.log('dist/ is missing; running `npm run build`')
-  execFileSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'inherit' })
-}
-
-// ---------------------------------------------------------------------------
-// Readiness
-
-async function portAccepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: HOST, port })
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.once('error', () => resolve(false))
-  })
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Waits until `psql` can run a query through the port; fails early if `child` exits. */
-async function waitReady(
-  psql: string,
-  name: string,
-  port: number,
-  user: string,
-  child: ChildProcess,
-  logFile: string,
-): Promise<void> {
-  const deadline = Date.now() + 30_000
-  let last = ''
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`${name} exited (${child.signalCode ?? child.exitCode}) while starting. Log:\n${tail(logFile)}`)
-    }
-    if (await portAccepts(port)) {
-      const result = await run(
-        psql,
-        ['-X', '-At', '-h', HOST, '-p', String(port), '-U', user, '-d', 'appdb', '-c', 'SELECT 1'],
-        clientEnv(),
-      )
-      if (result.code === 0 && result.stdout.trim() === '1') return
-      last = result.stderr.trim()
-    }
-    await sleep(200)
-  }
-  throw new Error(`${name} did not answer a query on port ${port} within 30 s: ${last}\nLog:\n${tail(logFile)}`)
-}
-
-function tail(file: string, lines = 40): string {
-  try {
-    return readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n')
-  } catch {
-    return '(no log)'
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -443,14 +255,6 @@ async function startProxy(
 // ---------------------------------------------------------------------------
 // Measuring
 
-const CLK_TCK = (() => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
-  } catch {
-    return 100
-  }
-})()
-
 /** [utime, stime] of a process, in clock ticks. */
 function cpuTicks(pid: number | undefined): [number, number] | undefined {
   if (pid === undefined) return undefined
@@ -463,79 +267,16 @@ function cpuTicks(pid: number | undefined): [number, number] | undefined {
   }
 }
 
-interface ProcStat {
-  ppid: number
-  /** utime + stime */
-  own: number
-  /** cutime + cstime: children that have exited and been waited for */
-  reaped: number
-}
-
-function procStat(pid: number | 'self'): ProcStat | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const f = stat
-      .slice(stat.lastIndexOf(')') + 2)
-      .split(' ')
-      .map(Number)
-    return { ppid: f[1] ?? 0, own: (f[11] ?? 0) + (f[12] ?? 0), reaped: (f[13] ?? 0) + (f[14] ?? 0) }
-  } catch {
-    return undefined
-  }
-}
-
 /**
  * CPU ticks used so far by everything the benchmark runs: this process and its reaped children
  * (pgbench, psql), the postmaster with its live and reaped children (the backends), and the
  * intermediaries (`pids`). The rest of the machine's busy time is other work.
  */
 function ourTicks(postmasterPid: number, pids: (number | undefined)[]): number {
-  const total = (st: ProcStat | undefined): number => (st ? st.own + st.reaped : 0)
-  let ticks = total(procStat('self')) + total(procStat(postmasterPid))
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    const st = procStat(Number(entry))
-    if (st?.ppid === postmasterPid) ticks += total(st)
-  }
+  const self = procStat('self')
+  let ticks = (self ? self.own + self.reaped : 0) + postgresTicks(postmasterPid)
   for (const pid of pids) if (pid !== undefined) ticks += procStat(pid)?.own ?? 0
   return ticks
-}
-
-/** [busy, total] jiffies of all CPUs. */
-function machineTicks(): [number, number] {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? ''
-  const values = line.trim().split(/\s+/).slice(1, 9).map(Number)
-  const total = values.reduce((a, b) => a + b, 0)
-  const idle = (values[3] ?? 0) + (values[4] ?? 0)
-  return [total - idle, total]
-}
-
-/**
- * Other work on the machine (a test run, a build) skews every figure, most of all single-client
- * latency. Before each run, wait until the machine has been nearly idle for a second, for at most
- * BENCH_QUIET_WAIT_SECONDS; returns the busy % seen if it never settled.
- */
-async function waitForQuiet(): Promise<number | undefined> {
-  const deadline = Date.now() + QUIET_WAIT_SECONDS * 1000
-  let warned = false
-  while (QUIET_WAIT_SECONDS > 0) {
-    const [busy0, total0] = machineTicks()
-    await sleep(1000)
-    const [busy1, total1] = machineTicks()
-    const busy = (100 * (busy1 - busy0)) / Math.max(1, total1 - total0)
-    if (busy < 15) return undefined
-    if (Date.now() >= deadline) {
-      console.log(`  the machine is still ${busy.toFixed(0)}% busy with other work; measuring anyway (marked *)`)
-      return busy
-    }
-    if (!warned) {
-      console.log(
-        `  the machine is ${busy.toFixed(0)}% busy with other work; waiting up to ${QUIET_WAIT_SECONDS} s for it to settle`,
-      )
-      warned = true
-    }
-  }
-  return undefined
 }
 
 function parsePgbench(output: string): { tps: number; latencyMs: number } {
@@ -601,22 +342,6 @@ async function pgbench(
     sample.cpuSysUsPerTx = (1e6 * sysS) / transactions
   }
   return sample
-}
-
-/** A Markdown table with padded columns; `right` marks right-aligned ones. */
-function markdownTable(rows: string[][], right: boolean[]): string[] {
-  const widths = (rows[0] ?? []).map((_, c) => Math.max(3, ...rows.map((r) => (r[c] ?? '').length)))
-  const line = (cells: string[]): string =>
-    `| ${cells.map((cell, c) => (right[c] ? cell.padStart(widths[c] ?? 0) : cell.padEnd(widths[c] ?? 0))).join(' | ')} |`
-  const rule = `| ${widths.map((w, c) => (right[c] ? `${'-'.repeat(w - 1)}:` : '-'.repeat(w))).join(' | ')} |`
-  const [head, ...body] = rows
-  return [line(head ?? []), rule, ...body.map(line)]
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
 }
 
 // ---------------------------------------------------------------------------
@@ -734,7 +459,7 @@ async function profileProxy(
 async function main(): Promise<void> {
   const { pgbench: pgbenchBin, psql } = ensureClients()
   ensurePgbouncer()
-  ensureBuilt()
+  ensureBuilt('bench')
 
   console.log('starting a PostgreSQL 15 cluster ...')
   // The pgbench tables (~160 MB at scale 10) stay in shared buffers for every target alike.
@@ -815,7 +540,7 @@ async function main(): Promise<void> {
         for (const target of order) {
           done++
           for (let attempt = 0; ; attempt++) {
-            const busyBefore = await waitForQuiet()
+            const busyBefore = await waitForQuiet(QUIET_WAIT_SECONDS)
             const sample = await pgbench(pgbenchBin, target, mode, SECONDS, user, ours)
             if (busyBefore !== undefined) sample.disturbed = true
             const cpu =
@@ -941,7 +666,7 @@ async function main(): Promise<void> {
 
     await Promise.all([stopChild(bouncer.entry), stopChild(proxy.entry)])
   } finally {
-    for (const entry of tracked) await stopChild(entry, 3_000)
+    await stopAll()
     await cluster.stop()
     cleanupSync()
   }
