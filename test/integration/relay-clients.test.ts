@@ -1,33 +1,19 @@
-import { spawn } from 'node:child_process'
 import { createConnection } from 'node:net'
 import t from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy } from '../support/proxy-harness.js'
 import { ctrlCDuringSleep } from '../support/psql-cancel.js'
+import { runClient, type ClientRun } from '../support/run-client.js'
 import { BufferList, startupMessage } from '../support/wire-builder.js'
 
 // Real clients through the proxy: psql, pgbench and node-postgres.
 const cluster = await clusterFor(t)
 const proxy = await startProxy(t, cluster)
 
-interface Run {
-  code: number | null
-  stdout: string
-  stderr: string
-}
+type Run = ClientRun
 
-function run(cmd: string, args: string[], input?: string | Buffer, env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: { ...process.env, PGCONNECT_TIMEOUT: '10', ...env } })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    child.on('error', reject)
-    child.on('close', (code) => resolve({ code, stdout, stderr }))
-    child.stdin.end(input)
-  })
-}
+const run = (cmd: string, args: string[], input?: string | Buffer, env: Record<string, string> = {}): Promise<Run> =>
+  runClient(cmd, args, { input, env })
 
 const tcp = ['-h', '127.0.0.1', '-p', String(proxy.port), '-U', 'app', '-d', cluster.database]
 /** pgbench takes the database as its last argument (its -d means debug). */

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process'
 import { readFile, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
 import pg from 'pg'
@@ -7,6 +6,7 @@ import t, { type Test } from 'tap'
 import { sample } from '../support/ops-probe.js'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
+import { runClient } from '../support/run-client.js'
 import { eventually, vaultFor } from '../support/vault-target.js'
 import { serialize } from 'pg-protocol'
 import { BufferList, parseMessages, startupMessage, type WireMessage } from '../support/wire-builder.js'
@@ -64,16 +64,6 @@ async function backendOf(appName: string): Promise<number> {
   ])
   if (rows.length !== 1) throw new Error(`expected one backend for ${appName}, found ${rows.length}`)
   return rows[0]!.pid
-}
-
-function run(cmd: string, args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args)
-    let out = ''
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()))
-    child.on('close', (code) => resolve({ code, out }))
-  })
 }
 
 /** Runs pg_sleep on `client`, sends a CancelRequest with the key the proxy gave it, and returns the SQLSTATE. */
@@ -423,8 +413,19 @@ void t.test(
       ].join('\n') + '\n',
     )
     const [bench, psql] = await Promise.all([
-      run('pgbench', [...target, '-n', '-c', '4', '-j', '2', '-T', '14', '-f', script, cluster.database]),
-      run('psql', [...target, '-d', cluster.database, '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-f', psqlScript]),
+      runClient('pgbench', [...target, '-n', '-c', '4', '-j', '2', '-T', '14', '-f', script, cluster.database]),
+      runClient('psql', [
+        ...target,
+        '-d',
+        cluster.database,
+        '-X',
+        '-A',
+        '-t',
+        '-v',
+        'ON_ERROR_STOP=1',
+        '-f',
+        psqlScript,
+      ]),
     ])
     t.equal(bench.code, 0, 'pgbench succeeded')
     t.match(bench.out, /number of failed transactions: 0 /, 'no transaction failed')
@@ -549,35 +550,22 @@ void t.test('a LATIN1 client: its settings keep their characters across a swap',
       'latin1',
     ),
   )
-  const out = await new Promise<{ code: number | null; out: string }>((resolve) => {
-    const child = spawn(
-      'psql',
-      [
-        '-h',
-        proxy.host,
-        '-p',
-        String(proxy.port),
-        '-U',
-        'latin',
-        '-d',
-        cluster.database,
-        '-X',
-        '-A',
-        '-t',
-        '-F',
-        ' ',
-        '-v',
-        'ON_ERROR_STOP=1',
-        '-f',
-        script,
-      ],
-      { env: { ...process.env, PGCLIENTENCODING: 'LATIN1' } },
-    )
-    let text = ''
-    child.stdout.on('data', (d: Buffer) => (text += d.toString('latin1')))
-    child.stderr.on('data', (d: Buffer) => (text += d.toString('latin1')))
-    child.on('close', (code) => resolve({ code, out: text }))
-  })
+  const out = await runClient(
+    'psql',
+    [
+      ...['-h', proxy.host, '-p', String(proxy.port), '-U', 'latin', '-d', cluster.database],
+      '-X',
+      '-A',
+      '-t',
+      '-F',
+      ' ',
+      '-v',
+      'ON_ERROR_STOP=1',
+      '-f',
+      script,
+    ],
+    { env: { PGCLIENTENCODING: 'LATIN1' }, encoding: 'latin1' },
+  )
   t.equal(out.code, 0, out.out)
   const [user1, user2, check] = out.out.trim().split('\n').slice(-3)
   t.not(user1, user2, 'the session moved')

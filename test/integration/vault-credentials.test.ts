@@ -1,7 +1,7 @@
-import { spawn } from 'node:child_process'
 import t from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
+import { runClient, type ClientRun } from '../support/run-client.js'
 import { eventually, vaultFor } from '../support/vault-target.js'
 
 // The proxy with credentials from the (dev) Vault: dynamic, static and KV sources, lease lifecycle.
@@ -80,14 +80,7 @@ void t.test(
   async (t) => {
     await db.createDynamicRole({ name: 'bench', defaultTtl: 3, maxTtl: 6 })
     const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { role: 'bench' } } })
-    const run = (cmd: string, args: string[]): Promise<{ code: number | null; out: string }> =>
-      new Promise((resolve) => {
-        const child = spawn(cmd, args)
-        let out = ''
-        child.stdout.on('data', (d: Buffer) => (out += d.toString()))
-        child.stderr.on('data', (d: Buffer) => (out += d.toString()))
-        child.on('close', (code) => resolve({ code, out }))
-      })
+    const run = (cmd: string, args: string[]): Promise<ClientRun> => runClient(cmd, args)
     const target = ['-h', '127.0.0.1', '-p', String(proxy.port), '-U', 'app']
     const script = `${proxy.socketDir}/select.sql`
     await import('node:fs/promises').then((fs) => fs.writeFile(script, 'select current_user;\n'))
