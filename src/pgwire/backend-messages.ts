@@ -3,7 +3,8 @@ import { BackendCode, type TransactionStatus } from './codes.js'
 // Encoders for the backend messages the proxy itself sends to clients, and a bounded decoder for
 // ErrorResponse/NoticeResponse fields. pg-protocol only serializes frontend messages, so these are ours.
 
-function message(code: number, body: Buffer): Buffer {
+/** A whole backend message: type byte, length, body. */
+export function encodeMessage(code: number, body: Buffer): Buffer {
   const out = Buffer.allocUnsafe(5 + body.length)
   out[0] = code
   out.writeUInt32BE(4 + body.length, 1)
@@ -17,22 +18,22 @@ function cstring(value: string): Buffer {
 
 export function encodeAuthenticationOk(): Buffer {
   const body = Buffer.alloc(4) // code 0
-  return message(BackendCode.Authentication, body)
+  return encodeMessage(BackendCode.Authentication, body)
 }
 
 export function encodeParameterStatus(name: string, value: string): Buffer {
-  return message(BackendCode.ParameterStatus, Buffer.concat([cstring(name), cstring(value)]))
+  return encodeMessage(BackendCode.ParameterStatus, Buffer.concat([cstring(name), cstring(value)]))
 }
 
 export function encodeBackendKeyData(processId: number, secretKey: Buffer): Buffer {
   const body = Buffer.allocUnsafe(4 + secretKey.length)
   body.writeUInt32BE(processId, 0)
   secretKey.copy(body, 4)
-  return message(BackendCode.BackendKeyData, body)
+  return encodeMessage(BackendCode.BackendKeyData, body)
 }
 
 export function encodeReadyForQuery(status: TransactionStatus): Buffer {
-  return message(BackendCode.ReadyForQuery, Buffer.from(status, 'latin1'))
+  return encodeMessage(BackendCode.ReadyForQuery, Buffer.from(status, 'latin1'))
 }
 
 /** NegotiateProtocolVersion: the newest minor version we speak and the `_pq_.` options we did not recognise. */
@@ -40,7 +41,7 @@ export function encodeNegotiateProtocolVersion(minorVersion: number, unrecognise
   const head = Buffer.allocUnsafe(8)
   head.writeUInt32BE((3 << 16) | minorVersion, 0)
   head.writeUInt32BE(unrecognisedOptions.length, 4)
-  return message(BackendCode.NegotiateProtocolVersion, Buffer.concat([head, ...unrecognisedOptions.map(cstring)]))
+  return encodeMessage(BackendCode.NegotiateProtocolVersion, Buffer.concat([head, ...unrecognisedOptions.map(cstring)]))
 }
 
 /**
@@ -70,11 +71,11 @@ export function errorFields(error: ProxyErrorFields): ErrorFields {
 }
 
 export function encodeErrorResponse(fields: ErrorFields): Buffer {
-  return message(BackendCode.ErrorResponse, encodeFields(fields))
+  return encodeMessage(BackendCode.ErrorResponse, encodeFields(fields))
 }
 
 export function encodeNoticeResponse(fields: ErrorFields): Buffer {
-  return message(BackendCode.NoticeResponse, encodeFields(fields))
+  return encodeMessage(BackendCode.NoticeResponse, encodeFields(fields))
 }
 
 function encodeFields(fields: ErrorFields): Buffer {

@@ -12,7 +12,9 @@ const STATE_WORDS = /set_config|advisory|pg_temp|\btemp(?:orary)?\b|\bhold\b/i
  */
 export function mayChangeSessionState(sql: string): boolean {
   if (STATE_WORDS.test(sql)) return true
-  for (const statement of splitStatements(sql)) {
+  // One statement (the usual case): no need to split it.
+  const statements = sql.includes(';') ? splitStatements(sql) : [stripLeadingComments(sql)]
+  for (const statement of statements) {
     const verb = STATE_VERBS.exec(statement)?.[0]?.toLowerCase()
     // A SELECT changes state only through the words above (set_config, advisory) or SELECT INTO.
     if (verb === 'select' ? /\binto\b/i.test(statement) : verb !== undefined) return true
@@ -148,4 +150,14 @@ export function prepareStatementFor(queryString: string, name: string): string |
     return parsed === name
   })
   return matches.length === 1 ? matches[0] : undefined
+}
+
+/** An escape-string literal: right whatever standard_conforming_strings the client chose. */
+export function quoteLiteral(value: string): string {
+  return `E'${value.replaceAll('\\', '\\\\').replaceAll("'", "''")}'`
+}
+
+/** A quoted identifier. */
+export function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`
 }

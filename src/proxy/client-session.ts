@@ -290,6 +290,7 @@ export class ClientSession {
       login,
       credentials,
       connect: (next) => this.connectWith(startup, next),
+      relogin: () => this.loginUpstream(startup),
       ownerRole: settings.ownerRole,
       clientParameters,
       clientProcessId: key.processId,

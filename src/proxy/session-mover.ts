@@ -1,14 +1,14 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { SessionMetrics } from '../ops/metrics.js'
-import { encodeParameterStatus, errorFields } from '../pgwire/backend-messages.js'
+import { encodeMessage, encodeParameterStatus, errorFields } from '../pgwire/backend-messages.js'
 import { BackendCode, FrontendCode } from '../pgwire/codes.js'
 import { MessageReader } from '../pgwire/message-reader.js'
 import type { CredentialHold, CredentialSource, DbCredential } from '../vault/credential-source.js'
-import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
+import { ProxyError } from './proxy-error.js'
 import { rewriteNotifyPid, type Relay, type UpstreamLoss } from './relay.js'
 import { SessionState } from './session-state.js'
-import { exchange, ExchangeClosedError, frame } from './upstream-exchange.js'
+import { exchange, ExchangeClosedError } from './upstream-exchange.js'
 import type { UpstreamSession } from './upstream-connector.js'
 
 /** rotation.* in the configuration. */
@@ -34,6 +34,8 @@ export interface SessionMoverOptions {
   credentials: CredentialSource
   /** Logs in a new upstream connection with `credential` and the session's startup parameters. */
   connect(credential: DbCredential): Promise<UpstreamLogin>
+  /** The session's login: the current credential, and one fresh one if the upstream refuses it. */
+  relogin(): Promise<UpstreamLogin>
   ownerRole: string
   /** The client's view of ParameterStatus values (the relay keeps it current). */
   clientParameters: Map<string, string>
@@ -142,7 +144,7 @@ export class SessionMover {
   /** Decides about a lost upstream; when it can, starts the reconnect (or parks until the client speaks). */
   private takeOver(loss: UpstreamLoss, idle: boolean): true | string {
     const { relay, state, metrics, log } = this.options
-    const why = this.whyNotReconnect(idle, state)
+    const why = this.whyNotReconnect(idle)
     if (why !== undefined) {
       metrics.sessionMoved('reconnect', 'declined')
       log.warn({ loss, why }, 'upstream connection lost; not reconnecting')
@@ -169,7 +171,8 @@ export class SessionMover {
     return true
   }
 
-  private whyNotReconnect(idle: boolean, state: SessionState): string | undefined {
+  private whyNotReconnect(idle: boolean): string | undefined {
+    const { state } = this.options
     if (!idle)
       return 'The session was inside a transaction or had a request in flight, so pg-vault-proxy did not reconnect it: it never replays statements.'
     if (state.unknown)
@@ -423,20 +426,15 @@ export class SessionMover {
     this.options.idle()
   }
 
-  /** A login with the current credential; a refused one gets one fresh credential, an unreachable server retries until the deadline. */
+  /** The session's own login (a refused credential gets one fresh credential); an unreachable or starting server is retried until the deadline. */
   private async loginAgain(deadline: number): Promise<UpstreamLogin> {
-    const { credentials, relay } = this.options
+    const { relay } = this.options
     let delay = 100
     for (;;) {
       if (this.closed || relay.isFinished) throw new Error('the session ended')
-      const credential = await credentials.get()
       try {
-        return await this.options.connect(credential)
+        return await this.options.relogin()
       } catch (err) {
-        const refused = err instanceof UpstreamRefusedError && ['28P01', '28000'].includes(err.sqlState)
-        if (refused && (await credentials.invalidate(credential))) {
-          return this.options.connect(await credentials.get())
-        }
         // A server starting up (57P03) or not listening yet: wait and try again while time is left.
         const retriable =
           err instanceof ProxyError && (err.clientError.sqlState === '57P03' || err.reason === 'upstream_unreachable')
@@ -477,16 +475,11 @@ export class SessionMover {
     next: UpstreamLogin,
     rebuilt: { parameters: Map<string, string>; notifications: Buffer[]; pending: Buffer },
   ): void {
-    const { relay, clientParameters } = this.options
+    const { relay } = this.options
     this.login = next
     this.moves++
     relay.resume({ socket: next.session.socket, pending: rebuilt.pending, processId: next.session.processId })
-    const changed: Buffer[] = []
-    for (const [name, value] of rebuilt.parameters) {
-      if (clientParameters.get(name) !== value) changed.push(encodeParameterStatus(name, value))
-    }
-    if (changed.length > 0) relay.sendToClient(Buffer.concat(changed))
-    this.passOn(rebuilt.notifications, next.session.processId)
+    this.passOn(rebuilt.notifications, next.session.processId, rebuilt.parameters)
     this.watch(next.hold)
   }
 
@@ -516,7 +509,7 @@ export class SessionMover {
     const drain = async (): Promise<void> => {
       for (;;) {
         const { code, body } = await reader.readMessage(64 << 20)
-        if (code === BackendCode.NotificationResponse) this.passOn([frame(code, body)], old.session.processId)
+        if (code === BackendCode.NotificationResponse) this.passOn([encodeMessage(code, body)], old.session.processId)
       }
     }
     void drain()
@@ -529,7 +522,7 @@ export class SessionMover {
     next.hold.release()
   }
 
-  /** Notifications (and any ParameterStatus) that arrived on a connection the relay was not reading. */
+  /** Notifications, and ParameterStatus values the client has not seen, from a connection the relay was not reading. */
   private passOn(notifications: Buffer[], upstreamPid: number, parameters?: Map<string, string>): void {
     const { relay, clientProcessId, clientParameters } = this.options
     const out: Buffer[] = []

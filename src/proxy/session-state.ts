@@ -1,7 +1,12 @@
 import { serialize } from 'pg-protocol'
 import { FrontendCode } from '../pgwire/codes.js'
-import { customSettingNames, mayChangeSessionState, prepareStatementFor } from '../pgwire/sql-text.js'
-import { quoteIdent } from './upstream-connector.js'
+import {
+  customSettingNames,
+  mayChangeSessionState,
+  prepareStatementFor,
+  quoteIdent,
+  quoteLiteral,
+} from '../pgwire/sql-text.js'
 
 export interface PreparedStatementState {
   name: string
@@ -294,9 +299,4 @@ function cstringAt(buf: Buffer, offset: number): { value: string; end: number } 
   const end = buf.indexOf(0, offset)
   const stop = end < 0 ? buf.length : end
   return { value: buf.toString('utf8', offset, stop), end: stop + 1 }
-}
-
-/** An escape-string literal: right whatever standard_conforming_strings the client chose. */
-export function quoteLiteral(value: string): string {
-  return `E'${value.replaceAll('\\', '\\\\').replaceAll("'", "''")}'`
 }

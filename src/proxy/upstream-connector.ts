@@ -1,11 +1,12 @@
 import type { Socket } from 'node:net'
 import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import { serialize } from 'pg-protocol'
-import { decodeErrorFields, type ErrorFields } from '../pgwire/backend-messages.js'
+import { decodeErrorFields, encodeMessage, type ErrorFields } from '../pgwire/backend-messages.js'
 import { AuthCode, BackendCode, MAX_STARTUP_PACKET_BODY, type TransactionStatus } from '../pgwire/codes.js'
 import { encodeStartupMessage } from '../pgwire/frontend-messages.js'
 import { md5PasswordResponse } from '../pgwire/md5-password.js'
 import { ConnectionClosedError, FramingError, MessageReader, describeCode } from '../pgwire/message-reader.js'
+import { quoteIdent } from '../pgwire/sql-text.js'
 import { ScramClient, ScramError, ScramKeyCache, chooseScramMechanism } from '../pgwire/scram-client.js'
 import type { StartupParameter } from '../pgwire/startup-packet.js'
 import { tlsServerEndPointHash } from '../pgwire/tls-server-end-point.js'
@@ -205,7 +206,7 @@ export class UpstreamConnector {
         case BackendCode.ErrorResponse:
           throw this.refused(decodeErrorFields(body), credential)
         case BackendCode.NoticeResponse:
-          notices.push(frame(code, body))
+          notices.push(encodeMessage(code, body))
           break
         case BackendCode.ParameterStatus: {
           const nameEnd = body.indexOf(0)
@@ -389,18 +390,6 @@ export class UpstreamConnector {
       fields.set('D', `Reported to pg-vault-proxy by the upstream server at ${this.endpoint.address}.`)
     return new UpstreamRefusedError(fields)
   }
-}
-
-function frame(code: number, body: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(5 + body.length)
-  out[0] = code
-  out.writeUInt32BE(4 + body.length, 1)
-  body.copy(out, 5)
-  return out
-}
-
-export function quoteIdent(name: string): string {
-  return `"${name.replaceAll('"', '""')}"`
 }
 
 function authName(request: number): string {

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net'
-import { decodeErrorFields, type ErrorFields } from '../pgwire/backend-messages.js'
+import { decodeErrorFields, encodeMessage, type ErrorFields } from '../pgwire/backend-messages.js'
 import { BackendCode, type TransactionStatus } from '../pgwire/codes.js'
 import { ConnectionClosedError, MessageReader } from '../pgwire/message-reader.js'
 
@@ -80,7 +80,7 @@ export async function exchange(
           break
         }
         case BackendCode.NotificationResponse:
-          result.notifications.push(frame(code, body))
+          result.notifications.push(encodeMessage(code, body))
           break
       }
     }
@@ -109,12 +109,4 @@ function decodeDataRow(body: Buffer): Array<string | null> {
     }
   }
   return values
-}
-
-export function frame(code: number, body: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(5 + body.length)
-  out[0] = code
-  out.writeUInt32BE(4 + body.length, 1)
-  body.copy(out, 5)
-  return out
 }

@@ -2,11 +2,11 @@ import { serialize } from 'pg-protocol'
 import t from 'tap'
 import {
   FRESH_SESSION,
-  quoteLiteral,
   SessionState,
   type PreparedStatementState,
   type SessionSnapshot,
 } from '../../src/proxy/session-state.js'
+import { quoteLiteral } from '../../src/pgwire/sql-text.js'
 import { parseMessages } from '../support/wire-builder.js'
 
 const OWNER = 'app_owner'
