@@ -9,7 +9,7 @@ import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
 import { runClient } from '../support/run-client.js'
 import { eventually, vaultFor } from '../support/vault-target.js'
 import { serialize } from 'pg-protocol'
-import { BufferList, parseMessages, startupMessage, type WireMessage } from '../support/wire-builder.js'
+import { BufferList, errorFieldsOf, parseMessages, startupMessage, type WireMessage } from '../support/wire-builder.js'
 
 // Live sessions moving to fresh credentials (planned swaps) and reconnecting after upstream loss,
 // against the real cluster and the dev Vault, with node-postgres and postgres.js (docs/rotation.md).
@@ -460,9 +460,14 @@ void t.test(
 )
 
 /** A bare protocol client: what drivers that Parse and Bind in separate round trips (asyncpg, pgx) do. */
-async function rawSession(proxy: RunningProxy): Promise<{
+async function rawSession(
+  proxy: RunningProxy,
+  applicationName = 'raw',
+): Promise<{
   send(...messages: Buffer[]): void
   untilReady(): Promise<WireMessage[]>
+  /** The next whole message. */
+  next(): Promise<WireMessage>
   close(): void
 }> {
   const socket = connect(proxy.port, proxy.host)
@@ -484,9 +489,31 @@ async function rawSession(proxy: RunningProxy): Promise<{
       await new Promise<void>((resolve) => (wake = resolve))
     }
   }
-  socket.write(startupMessage({ user: 'raw', database: cluster.database, client_encoding: 'UTF8' }))
+  const next = async (): Promise<WireMessage> => {
+    for (;;) {
+      const [first] = parseMessages(received)
+      if (first) {
+        received = received.subarray(5 + first.body.length)
+        return first
+      }
+      await new Promise<void>((resolve) => (wake = resolve))
+    }
+  }
+  socket.write(
+    startupMessage({
+      user: 'raw',
+      database: cluster.database,
+      client_encoding: 'UTF8',
+      application_name: applicationName,
+    }),
+  )
   await untilReady()
-  return { send: (...messages) => socket.write(Buffer.concat(messages)), untilReady, close: () => socket.destroy() }
+  return {
+    send: (...messages) => socket.write(Buffer.concat(messages)),
+    untilReady,
+    next,
+    close: () => socket.destroy(),
+  }
 }
 
 void t.test("the client's unnamed statement survives the state probe and a swap", async (t) => {
@@ -588,4 +615,30 @@ void t.test('a session parked after 57P05 still honours idle_client_timeout_ms a
   const started = Date.now()
   await drained.server.drain(10_000)
   t.ok(Date.now() - started < 5_000, 'the drain did not wait for the parked session')
+})
+
+void t.test('an upstream lost during COPY, or while holding a temp table: a prompt error that says why', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  await cluster.query('create table if not exists rotation_copy (n int)')
+  await cluster.query('grant all on rotation_copy to app_owner')
+  const raw = await rawSession(proxy, 'in-copy')
+  t.teardown(() => raw.close())
+  raw.send(serialize.query('copy rotation_copy from stdin'))
+  t.same((await raw.next()).type, 'G', 'in COPY IN')
+  await terminate(await backendOf('in-copy'))
+  const fatal = await raw.next()
+  t.equal(fatal.type, 'E')
+  const fields = errorFieldsOf(fatal.body)
+  t.equal(fields.C, '57P01')
+  t.match(fields.D, /request in flight/, 'the DETAIL says why it was not reconnected')
+
+  const holder = await proxy.client({ application_name: 'temp-lost' })
+  const ended = new Promise<Error & { code?: string; detail?: string }>((resolve) => holder.on('error', resolve))
+  await holder.query('create temp table keep_me (n int)')
+  await holder.query('select 1') // the probe after CREATE TEMP has run by now
+  await terminate(await backendOf('temp-lost'))
+  const err = await ended
+  t.equal(err.code, '57P01')
+  t.match(err.detail, /held temporary tables, which cannot move/)
+  t.equal(await moves(proxy, 'reconnect', 'moved'), 0, 'neither was reconnected')
 })
