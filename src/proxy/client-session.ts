@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
-import type { SessionMetrics } from '../ops/metrics.js'
+import type { RelayedBytes, SessionMetrics } from '../ops/metrics.js'
 import {
   encodeAuthenticationOk,
   encodeBackendKeyData,
@@ -139,7 +139,7 @@ export class ClientSession {
         this.context.metrics.sessionStarted()
         const result = await (this.relay as Relay).done
         clearTimeout(this.idleTimer)
-        this.context.metrics.sessionEnded(result.reason)
+        this.context.metrics.sessionEnded(result.reason, result)
         this.credential = this.mover?.credential ?? this.credential
         this.audit('info', { reason: result.reason, detail: result.detail, moves: this.mover?.moves ?? 0 }, result)
       } finally {
@@ -152,6 +152,12 @@ export class ClientSession {
     } finally {
       this.phase = SessionPhase.Closed
     }
+  }
+
+  /** Bytes relayed so far while the relay runs; once it ends they are in the metrics' totals. */
+  get liveBytes(): RelayedBytes | undefined {
+    const { relay } = this
+    return relay && !relay.isFinished ? relay.bytesRelayed : undefined
   }
 
   /** Ends the session now, for shutdown: FATAL 57P01 when relaying (unless mid-message). */
@@ -281,7 +287,6 @@ export class ClientSession {
       onUpstreamLost: (loss) => this.mover?.onUpstreamLost(loss),
       onIdle: () => this.onIdle(),
       onClientData: () => this.onClientData(),
-      meter: metrics,
     })
     this.relay = relay
     this.mover = new SessionMover({

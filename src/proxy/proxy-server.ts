@@ -2,7 +2,7 @@ import { chmod, mkdir, unlink } from 'node:fs/promises'
 import { connect, createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from 'pino'
 import { Health } from '../ops/health.js'
-import { ProxyMetrics } from '../ops/metrics.js'
+import { ProxyMetrics, type RelayedBytes } from '../ops/metrics.js'
 import { CredentialPrefetch } from '../vault/credential-prefetch.js'
 import type { CredentialSource, CredentialStatus } from '../vault/credential-source.js'
 import { CancelRegistry } from './cancel-registry.js'
@@ -123,6 +123,7 @@ export class ProxyServer {
     this.health = new Health(() => combinedStatus(this.routes.map((r) => r.credentials.status())))
     this.metrics.observe({
       activeSessions: () => this.activeSessions,
+      liveBytes: () => this.liveBytes(),
       clientConnections: () => this.sessions.size,
       ready: () => this.health.readiness().ready,
       credentialExpiresAt: () => combinedStatus(this.routes.map((r) => r.credentials.status())).expiresAt,
@@ -215,6 +216,18 @@ export class ProxyServer {
     let n = 0
     for (const session of this.sessions.keys()) if (session.phase === SessionPhase.Relay) n++
     return n
+  }
+
+  /** Bytes relayed so far by the sessions still relaying. */
+  private liveBytes(): RelayedBytes {
+    const sum = { bytesFromClient: 0, bytesFromUpstream: 0 }
+    for (const session of this.sessions.keys()) {
+      const bytes = session.liveBytes
+      if (!bytes) continue
+      sum.bytesFromClient += bytes.bytesFromClient
+      sum.bytesFromUpstream += bytes.bytesFromUpstream
+    }
+    return sum
   }
 
   status(): ProxyStatus {

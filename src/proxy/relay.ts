@@ -66,8 +66,6 @@ export interface RelayOptions {
   onIdle?: () => void
   /** Called for every chunk the client sends. */
   onClientData?: () => void
-  /** Counts bytes as they pass, so long sessions show up in metrics before they end. */
-  meter?: { bytesFromClient(n: number): void; bytesFromUpstream(n: number): void }
 }
 
 export type RelayEndReason =
@@ -187,6 +185,11 @@ export class Relay {
     return this.finished
   }
 
+  /** Bytes relayed so far in each direction, read by the metrics at scrape time. */
+  get bytesRelayed(): { bytesFromClient: number; bytesFromUpstream: number } {
+    return { bytesFromClient: this.bytesFromClient, bytesFromUpstream: this.bytesFromUpstream }
+  }
+
   /**
    * At an idle point: stop reading the client and stop relaying the upstream, and hand its socket
    * to the caller (to probe it, or to retire it). Until resume(), nothing reaches the upstream.
@@ -262,7 +265,7 @@ export class Relay {
   }
 
   private onClientData(chunk: Buffer): void {
-    const { meter, onClientData } = this.options
+    const { onClientData } = this.options
     if (this.wake) {
       const wake = this.wake
       this.wake = undefined
@@ -277,7 +280,6 @@ export class Relay {
       return
     }
     this.bytesFromClient += chunk.length
-    meter?.bytesFromClient(chunk.length)
     onClientData?.()
     let out: Buffer
     try {
@@ -299,9 +301,8 @@ export class Relay {
   }
 
   private onUpstreamData(chunk: Buffer): void {
-    const { meter, onIdle, client } = this.options
+    const { onIdle, client } = this.options
     this.bytesFromUpstream += chunk.length
-    meter?.bytesFromUpstream(chunk.length)
     let out: Buffer
     try {
       out = this.upstreamFramer.push(chunk)
