@@ -78,6 +78,7 @@ import {
   markdownTable,
   median,
   postgresTicks,
+  processTreeTicks,
   procStat,
   run,
   runOk,
@@ -349,9 +350,10 @@ interface CpuParts {
 
 function cpuParts(postmasterPid: number, proxyPid: number | undefined): CpuParts {
   const postgres = postgresTicks(postmasterPid)
+  const proxy = proxyPid === undefined ? undefined : processTreeTicks(proxyPid)
   const self = procStat('self')
   return {
-    proxy: proxyPid === undefined ? 0 : (procStat(proxyPid)?.own ?? 0),
+    proxy: proxy ? proxy.user + proxy.sys : 0,
     postgres,
     vault: self?.own ?? 0,
     pgbench: self?.reaped ?? 0,

@@ -3,13 +3,14 @@
  *
  * One run starts a throwaway PostgreSQL 15 cluster (test/support/pg-cluster.ts), initialises
  * pgbench tables, starts pgbouncer and pg-vault-proxy in front of it (both log in upstream as the
- * same SCRAM user over plain TCP on 127.0.0.1), then runs pgbench against each of the three:
+ * same SCRAM user over plain TCP on 127.0.0.1), and a bare Node.js TCP relay (bench/node-relay.ts:
+ * what any relay on this runtime costs, with no protocol work), then runs pgbench against each:
  *
  *   c16: pgbench -n -S -M prepared -c 16 -j 2 -T BENCH_SECONDS
  *   c1:  pgbench -n -S -c 1 -T BENCH_SECONDS
  *
  * in BENCH_ROUNDS rounds, rotating the order of the targets each round, and reports the median TPS
- * and average latency per target and mode, the proxy/pgbouncer and proxy/direct ratios, and whether
+ * and average latency per target and mode, the proxy/pgbouncer, proxy/direct and proxy/node-relay ratios, and whether
  * the targets are met (proxy TPS >= 0.9 x pgbouncer's at 16 clients; added single-client latency
  * no worse than pgbouncer's). Missing a target is a result, not a failure: the exit code is 0
  * unless something could not run. Runs disturbed by other work on the machine are repeated, and
@@ -72,8 +73,8 @@ const JSON_OUT = process.env.BENCH_JSON
 /** The targets the issue sets: 16-client TPS ratio to pgbouncer, and single-client added latency. */
 const TPS_RATIO_TARGET = 0.9
 
-type TargetName = 'direct' | 'pgbouncer' | 'proxy'
-const TARGETS: TargetName[] = ['direct', 'pgbouncer', 'proxy']
+type TargetName = 'direct' | 'pgbouncer' | 'proxy' | 'node-relay'
+const TARGETS: TargetName[] = ['direct', 'pgbouncer', 'proxy', 'node-relay']
 
 interface Mode {
   id: 'c16' | 'c1'
@@ -88,7 +89,7 @@ const MODES: Mode[] = [
 interface Target {
   name: TargetName
   port: number
-  /** Only the direct connection needs one; both proxies let the client in without. */
+  /** The direct connection and the bare relay need one; both proxies let the client in without. */
   password?: string
   /** The intermediary's process, whose CPU use is reported. */
   pid?: () => number | undefined
@@ -250,6 +251,22 @@ async function startProxy(
   const entry = track({ child, group: false })
   await waitReady(psql, 'pg-vault-proxy', config.port, cluster.users.scram.user, child, logFile)
   return { entry, port: config.port, pid: () => child.pid, logFile }
+}
+
+/** The bare Node.js relay (bench/node-relay.ts): the runtime's floor for any relay. */
+async function startNodeRelay(psql: string, cluster: PgCluster): Promise<Started> {
+  const port = await freePort()
+  const logFile = path.join(await tempDir('pgvp-bench-relay-'), 'node-relay.log')
+  const out = openSync(logFile, 'a')
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', path.join(ROOT, 'bench', 'node-relay.ts'), String(port), cluster.host, String(cluster.port)],
+    { cwd: ROOT, stdio: ['ignore', out, out], env: clientEnv() },
+  )
+  const entry = track({ child, group: false })
+  const { user, password } = cluster.users.scram
+  await waitReady(psql, 'node-relay', port, user, child, logFile, password)
+  return { entry, port, pid: () => child.pid, logFile }
 }
 
 // ---------------------------------------------------------------------------
@@ -483,15 +500,20 @@ async function main(): Promise<void> {
       clientEnv({ PGPASSWORD: password, PGOPTIONS: `-c role=${cluster.ownerRole}` }),
     )
 
-    console.log('starting pgbouncer and pg-vault-proxy ...')
+    console.log('starting pgbouncer, pg-vault-proxy and the bare Node.js relay ...')
     const proxyConfig = await writeProxyConfig(cluster)
-    const [bouncer, proxy] = await Promise.all([startPgbouncer(psql, cluster), startProxy(psql, cluster, proxyConfig)])
+    const [bouncer, proxy, relay] = await Promise.all([
+      startPgbouncer(psql, cluster),
+      startProxy(psql, cluster, proxyConfig),
+      startNodeRelay(psql, cluster),
+    ])
     const postmasterPid = Number(readFileSync(path.join(cluster.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0])
-    const ours: Ours = { postmasterPid, pids: () => [bouncer.pid(), proxy.pid()] }
+    const ours: Ours = { postmasterPid, pids: () => [bouncer.pid(), proxy.pid(), relay.pid()] }
     const targets: Target[] = [
       { name: 'direct', port: cluster.port, password },
       { name: 'pgbouncer', port: bouncer.port, pid: bouncer.pid },
       { name: 'proxy', port: proxy.port, pid: proxy.pid },
+      { name: 'node-relay', port: relay.port, password, pid: relay.pid },
     ]
 
     // Every target reaches the same tables, as the expected role.
@@ -503,7 +525,7 @@ async function main(): Promise<void> {
         ['-X', '-At', '-h', HOST, '-p', String(target.port), '-U', user, '-d', 'appdb', '-c', sql],
         env,
       )
-      console.log(`  ${target.name.padEnd(9)} port ${target.port}: current_user|branches = ${out.trim()}`)
+      console.log(`  ${target.name.padEnd(10)} port ${target.port}: current_user|branches = ${out.trim()}`)
       if (out.trim().split('|')[1] !== String(SCALE)) throw new Error(`${target.name}: unexpected answer ${out.trim()}`)
     }
 
@@ -548,7 +570,7 @@ async function main(): Promise<void> {
                 ? `, ${target.name} CPU ${sample.cpuPct.toFixed(0)}% = ${((sample.cpuUserUsPerTx ?? 0) + (sample.cpuSysUsPerTx ?? 0)).toFixed(1)} us/tx`
                 : ''
             console.log(
-              `  [${String(done).padStart(2)}/${total}] round ${round + 1} ${mode.id.padEnd(3)} ${target.name.padEnd(9)} ${sample.tps.toFixed(0).padStart(7)} tps  ${sample.latencyMs.toFixed(3)} ms  (machine busy ${sample.machineBusyPct.toFixed(0)}%, other work ${sample.otherPct.toFixed(0)}%${cpu})${sample.disturbed ? ' *' : ''}`,
+              `  [${String(done).padStart(2)}/${total}] round ${round + 1} ${mode.id.padEnd(3)} ${target.name.padEnd(10)} ${sample.tps.toFixed(0).padStart(7)} tps  ${sample.latencyMs.toFixed(3)} ms  (machine busy ${sample.machineBusyPct.toFixed(0)}%, other work ${sample.otherPct.toFixed(0)}%${cpu})${sample.disturbed ? ' *' : ''}`,
             )
             if (!sample.disturbed || attempt >= RETRIES) {
               const list = samples.get(key(target.name, mode.id)) ?? []
@@ -613,7 +635,9 @@ async function main(): Promise<void> {
     lines.push(...markdownTable(rows, [false, false, true, true, false, false, true, true]))
     lines.push('')
     lines.push('TPS and latency: medians of the runs listed, leaving out those marked * (see below).')
-    lines.push('"its CPU": the intermediary process (pgbouncer or the proxy), in % of one core and per transaction.')
+    lines.push(
+      '"its CPU": the intermediary process (pgbouncer, the proxy or the bare relay), in % of one core and per transaction.',
+    )
     const disturbed = [...samples.values()].flat().filter((s) => s.disturbed).length
     if (disturbed > 0) {
       lines.push(
@@ -626,6 +650,10 @@ async function main(): Promise<void> {
     const ratioDirect16 = tps('proxy', 'c16') / tps('direct', 'c16')
     const addedProxy = lat('proxy') - lat('direct')
     const addedBouncer = lat('pgbouncer') - lat('direct')
+    const addedRelay = lat('node-relay') - lat('direct')
+    const ratioRelay16 = tps('proxy', 'c16') / tps('node-relay', 'c16')
+    const cpuPerTx = (t: TargetName): number =>
+      med(t, 'c16', (s) => s.cpuUserUsPerTx) + med(t, 'c16', (s) => s.cpuSysUsPerTx)
     const met = (ok: boolean): string => (ok ? 'MET' : 'MISSED')
     lines.push('')
     lines.push(
@@ -635,7 +663,10 @@ async function main(): Promise<void> {
       `1 client:   proxy/pgbouncer TPS = ${(tps('proxy', 'c1') / tps('pgbouncer', 'c1')).toFixed(3)}, proxy/direct TPS = ${(tps('proxy', 'c1') / tps('direct', 'c1')).toFixed(3)}`,
     )
     lines.push(
-      `1 client added latency: proxy ${(addedProxy * 1000).toFixed(1)} us, pgbouncer ${(addedBouncer * 1000).toFixed(1)} us (each minus direct)`,
+      `1 client added latency: proxy ${(addedProxy * 1000).toFixed(1)} us, pgbouncer ${(addedBouncer * 1000).toFixed(1)} us, node-relay ${(addedRelay * 1000).toFixed(1)} us (each minus direct)`,
+    )
+    lines.push(
+      `runtime floor: proxy/node-relay TPS at 16 clients = ${ratioRelay16.toFixed(3)}; CPU per transaction: proxy ${cpuPerTx('proxy').toFixed(1)} us, node-relay ${cpuPerTx('node-relay').toFixed(1)} us, pgbouncer ${cpuPerTx('pgbouncer').toFixed(1)} us`,
     )
     lines.push(
       `target: proxy TPS >= ${TPS_RATIO_TARGET} x pgbouncer at 16 clients: ${met(ratioBouncer16 >= TPS_RATIO_TARGET)} (${ratioBouncer16.toFixed(3)})`,
@@ -652,8 +683,12 @@ async function main(): Promise<void> {
         rounds: ROUNDS,
         scale: SCALE,
         samples: Object.fromEntries(samples),
-        ratios: { proxyPgbouncerTps16: ratioBouncer16, proxyDirectTps16: ratioDirect16 },
-        addedLatencyMs: { proxy: addedProxy, pgbouncer: addedBouncer },
+        ratios: {
+          proxyPgbouncerTps16: ratioBouncer16,
+          proxyDirectTps16: ratioDirect16,
+          proxyNodeRelayTps16: ratioRelay16,
+        },
+        addedLatencyMs: { proxy: addedProxy, pgbouncer: addedBouncer, nodeRelay: addedRelay },
       }
       await writeFile(JSON_OUT, `${JSON.stringify(json, null, 2)}\n`)
       console.log(`results written to ${JSON_OUT}`)
@@ -664,7 +699,7 @@ async function main(): Promise<void> {
       console.log(await profileProxy(pgbenchBin, psql, cluster, proxyConfig, proxy, postmasterPid))
     }
 
-    await Promise.all([stopChild(bouncer.entry), stopChild(proxy.entry)])
+    await Promise.all([stopChild(bouncer.entry), stopChild(proxy.entry), stopChild(relay.entry)])
   } finally {
     await stopAll()
     await cluster.stop()

@@ -212,6 +212,8 @@ export async function waitReady(
   user: string,
   child: ChildProcess,
   logFile: string,
+  /** For a target that passes the client's login through to PostgreSQL. */
+  password?: string,
 ): Promise<void> {
   const deadline = Date.now() + 30_000
   let last = ''
@@ -223,7 +225,7 @@ export async function waitReady(
       const result = await run(
         psql,
         ['-X', '-At', '-h', HOST, '-p', String(port), '-U', user, '-d', 'appdb', '-c', 'SELECT 1'],
-        clientEnv(),
+        clientEnv(password !== undefined ? { PGPASSWORD: password } : {}),
       )
       if (result.code === 0 && result.stdout.trim() === '1') return
       last = result.stderr.trim()
@@ -246,6 +248,8 @@ export const CLK_TCK = (() => {
 
 export interface ProcStat {
   ppid: number
+  user: number
+  sys: number
   /** utime + stime */
   own: number
   /** cutime + cstime: children that have exited and been waited for */
@@ -259,7 +263,8 @@ export function procStat(pid: number | 'self'): ProcStat | undefined {
       .slice(stat.lastIndexOf(')') + 2)
       .split(' ')
       .map(Number)
-    return { ppid: f[1] ?? 0, own: (f[11] ?? 0) + (f[12] ?? 0), reaped: (f[13] ?? 0) + (f[14] ?? 0) }
+    const [user, sys] = [f[11] ?? 0, f[12] ?? 0]
+    return { ppid: f[1] ?? 0, user, sys, own: user + sys, reaped: (f[13] ?? 0) + (f[14] ?? 0) }
   } catch {
     return undefined
   }
@@ -267,12 +272,25 @@ export function procStat(pid: number | 'self'): ProcStat | undefined {
 
 /** CPU ticks of the postmaster and its backends, live and exited. */
 export function postgresTicks(postmasterPid: number): number {
-  const total = (st: ProcStat | undefined): number => (st ? st.own + st.reaped : 0)
-  let ticks = total(procStat(postmasterPid))
+  const tree = processTreeTicks(postmasterPid)
+  return tree ? tree.user + tree.sys : 0
+}
+
+/**
+ * [user, sys] clock ticks of a process and its children, live and exited: the postmaster and its
+ * backends, or the proxy and its workers.
+ */
+export function processTreeTicks(pid: number): { user: number; sys: number } | undefined {
+  const top = procStat(pid)
+  if (!top) return undefined
+  // Exited children's time is known only as a sum; it is counted as user time.
+  const ticks = { user: top.user + top.reaped, sys: top.sys }
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue
     const st = procStat(Number(entry))
-    if (st?.ppid === postmasterPid) ticks += total(st)
+    if (st?.ppid !== pid) continue
+    ticks.user += st.user + st.reaped
+    ticks.sys += st.sys
   }
   return ticks
 }
