@@ -228,6 +228,31 @@ void t.test('a temp table blocks the swap: the session is closed with 57P01 sayi
   t.equal(await one(free, 'select 1'), 1, 'the other session keeps working')
 })
 
+void t.test('a WITH HOLD cursor or a session advisory lock blocks the swap too, each named', async (t) => {
+  const proxy = await rotatingProxy(t, 'swap_hold_lock', 5)
+  const cursorHolder = await proxy.client({ application_name: 'cursor-holder' })
+  const lockHolder = await proxy.client({ application_name: 'lock-holder' })
+  const free = await proxy.client({ application_name: 'holds-nothing' })
+  const freeFirst = await one<string>(free, 'select session_user')
+  // Outside a transaction block: only WITH HOLD cursors outlive their transaction.
+  await cursorHolder.query('declare held cursor with hold for select generate_series(1, 10)')
+  await lockHolder.query('select pg_advisory_lock(4242)')
+  const closed = (client: pg.Client): Promise<Error & { code?: string }> =>
+    Promise.race([
+      new Promise<Error>((resolve) => client.on('error', resolve)),
+      new Promise<Error>((resolve) => setTimeout(() => resolve(new Error('not closed')), 15_000)),
+    ])
+  const [cursorErr, lockErr] = await Promise.all([closed(cursorHolder), closed(lockHolder)])
+  t.ok(await movedFrom(free, freeFirst), 'the session holding nothing moved')
+  t.equal(cursorErr.code, '57P01')
+  t.match(cursorErr.message, /because it held WITH HOLD cursors/)
+  t.equal(lockErr.code, '57P01')
+  t.match(lockErr.message, /because it held session advisory locks/)
+  t.equal(await moves(proxy, 'swap', 'closed'), 2, 'both holders were closed at their credential end')
+  // The lock went with its backend: another session can take it.
+  t.equal(await one(free, 'select pg_try_advisory_lock(4242)'), true, 'the advisory lock was released')
+})
+
 void t.test('a backend terminated mid-transaction: a prompt error, nothing replayed', async (t) => {
   const proxy = await startProxy(t, cluster)
   await cluster.query('create table if not exists rotation_tx (n int)')
