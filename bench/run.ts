@@ -19,11 +19,13 @@
  * Environment: BENCH_SECONDS (15), BENCH_ROUNDS (3), BENCH_WARMUP_SECONDS (5), BENCH_SCALE (10),
  * BENCH_RETRIES (2) and BENCH_QUIET_WAIT_SECONDS (60) for disturbed runs, BENCH_PROFILE=1
  * (afterwards, one extra c16 run against a proxy started with --cpu-prof, and a summary of where
- * the proxy spends its CPU), BENCH_JSON=file (also write the results as JSON), PGBOUNCER_BIN
+ * the proxy spends its CPU), BENCH_PIN=1 (the intermediaries on the last CPU alone, pgbench and
+ * PostgreSQL on the others: what a sidecar with a core of its own sees; the direct connection then
+ * has one CPU fewer, so compare the intermediaries with each other), BENCH_JSON=file (also write the results as JSON), PGBOUNCER_BIN
  * (/usr/sbin/pgbouncer), PGVP_PG_BIN (the server binaries, as for the tests).
  */
 import { execFileSync, spawn } from 'node:child_process'
-import { existsSync, openSync, readFileSync } from 'node:fs'
+import { existsSync, openSync, readdirSync, readFileSync } from 'node:fs'
 import { chown, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -69,6 +71,7 @@ const OTHER_LIMIT_PCT = 10
 const RETRIES = intEnv('BENCH_RETRIES', 2, 0)
 const PROFILE = process.env.BENCH_PROFILE === '1'
 const JSON_OUT = process.env.BENCH_JSON
+const PIN = process.env.BENCH_PIN === '1'
 
 /** The targets the issue sets: 16-client TPS ratio to pgbouncer, and single-client added latency. */
 const TPS_RATIO_TARGET = 0.9
@@ -130,6 +133,27 @@ function ensurePgbouncer(): void {
     throw new Error(`installing pgbouncer failed; install it by hand: \`${how}\``, { cause: err })
   }
   if (!existsSync(PGBOUNCER)) throw new Error(`pgbouncer still missing at ${PGBOUNCER} after installing the package`)
+}
+
+/**
+ * BENCH_PIN=1: CPU lists for taskset(1). The intermediary (pgbouncer, the proxy or the bare relay)
+ * gets the last CPU to itself; pgbench and PostgreSQL share the others.
+ */
+function pinning(): { load: string; intermediary: string } {
+  const cpus = os.cpus().length
+  if (cpus < 2) throw new Error('BENCH_PIN=1 needs at least two CPUs')
+  if (!existsSync('/usr/bin/taskset')) throw new Error('BENCH_PIN=1 needs taskset (util-linux)')
+  return { load: cpus === 2 ? '0' : `0-${cpus - 2}`, intermediary: String(cpus - 1) }
+}
+
+/** Pins a process with all its threads, and its current children, to `cpus`; children forked later inherit it. */
+function pin(pid: number | undefined, cpus: string): void {
+  if (pid === undefined) return
+  const pids = [pid]
+  for (const entry of readdirSync('/proc')) {
+    if (/^\d+$/.test(entry) && procStat(Number(entry))?.ppid === pid) pids.push(Number(entry))
+  }
+  for (const p of pids) execFileSync('taskset', ['-a', '-p', '-c', cpus, String(p)], { stdio: 'ignore' })
 }
 
 // ---------------------------------------------------------------------------
@@ -331,7 +355,9 @@ async function pgbench(
   const oursBefore = ourTicks(ours.postmasterPid, ours.pids())
   const [busyBefore, totalBefore] = machineTicks()
   const started = process.hrtime.bigint()
-  const result = await run(pgbenchBin, args, env)
+  const result = PIN
+    ? await run('taskset', ['-c', pinning().load, pgbenchBin, ...args], env)
+    : await run(pgbenchBin, args, env)
   const elapsedS = Number(process.hrtime.bigint() - started) / 1e9
   const cpuAfter = cpuTicks(pid)
   const [busyAfter, totalAfter] = machineTicks()
@@ -508,6 +534,12 @@ async function main(): Promise<void> {
       startNodeRelay(psql, cluster),
     ])
     const postmasterPid = Number(readFileSync(path.join(cluster.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0])
+    if (PIN) {
+      const { load, intermediary } = pinning()
+      pin(postmasterPid, load)
+      for (const pid of [bouncer.pid(), proxy.pid(), relay.pid()]) pin(pid, intermediary)
+      console.log(`pinned: pgbench and PostgreSQL on CPU ${load}, each intermediary alone on CPU ${intermediary}`)
+    }
     const ours: Ours = { postmasterPid, pids: () => [bouncer.pid(), proxy.pid(), relay.pid()] }
     const targets: Target[] = [
       { name: 'direct', port: cluster.port, password },
@@ -631,7 +663,15 @@ async function main(): Promise<void> {
         ])
       }
     }
-    const lines: string[] = ['', ...machine, `pgbench -n <mode> -T ${SECONDS}, scale ${SCALE}, ${ROUNDS} rounds:`, '']
+    const pinned = PIN
+      ? ` (BENCH_PIN: pgbench and PostgreSQL on CPU ${pinning().load}, the intermediary alone on CPU ${pinning().intermediary})`
+      : ''
+    const lines: string[] = [
+      '',
+      ...machine,
+      `pgbench -n <mode> -T ${SECONDS}, scale ${SCALE}, ${ROUNDS} rounds${pinned}:`,
+      '',
+    ]
     lines.push(...markdownTable(rows, [false, false, true, true, false, false, true, true]))
     lines.push('')
     lines.push('TPS and latency: medians of the runs listed, leaving out those marked * (see below).')
@@ -680,6 +720,7 @@ async function main(): Promise<void> {
       const json = {
         machine,
         seconds: SECONDS,
+        pinned: PIN,
         rounds: ROUNDS,
         scale: SCALE,
         samples: Object.fromEntries(samples),
