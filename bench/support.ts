@@ -278,7 +278,7 @@ export function postgresTicks(postmasterPid: number): number {
 
 /**
  * [user, sys] clock ticks of a process and its children, live and exited: the postmaster and its
- * backends, or the proxy and its workers.
+ * backends, or an intermediary and any process it forked.
  */
 export function processTreeTicks(pid: number): { user: number; sys: number } | undefined {
   const top = procStat(pid)

@@ -39,13 +39,13 @@ export type MoveKind = 'swap' | 'reconnect'
  */
 export type MoveOutcome = 'moved' | 'blocked' | 'failed' | 'declined' | 'closed'
 
-/** Gauges read when scraped, from whoever owns the state. */
 /** Bytes a session relayed in each direction. */
 export interface RelayedBytes {
   bytesFromClient: number
   bytesFromUpstream: number
 }
 
+/** Gauges read when scraped, from whoever owns the state. */
 export interface MetricsState {
   activeSessions(): number
   /** Bytes relayed so far by the sessions still relaying (ended ones are in the totals already). */
