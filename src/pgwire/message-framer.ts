@@ -24,8 +24,9 @@ export interface FramerOptions {
   wantsWhole(code: number): boolean
   maxInspectLength: number
   /**
-   * Called for every message. `whole` is the entire message (header included) for inspected types;
-   * returning false for one drops it from the forwarded bytes.
+   * Called for every message. `whole` is the entire message (header included) for inspected types.
+   * Returning false drops the message from the forwarded bytes; for an uninspected one, the rest of
+   * its body in later chunks is dropped too.
    */
   onMessage(code: number, whole: Buffer | undefined): boolean | void
 }
@@ -39,6 +40,8 @@ export class MessageFramer {
   private carry: Buffer | undefined
   /** Bytes of the current (uninspected) message body still to come in later chunks. */
   private skip = 0
+  /** Those bytes belong to a dropped message. */
+  private skipDropped = false
 
   constructor(private readonly options: FramerOptions) {}
 
@@ -55,6 +58,8 @@ export class MessageFramer {
     if (this.skip > 0) {
       const n = Math.min(this.skip, buf.length)
       this.skip -= n
+      if (this.skipDropped) this.drop(buf, 0, n)
+      if (this.skip === 0) this.skipDropped = false
       offset = n
     }
     const { options } = this
@@ -78,11 +83,14 @@ export class MessageFramer {
         if (options.onMessage(code, buf.subarray(offset, offset + total)) === false) this.drop(buf, offset, total)
         offset += total
       } else {
-        options.onMessage(code, undefined)
+        const keep = options.onMessage(code, undefined) !== false
         if (available < total) {
+          if (!keep) this.drop(buf, offset, available)
           this.skip = total - available
+          this.skipDropped = !keep
           return this.forward(buf, buf.length)
         }
+        if (!keep) this.drop(buf, offset, total)
         offset += total
       }
     }

@@ -128,17 +128,38 @@ void t.test('drop: after an uninspected body that spans chunks', async (t) => {
   t.same(f.push(Buffer.concat([dataRow.subarray(100), dropped, ready])), Buffer.concat([dataRow.subarray(100), ready]))
 })
 
-void t.test('drop: only inspected messages can be dropped', async (t) => {
-  const f = new MessageFramer({
-    isKnownCode: () => true,
+// The relay drops whatever follows a FATAL it took over, inspected or not (PostgreSQL sends
+// nothing after a FATAL; a broken server might).
+function dropAfterFatal(): MessageFramer {
+  let lost = false
+  return new MessageFramer({
+    isKnownCode: (code) => 'QZAdDE'.includes(String.fromCharCode(code)),
     maxLength: () => 1 << 30,
-    wantsWhole: (code) => code === 0x41,
-    maxInspectLength: 16,
-    onMessage: () => false,
+    wantsWhole: (code) => code === 0x45 || code === 0x5a,
+    maxInspectLength: 64,
+    onMessage: (code) => {
+      if (code === 0x45) lost = true
+      return !lost
+    },
   })
-  const big = notify('x'.repeat(40))
-  const input = Buffer.concat([query, big])
-  t.same(f.push(input), input, 'not wanted whole, or too long to inspect: forwarded anyway')
+}
+const fatal = new BufferList().cstring('SFATAL').cstring('C57P01').byte(0).message('E')
+
+void t.test('drop: uninspected messages too, with the rest of a body that spans chunks', async (t) => {
+  const input = Buffer.concat([query, dataRow, fatal, dataRow, notify('x'.repeat(80)), ready, dataRow])
+  t.same(dropAfterFatal().push(Buffer.from(input)), Buffer.concat([query, dataRow]), 'one chunk')
+  for (const [a, b, at] of splits(input)) {
+    const f = dropAfterFatal()
+    const out = Buffer.concat([f.push(Buffer.from(a)), f.push(Buffer.from(b))])
+    if (!out.equals(Buffer.concat([query, dataRow]))) {
+      t.fail(`split at ${at} differs`)
+      return
+    }
+  }
+  t.pass('all splits agree')
+  const f = dropAfterFatal()
+  const bytes = Array.from(input, (byte) => f.push(Buffer.from([byte])))
+  t.same(Buffer.concat(bytes), Buffer.concat([query, dataRow]), 'one byte at a time')
 })
 
 void t.test('no drop: the chunk itself comes back (the fast path), also after a chunk with a drop', async (t) => {
