@@ -71,7 +71,8 @@ const OTHER_LIMIT_PCT = 10
 const RETRIES = intEnv('BENCH_RETRIES', 2, 0)
 const PROFILE = process.env.BENCH_PROFILE === '1'
 const JSON_OUT = process.env.BENCH_JSON
-const PIN = process.env.BENCH_PIN === '1'
+/** BENCH_PIN=1: the CPU lists, worked out once in main(). */
+let pinned: { load: string; intermediary: string } | undefined
 
 /** The targets the issue sets: 16-client TPS ratio to pgbouncer, and single-client added latency. */
 const TPS_RATIO_TARGET = 0.9
@@ -355,8 +356,8 @@ async function pgbench(
   const oursBefore = ourTicks(ours.postmasterPid, ours.pids())
   const [busyBefore, totalBefore] = machineTicks()
   const started = process.hrtime.bigint()
-  const result = PIN
-    ? await run('taskset', ['-c', pinning().load, pgbenchBin, ...args], env)
+  const result = pinned
+    ? await run('taskset', ['-c', pinned.load, pgbenchBin, ...args], env)
     : await run(pgbenchBin, args, env)
   const elapsedS = Number(process.hrtime.bigint() - started) / 1e9
   const cpuAfter = cpuTicks(pid)
@@ -502,6 +503,7 @@ async function profileProxy(
 async function main(): Promise<void> {
   const { pgbench: pgbenchBin, psql } = ensureClients()
   ensurePgbouncer()
+  if (process.env.BENCH_PIN === '1') pinned = pinning()
   ensureBuilt('bench')
 
   console.log('starting a PostgreSQL 15 cluster ...')
@@ -534,8 +536,8 @@ async function main(): Promise<void> {
       startNodeRelay(psql, cluster),
     ])
     const postmasterPid = Number(readFileSync(path.join(cluster.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0])
-    if (PIN) {
-      const { load, intermediary } = pinning()
+    if (pinned) {
+      const { load, intermediary } = pinned
       pin(postmasterPid, load)
       for (const pid of [bouncer.pid(), proxy.pid(), relay.pid()]) pin(pid, intermediary)
       console.log(`pinned: pgbench and PostgreSQL on CPU ${load}, each intermediary alone on CPU ${intermediary}`)
@@ -663,13 +665,13 @@ async function main(): Promise<void> {
         ])
       }
     }
-    const pinned = PIN
-      ? ` (BENCH_PIN: pgbench and PostgreSQL on CPU ${pinning().load}, the intermediary alone on CPU ${pinning().intermediary})`
+    const pinnedNote = pinned
+      ? ` (BENCH_PIN: pgbench and PostgreSQL on CPU ${pinned.load}, the intermediary alone on CPU ${pinned.intermediary})`
       : ''
     const lines: string[] = [
       '',
       ...machine,
-      `pgbench -n <mode> -T ${SECONDS}, scale ${SCALE}, ${ROUNDS} rounds${pinned}:`,
+      `pgbench -n <mode> -T ${SECONDS}, scale ${SCALE}, ${ROUNDS} rounds${pinnedNote}:`,
       '',
     ]
     lines.push(...markdownTable(rows, [false, false, true, true, false, false, true, true]))
@@ -720,7 +722,7 @@ async function main(): Promise<void> {
       const json = {
         machine,
         seconds: SECONDS,
-        pinned: PIN,
+        pinned: pinned !== undefined,
         rounds: ROUNDS,
         scale: SCALE,
         samples: Object.fromEntries(samples),
