@@ -342,3 +342,17 @@ void t.test('chooseScramMechanism', (t) => {
   t.ok(new ScramError('x') instanceof Error)
   t.end()
 })
+
+void t.test('PBKDF2 runs off the event loop: a timer fires while a costly derivation is under way', async (t) => {
+  const order: string[] = []
+  const timer = new Promise<void>((resolve) =>
+    setTimeout(() => {
+      order.push('timer')
+      resolve()
+    }, 0),
+  )
+  // 300k iterations take well over a timer tick; run on the event loop, they would finish first.
+  const derived = new ScramKeyCache().derive('pencil', randomBytes(16), 300_000).then(() => order.push('derived'))
+  await Promise.all([timer, derived])
+  t.same(order, ['timer', 'derived'])
+})
