@@ -8,6 +8,7 @@
  *
  *   c16: pgbench -n -S -M prepared -c 16 -j 2 -T BENCH_SECONDS
  *   c1:  pgbench -n -S -c 1 -T BENCH_SECONDS
+ *   c8conn: pgbench -n -S -C -c 8 -j 2 -T BENCH_SECONDS (a new connection, so a new login, per transaction)
  *
  * in BENCH_ROUNDS rounds, rotating the order of the targets each round, and reports the median TPS
  * and average latency per target and mode, the proxy/pgbouncer, proxy/direct and proxy/node-relay ratios, and whether
@@ -81,13 +82,16 @@ type TargetName = 'direct' | 'pgbouncer' | 'proxy' | 'node-relay'
 const TARGETS: TargetName[] = ['direct', 'pgbouncer', 'proxy', 'node-relay']
 
 interface Mode {
-  id: 'c16' | 'c1'
+  id: 'c16' | 'c1' | 'c8conn'
   label: string
   args: string[]
 }
 const MODES: Mode[] = [
   { id: 'c16', label: '-S -M prepared -c 16 -j 2', args: ['-S', '-M', 'prepared', '-c', '16', '-j', '2'] },
   { id: 'c1', label: '-S -c 1', args: ['-S', '-c', '1'] },
+  // A new connection per transaction (-C): Django's CONN_MAX_AGE = 0, PHP, cron jobs. Every
+  // transaction pays the whole login through the intermediary, so this is where pooling shows.
+  { id: 'c8conn', label: '-S -C -c 8 -j 2', args: ['-S', '-C', '-c', '8', '-j', '2'] },
 ]
 
 interface Target {
@@ -102,6 +106,8 @@ interface Target {
 interface Sample {
   tps: number
   latencyMs: number
+  /** pgbench's "average connection time" (reported with -C). */
+  connectionMs?: number
   /** CPU used by the intermediary (pgbouncer or the proxy), in % of one core. */
   cpuPct?: number
   /** The same as user and system CPU microseconds per transaction. */
@@ -321,13 +327,15 @@ function ourTicks(postmasterPid: number, pids: (number | undefined)[]): number {
   return ticks
 }
 
-function parsePgbench(output: string): { tps: number; latencyMs: number } {
+function parsePgbench(output: string): { tps: number; latencyMs: number; connectionMs?: number } {
   const tps = /^tps = ([\d.]+)/m.exec(output)
   const latency = /^latency average = ([\d.]+) ms/m.exec(output)
+  const connection = /^average connection time = ([\d.]+) ms/m.exec(output)
   const failed = /^number of failed transactions: (\d+)/m.exec(output)
   if (!tps?.[1] || !latency?.[1]) throw new Error(`could not parse pgbench output:\n${output}`)
   if (failed?.[1] && Number(failed[1]) > 0) throw new Error(`pgbench reported failed transactions:\n${output}`)
-  return { tps: Number(tps[1]), latencyMs: Number(latency[1]) }
+  const parsed = { tps: Number(tps[1]), latencyMs: Number(latency[1]) }
+  return connection?.[1] ? { ...parsed, connectionMs: Number(connection[1]) } : parsed
 }
 
 /** What `pgbench` needs to tell the benchmark's own CPU use from other work's. */
@@ -641,6 +649,7 @@ async function main(): Promise<void> {
         'avg latency ms',
         'runs: TPS',
         'runs: latency ms',
+        'avg connect ms',
         'its CPU',
         'its CPU us/tx (user+sys)',
       ],
@@ -660,6 +669,7 @@ async function main(): Promise<void> {
           fmt(latencyMedian, 3),
           list.map((s) => `${s.tps.toFixed(0)}${mark(s)}`).join(' '),
           list.map((s) => `${s.latencyMs.toFixed(3)}${mark(s)}`).join(' '),
+          fmt(med(t, mode.id, (s) => s.connectionMs), 3),
           fmt(cpuMedian, 0, '%'),
           Number.isNaN(user) ? '-' : `${(user + sys).toFixed(1)} (${user.toFixed(1)}+${sys.toFixed(1)})`,
         ])
@@ -674,7 +684,7 @@ async function main(): Promise<void> {
       `pgbench -n <mode> -T ${SECONDS}, scale ${SCALE}, ${ROUNDS} rounds${pinnedNote}:`,
       '',
     ]
-    lines.push(...markdownTable(rows, [false, false, true, true, false, false, true, true]))
+    lines.push(...markdownTable(rows, [false, false, true, true, false, false, true, true, true]))
     lines.push('')
     lines.push('TPS and latency: medians of the runs listed, leaving out those marked * (see below).')
     lines.push(
@@ -697,6 +707,8 @@ async function main(): Promise<void> {
     const cpuPerTx = (t: TargetName): number =>
       med(t, 'c16', (s) => s.cpuUserUsPerTx) + med(t, 'c16', (s) => s.cpuSysUsPerTx)
     const met = (ok: boolean): string => (ok ? 'MET' : 'MISSED')
+    const ratioBouncerConn = tps('proxy', 'c8conn') / tps('pgbouncer', 'c8conn')
+    const connect = (t: TargetName): number => med(t, 'c8conn', (s) => s.connectionMs)
     lines.push('')
     lines.push(
       `16 clients: proxy/pgbouncer TPS = ${ratioBouncer16.toFixed(3)}, proxy/direct TPS = ${ratioDirect16.toFixed(3)}`,
@@ -711,10 +723,16 @@ async function main(): Promise<void> {
       `runtime floor: proxy/node-relay TPS at 16 clients = ${ratioRelay16.toFixed(3)}; CPU per transaction: proxy ${cpuPerTx('proxy').toFixed(1)} us, node-relay ${cpuPerTx('node-relay').toFixed(1)} us, pgbouncer ${cpuPerTx('pgbouncer').toFixed(1)} us`,
     )
     lines.push(
+      `new connection per transaction (-C -c 8): proxy/pgbouncer TPS = ${ratioBouncerConn.toFixed(3)}; mean connection time: proxy ${connect('proxy').toFixed(3)} ms, pgbouncer ${connect('pgbouncer').toFixed(3)} ms, direct ${connect('direct').toFixed(3)} ms`,
+    )
+    lines.push(
       `target: proxy TPS >= ${TPS_RATIO_TARGET} x pgbouncer at 16 clients: ${met(ratioBouncer16 >= TPS_RATIO_TARGET)} (${ratioBouncer16.toFixed(3)})`,
     )
     lines.push(
       `target: added 1-client latency no worse than pgbouncer's: ${met(addedProxy <= addedBouncer)} (${(addedProxy * 1000).toFixed(1)} us vs ${(addedBouncer * 1000).toFixed(1)} us)`,
+    )
+    lines.push(
+      `target (#12, server connections reused): proxy TPS >= 1.0 x pgbouncer with a new connection per transaction: ${met(ratioBouncerConn >= 1)} (${ratioBouncerConn.toFixed(3)}); mean connection time no worse: ${met(connect('proxy') <= connect('pgbouncer'))}`,
     )
     console.log(lines.join('\n'))
 
@@ -730,6 +748,7 @@ async function main(): Promise<void> {
           proxyPgbouncerTps16: ratioBouncer16,
           proxyDirectTps16: ratioDirect16,
           proxyNodeRelayTps16: ratioRelay16,
+          proxyPgbouncerTpsNewConnection: ratioBouncerConn,
         },
         addedLatencyMs: { proxy: addedProxy, pgbouncer: addedBouncer, nodeRelay: addedRelay },
       }
