@@ -27,13 +27,12 @@
  */
 import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, openSync, readdirSync, readFileSync } from 'node:fs'
-import { chown, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { freePort } from '../test/support/free-port.js'
 import { startCluster, type PgCluster } from '../test/support/pg-cluster.js'
-import { clusterUpstreamYaml } from '../test/support/proxy-config.js'
 import {
   CLK_TCK,
   HOST,
@@ -58,10 +57,9 @@ import {
   track,
   waitForQuiet,
   waitReady,
-  type Tracked,
 } from './support.js'
+import { PGBOUNCER, ensurePgbouncer, startPgbouncer, startProxy, writeProxyConfig, type Started } from './targets.js'
 
-const PGBOUNCER = process.env.PGBOUNCER_BIN ?? '/usr/sbin/pgbouncer'
 const SECONDS = intEnv('BENCH_SECONDS', 15)
 const ROUNDS = intEnv('BENCH_ROUNDS', 3)
 const WARMUP_SECONDS = intEnv('BENCH_WARMUP_SECONDS', 5)
@@ -121,27 +119,6 @@ interface Sample {
   disturbed: boolean
 }
 
-// ---------------------------------------------------------------------------
-// Prerequisites
-
-const isRoot = process.getuid?.() === 0
-const RUNUSER = ['/usr/sbin/runuser', '/sbin/runuser', '/usr/bin/runuser'].find((p) => existsSync(p))
-
-function ensurePgbouncer(): void {
-  if (existsSync(PGBOUNCER)) return
-  const how = 'apt-get update && apt-get install -y pgbouncer'
-  if (!isRoot) throw new Error(`pgbouncer not found at ${PGBOUNCER}. Install it as root: \`${how}\` (Debian/Ubuntu).`)
-  console.log(`pgbouncer not found at ${PGBOUNCER}; installing: ${how}`)
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
-  try {
-    execFileSync('apt-get', ['update'], { stdio: 'inherit', env })
-    execFileSync('apt-get', ['install', '-y', 'pgbouncer'], { stdio: 'inherit', env })
-  } catch (err) {
-    throw new Error(`installing pgbouncer failed; install it by hand: \`${how}\``, { cause: err })
-  }
-  if (!existsSync(PGBOUNCER)) throw new Error(`pgbouncer still missing at ${PGBOUNCER} after installing the package`)
-}
-
 /**
  * BENCH_PIN=1: CPU lists for taskset(1). The intermediary (pgbouncer, the proxy or the bare relay)
  * gets the last CPU to itself; pgbench and PostgreSQL share the others.
@@ -161,127 +138,6 @@ function pin(pid: number | undefined, cpus: string): void {
     if (/^\d+$/.test(entry) && procStat(Number(entry))?.ppid === pid) pids.push(Number(entry))
   }
   for (const p of pids) execFileSync('taskset', ['-a', '-p', '-c', cpus, String(p)], { stdio: 'ignore' })
-}
-
-// ---------------------------------------------------------------------------
-// pgbouncer
-
-interface Started {
-  entry: Tracked
-  port: number
-  pid: () => number | undefined
-  logFile: string
-}
-
-async function startPgbouncer(psql: string, cluster: PgCluster): Promise<Started> {
-  const dir = await tempDir('pgvp-bench-pgb-')
-  const port = await freePort()
-  const { user, password } = cluster.users.scram
-  const logFile = path.join(dir, 'pgbouncer.log')
-  const pidFile = path.join(dir, 'pgbouncer.pid')
-  const ini = path.join(dir, 'pgbouncer.ini')
-  const userlist = path.join(dir, 'userlist.txt')
-  // Clients get in without a password (trust), as with the proxy; pgbouncer itself logs in
-  // upstream as the SCRAM user with the password from the connection string, over plain TCP.
-  await writeFile(
-    ini,
-    [
-      '[databases]',
-      `appdb = host=${cluster.host} port=${cluster.port} dbname=${cluster.database} user=${user} password=${password}`,
-      '',
-      '[pgbouncer]',
-      `listen_addr = ${HOST}`,
-      `listen_port = ${port}`,
-      `unix_socket_dir = ${dir}`,
-      'auth_type = trust',
-      `auth_file = ${userlist}`,
-      'pool_mode = session',
-      'max_client_conn = 100',
-      'default_pool_size = 40',
-      'server_tls_sslmode = disable',
-      `logfile = ${logFile}`,
-      `pidfile = ${pidFile}`,
-      'log_connections = 0',
-      'log_disconnections = 0',
-      'log_pooler_errors = 1',
-      '',
-    ].join('\n'),
-    { mode: 0o600 },
-  )
-  await writeFile(userlist, `"${user}" ""\n`, { mode: 0o600 })
-  let file = PGBOUNCER
-  let args = [ini]
-  if (isRoot) {
-    // pgbouncer refuses to run as root.
-    if (!RUNUSER) throw new Error('running as root but runuser (util-linux) is missing to run pgbouncer as `postgres`')
-    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim())
-    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim())
-    for (const p of [dir, ini, userlist]) await chown(p, uid, gid)
-    file = RUNUSER
-    args = ['-u', 'postgres', '--', PGBOUNCER, ini]
-  }
-  const out = openSync(path.join(dir, 'stdout.log'), 'a')
-  const child = spawn(file, args, { cwd: dir, detached: true, stdio: ['ignore', out, out], env: clientEnv() })
-  const entry = track({ child, group: true, pidFile })
-  await waitReady(psql, 'pgbouncer', port, user, child, logFile)
-  const pid = (): number | undefined => {
-    try {
-      return Number(readFileSync(pidFile, 'utf8').trim()) || undefined
-    } catch {
-      return undefined
-    }
-  }
-  return { entry, port, pid, logFile }
-}
-
-// ---------------------------------------------------------------------------
-// The proxy
-
-async function writeProxyConfig(cluster: PgCluster): Promise<{ config: string; port: number }> {
-  const dir = await tempDir('pgvp-bench-proxy-')
-  const port = await freePort()
-  const passwordFile = path.join(dir, 'password')
-  await writeFile(passwordFile, `${cluster.users.scram.password}\n`, { mode: 0o600 })
-  const config = path.join(dir, 'proxy.yaml')
-  await writeFile(
-    config,
-    [
-      `listen: ${HOST}:${port}`,
-      `owner_role: ${cluster.ownerRole}`,
-      'max_client_connections: 100',
-      ...clusterUpstreamYaml(cluster, passwordFile),
-      'log:',
-      '  level: warn',
-      '',
-    ].join('\n'),
-  )
-  return { config, port }
-}
-
-async function startProxy(
-  psql: string,
-  cluster: PgCluster,
-  config: { config: string; port: number },
-  nodeFlags: string[] = [],
-): Promise<Started> {
-  const logFile = path.join(path.dirname(config.config), `proxy-${Date.now()}.log`)
-  const out = openSync(logFile, 'a')
-  const child = spawn(
-    process.execPath,
-    [
-      ...nodeFlags,
-      path.join(ROOT, 'bin', 'pg-vault-proxy.js'),
-      'run',
-      '--config',
-      config.config,
-      '--log-level',
-      'warn',
-    ],
-    { cwd: ROOT, stdio: ['ignore', out, out], env: clientEnv() },
-  )
-  const entry = track({ child, group: false })
-  await waitReady(psql, 'pg-vault-proxy', config.port, cluster.users.scram.user, child, logFile)
-  return { entry, port: config.port, pid: () => child.pid, logFile }
 }
 
 /** The bare Node.js relay (bench/node-relay.ts): the runtime's floor for any relay. */
@@ -669,7 +525,10 @@ async function main(): Promise<void> {
           fmt(latencyMedian, 3),
           list.map((s) => `${s.tps.toFixed(0)}${mark(s)}`).join(' '),
           list.map((s) => `${s.latencyMs.toFixed(3)}${mark(s)}`).join(' '),
-          fmt(med(t, mode.id, (s) => s.connectionMs), 3),
+          fmt(
+            med(t, mode.id, (s) => s.connectionMs),
+            3,
+          ),
           fmt(cpuMedian, 0, '%'),
           Number.isNaN(user) ? '-' : `${(user + sys).toFixed(1)} (${user.toFixed(1)}+${sys.toFixed(1)})`,
         ])
