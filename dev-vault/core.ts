@@ -4,7 +4,7 @@
  * to the mount's backend, then registers leases, issues login tokens and builds the envelope.
  * It also owns the stores (tokens, policies, leases, mounts) and the reaper that expires them.
  */
-import type { Backend, BackendRequest, BackendResponse, LoginSpec, Mount } from './backend.js'
+import type { Backend, BackendRequest, BackendResponse, LoginSpec, Mount, MountConfig } from './backend.js'
 import {
   encodeJson,
   envelope,
@@ -54,6 +54,8 @@ export interface CoreOptions {
   rootToken: string
   /** Which server's texts and fields to answer with (flavor.ts). */
   flavor: Flavor
+  /** The server's default_lease_ttl and max_lease_ttl: what mounts without their own use. */
+  systemTtls: MountConfig
   /** How often the reaper looks for expired tokens and leases. */
   reaperIntervalMs: number
   /** Base of the backoff between failed revocation attempts (Vault: 10 s). */
@@ -83,7 +85,7 @@ const INJECT_DATA_INTO_TOP = [/^sys\/(mounts|auth|policy)(\/.*)?$/]
 
 export class VaultCore {
   readonly policies = new PolicyStore()
-  readonly mounts = new MountTable()
+  readonly mounts: MountTable
   readonly tokens: TokenStore
   readonly leases: ExpirationManager
   sealed = false
@@ -96,6 +98,7 @@ export class VaultCore {
   private reaping: Promise<void> | undefined
 
   constructor(readonly options: CoreOptions) {
+    this.mounts = new MountTable(options.systemTtls)
     this.leases = new ExpirationManager({
       now: () => this.now(),
       backendFor: (path) => this.mounts.get(path),

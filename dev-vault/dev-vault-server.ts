@@ -16,6 +16,7 @@ import { DEFAULT_FLAVOR, flavorNamed } from './flavor.js'
 import type { FlavorName } from './flavor.js'
 import { noFaults, parseFaultChanges } from './faults.js'
 import { Http1Server } from './http1-server.js'
+import { SYSTEM_DEFAULT_TTL_SECONDS, SYSTEM_MAX_TTL_SECONDS } from './ttl.js'
 import type { HttpRequest, HttpResponse } from './http1-server.js'
 
 export interface DevVaultOptions {
@@ -25,6 +26,12 @@ export interface DevVaultOptions {
   host?: string
   /** Whose texts and fields to answer with: `vault-1.17` (the default), `vault-1.16` or `openbao` (flavor.ts). */
   flavor?: FlavorName
+  /**
+   * The server's default_lease_ttl and max_lease_ttl in seconds, as in Vault's server config:
+   * what mounts that were not tuned use. Default 768h each, as in Vault.
+   */
+  defaultLeaseTtlSeconds?: number
+  maxLeaseTtlSeconds?: number
   /** How often expired leases and tokens are looked for. Default 250 ms. */
   reaperIntervalMs?: number
   /** Base of the backoff between failed revocations. Default 10 s, as in Vault. */
@@ -50,9 +57,20 @@ export class DevVault {
   constructor(options: DevVaultOptions = {}) {
     this.rootToken = options.rootToken ?? 'root'
     this.host = options.host ?? '127.0.0.1'
+    const systemTtls = {
+      defaultLeaseTtlSeconds: options.defaultLeaseTtlSeconds || SYSTEM_DEFAULT_TTL_SECONDS,
+      maxLeaseTtlSeconds: options.maxLeaseTtlSeconds || SYSTEM_MAX_TTL_SECONDS,
+    }
+    // vault/core.go refuses the same configuration at startup.
+    if (systemTtls.defaultLeaseTtlSeconds > systemTtls.maxLeaseTtlSeconds) {
+      throw new Error(
+        `default_lease_ttl (${systemTtls.defaultLeaseTtlSeconds} s) cannot be greater than max_lease_ttl (${systemTtls.maxLeaseTtlSeconds} s)`,
+      )
+    }
     this.core = new VaultCore({
       rootToken: this.rootToken,
       flavor: flavorNamed(options.flavor ?? DEFAULT_FLAVOR),
+      systemTtls,
       reaperIntervalMs: options.reaperIntervalMs ?? 250,
       revokeRetryBaseMs: options.revokeRetryBaseMs ?? 10_000,
       rotationTickMs: options.rotationTickMs ?? 5_000,

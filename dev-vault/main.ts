@@ -2,20 +2,31 @@
  * `npm run dev-vault -- [--port 8200] [--host 127.0.0.1] [--root-token root] [--flavor vault-1.17]`:
  * runs the dev Vault alone, like `vault server -dev`, until Ctrl-C. Everything else is configured
  * through its HTTP API, as on a real Vault (e.g. with dev-vault/setup-database.ts).
- * DEV_VAULT_FLAVOR sets the flavor when --flavor is not given.
+ * DEV_VAULT_FLAVOR sets the flavor when --flavor is not given. --default-lease-ttl and
+ * --max-lease-ttl are the server config's default_lease_ttl and max_lease_ttl (768h each by default).
  */
 import { parseArgs } from 'node:util'
 import { DevVault } from './dev-vault-server.js'
 import { DEFAULT_FLAVOR, FLAVOR_NAMES, isFlavorName } from './flavor.js'
+import { parseDurationSeconds } from './ttl.js'
 
 function usage(problem: string): never {
   process.stderr.write(
-    `dev-vault: ${problem}\nusage: npm run dev-vault -- [--port N] [--host ADDR] [--root-token TOKEN] [--flavor ${FLAVOR_NAMES.join('|')}]\n`,
+    `dev-vault: ${problem}\nusage: npm run dev-vault -- [--port N] [--host ADDR] [--root-token TOKEN] [--flavor ${FLAVOR_NAMES.join('|')}]\n` +
+      `       [--default-lease-ttl 768h] [--max-lease-ttl 768h]\n`,
   )
   process.exit(1)
 }
 
-let values: { port?: string; host?: string; 'root-token'?: string; flavor?: string; help?: boolean }
+let values: {
+  port?: string
+  host?: string
+  'root-token'?: string
+  flavor?: string
+  'default-lease-ttl'?: string
+  'max-lease-ttl'?: string
+  help?: boolean
+}
 try {
   ;({ values } = parseArgs({
     options: {
@@ -23,6 +34,8 @@ try {
       host: { type: 'string', default: '127.0.0.1' },
       'root-token': { type: 'string', default: 'root' },
       flavor: { type: 'string', default: process.env.DEV_VAULT_FLAVOR || DEFAULT_FLAVOR },
+      'default-lease-ttl': { type: 'string', default: '768h' },
+      'max-lease-ttl': { type: 'string', default: '768h' },
       help: { type: 'boolean', short: 'h' },
     },
   }))
@@ -34,9 +47,20 @@ const port = Number(values.port)
 if (!Number.isInteger(port) || port < 0 || port > 65535) usage(`--port must be a port number, not ${values.port}`)
 const flavor = values.flavor ?? DEFAULT_FLAVOR
 if (!isFlavorName(flavor)) usage(`--flavor must be one of ${FLAVOR_NAMES.join(', ')}, not ${flavor}`)
+function durationFlag(name: 'default-lease-ttl' | 'max-lease-ttl'): number {
+  const seconds = parseDurationSeconds(values[name])
+  if (seconds === undefined || seconds <= 0)
+    usage(`--${name} must be a duration such as 768h or 3600, not ${values[name]}`)
+  return seconds
+}
+const defaultLeaseTtlSeconds = durationFlag('default-lease-ttl')
+const maxLeaseTtlSeconds = durationFlag('max-lease-ttl')
+if (defaultLeaseTtlSeconds > maxLeaseTtlSeconds) usage('--default-lease-ttl cannot be greater than --max-lease-ttl')
 
 const vault = new DevVault({
   flavor,
+  defaultLeaseTtlSeconds,
+  maxLeaseTtlSeconds,
   host: values.host,
   rootToken: values['root-token'],
   log: (line) => process.stderr.write(`dev-vault: ${line}\n`),

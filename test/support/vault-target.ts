@@ -107,6 +107,9 @@ const runId = randomBytes(3).toString('hex')
 export interface VaultForOptions {
   /** The dev Vault's flavor (default vault-1.17); against a real Vault, whatever that Vault is. */
   flavor?: FlavorName
+  /** Dev Vault only: the server's default_lease_ttl and max_lease_ttl in seconds (default 768h each). */
+  defaultLeaseTtlSeconds?: number
+  maxLeaseTtlSeconds?: number
 }
 
 /** A Vault for one test: started now, stopped (or cleaned up) in t's teardown. The cluster is needed for database(). */
@@ -118,6 +121,8 @@ export async function vaultFor(t: Test, cluster?: PgCluster, options: VaultForOp
   } else {
     dev = new DevVault({
       flavor: options.flavor,
+      defaultLeaseTtlSeconds: options.defaultLeaseTtlSeconds,
+      maxLeaseTtlSeconds: options.maxLeaseTtlSeconds,
       reaperIntervalMs: 100,
       // Vault retries a failed revocation after 10 s and more; tests need not wait that long.
       revokeRetryBaseMs: 2000,
