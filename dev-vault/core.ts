@@ -4,7 +4,15 @@
  * to the mount's backend, then registers leases, issues login tokens and builds the envelope.
  * It also owns the stores (tokens, policies, leases, mounts) and the reaper that expires them.
  */
-import type { Backend, BackendRequest, BackendResponse, LoginSpec, Mount, MountConfig } from './backend.js'
+import type {
+  Backend,
+  BackendRequest,
+  BackendResponse,
+  LoginSpec,
+  Mount,
+  MountConfig,
+  TokenTypeSetting,
+} from './backend.js'
 import {
   encodeJson,
   envelope,
@@ -26,7 +34,7 @@ import { kvBackend } from './engines/kv.js'
 import { ExpirationManager } from './engines/leases.js'
 import { healthReply, sealStatusReply, sysBackend } from './engines/sys.js'
 import { sanitizePolicies, TokenStore, tokenBackend } from './engines/token.js'
-import type { TokenEntry } from './engines/token.js'
+import type { TokenEntry, TokenType } from './engines/token.js'
 import { Fields } from './fields.js'
 import type { Flavor } from './flavor.js'
 import { newUuid } from './ids.js'
@@ -216,8 +224,9 @@ export class VaultCore {
     return id
   }
 
-  /** request_handling.go handleLoginRequest: a login becomes an orphan service token. */
+  /** request_handling.go handleLoginRequest: a login becomes an orphan token, service or batch. */
   private issueLoginToken(req: BackendRequest, login: LoginSpec): { entry: TokenEntry; warnings: string[] } {
+    const type = loginTokenType(req.mount.tokenType, login.tokenType ?? 'default')
     const source = req.mount.path.replace(/^auth\//, '').replaceAll('/', '-')
     const now = this.now()
     const { ttlSeconds, warnings } = calculateTtl({
@@ -233,6 +242,7 @@ export class VaultCore {
     const policies = sanitizePolicies(login.policies, !login.noDefaultPolicy)
     if (policies.includes('root')) throw respondError('auth methods cannot create root tokens')
     const entry = this.tokens.create({
+      type,
       policies,
       path: req.fullPath,
       displayName: `${source}${login.displayName}`.replace(/-$/, ''),
@@ -250,7 +260,7 @@ export class VaultCore {
         issueTimeMs: now,
         expireTimeMs: now + ttlSeconds * 1000,
         lastRenewalMs: undefined,
-        renewable: true,
+        renewable: type === 'service',
         backendTtlSeconds: login.ttlSeconds,
         backendMaxTtlSeconds: login.maxTtlSeconds,
       },
@@ -268,7 +278,7 @@ export class VaultCore {
       lease_duration: leaseDurationSeconds,
       renewable: entry.lease?.renewable ?? false,
       entity_id: entry.entityId,
-      token_type: 'service',
+      token_type: entry.type,
       orphan: entry.parent === '',
       mfa_requirement: null,
       num_uses: entry.numUses,
@@ -420,10 +430,13 @@ export class VaultCore {
         nowMs: this.now(),
       })
       warnings.push(...capped.warnings)
-      const lease = this.leases.register(req.fullPath, req.mount.path, req.caller?.id ?? '', {
-        ...result.secret,
-        ttlSeconds: capped.ttlSeconds,
-      })
+      const lease = this.leases.register(
+        req.fullPath,
+        req.mount.path,
+        req.caller?.id ?? '',
+        { ...result.secret, ttlSeconds: capped.ttlSeconds },
+        req.caller?.type === 'batch' ? batchLeaseBinding(req.caller) : undefined,
+      )
       fields.leaseId = lease.id
       fields.renewable = result.secret.renewable
       fields.leaseDurationSeconds = capped.ttlSeconds
@@ -467,6 +480,22 @@ export class VaultCore {
 
 // ---------------------------------------------------------------------------
 
+/**
+ * routing/router.go: an auth mount's token_type of service or batch decides; default-service and
+ * default-batch give what the role asked for, or their own type when the role left it "default".
+ */
+function loginTokenType(mountSetting: TokenTypeSetting, role: 'default' | 'service' | 'batch'): TokenType {
+  switch (mountSetting) {
+    case 'service':
+    case 'batch':
+      return mountSetting
+    case 'default-service':
+      return role === 'batch' ? 'batch' : 'service'
+    case 'default-batch':
+      return role === 'service' ? 'service' : 'batch'
+  }
+}
+
 function operationOf(method: string, query: URLSearchParams): Operation {
   switch (method) {
     case 'GET': {
@@ -483,6 +512,15 @@ function operationOf(method: string, query: URLSearchParams): Operation {
     default:
       throw new VaultError(405, [])
   }
+}
+
+/**
+ * expiration.go Register: a lease created with a batch token ends when the token does (the reply
+ * still shows the TTL asked for), and is revoked with the batch token's parent, or with nothing
+ * for an orphan batch token.
+ */
+function batchLeaseBinding(token: TokenEntry): { indexToken: string; capAtMs: number | undefined } {
+  return { indexToken: token.parent, capAtMs: token.lease?.expireTimeMs }
 }
 
 function handlerFor<Req, Res>(handlers: RouteHandlers<Req, Res>, operation: Operation) {

@@ -3,7 +3,7 @@
  * auth methods at "auth/<path>/"; a request goes to the mount with the longest matching prefix.
  */
 import { randomBytes } from 'node:crypto'
-import type { Backend, Mount, MountConfig } from './backend.js'
+import type { Backend, Mount, MountConfig, TokenTypeSetting } from './backend.js'
 import { VaultError, respondError } from './envelope.js'
 import { newUuid } from './ids.js'
 
@@ -21,15 +21,12 @@ export interface MountSpec {
 
 export type BackendFactory = (mount: Mount) => Backend
 
-/** An auth mount's token_type setting (logical.TokenType); secrets engines have none. */
-export const TOKEN_TYPE_SETTINGS = ['default-service', 'default-batch', 'service', 'batch'] as const
-export type TokenTypeSetting = (typeof TOKEN_TYPE_SETTINGS)[number]
+export type { TokenTypeSetting }
+export const TOKEN_TYPE_SETTINGS: readonly TokenTypeSetting[] = ['default-service', 'default-batch', 'service', 'batch']
 
 /** A mount plus what was asked for at enable/tune time (0 = system default), for reads. */
 export interface MountEntry extends Mount {
   tune: MountConfig
-  /** Auth mounts: which tokens logins get (routing/router.go applies it to every login). */
-  tokenType: TokenTypeSetting
 }
 
 /** A tune request: undefined leaves a value as it is; 0 means "system" (the server's value). */
