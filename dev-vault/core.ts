@@ -41,6 +41,7 @@ import { newUuid } from './ids.js'
 import type { MountSpec } from './mounts.js'
 import { MountTable, normalizeMountPath } from './mounts.js'
 import { PolicyStore } from './policies.js'
+import { RateLimitQuotas } from './rate-limit-quotas.js'
 import type { Operation, RouteHandlers } from './router.js'
 import { calculateTtl } from './ttl.js'
 
@@ -50,6 +51,8 @@ export interface IncomingRequest {
   url: string
   headers: Readonly<Record<string, string | string[] | undefined>>
   body: string
+  /** The client's IP address: rate-limit quotas count per address. */
+  remoteAddress?: string
 }
 
 export interface Reply {
@@ -96,6 +99,7 @@ export class VaultCore {
   readonly mounts: MountTable
   readonly tokens: TokenStore
   readonly leases: ExpirationManager
+  readonly rateLimits = new RateLimitQuotas(() => this.now())
   sealed = false
   standby = false
   readonly clusterName = `vault-cluster-${newUuid().slice(0, 8)}`
@@ -299,6 +303,16 @@ export class VaultCore {
     }
     const method = request.method.toUpperCase()
 
+    // http/util.go rateLimitQuotaWrapping: before anything else, on the path after /v1/.
+    const quota = this.rateLimits.apply(path, request.remoteAddress ?? '')
+    const reply = quota.allowed
+      ? await this.handlePath(request, url, path, method)
+      : errorReply(new VaultError(429, [`request path ${JSON.stringify(path)}: rate limit quota exceeded`]))
+    Object.assign(reply.headers, quota.headers)
+    return reply
+  }
+
+  private async handlePath(request: IncomingRequest, url: URL, path: string, method: string): Promise<Reply> {
     // Served by the HTTP layer, outside the logical request flow, and also while sealed.
     if (path === 'sys/health' && (method === 'GET' || method === 'HEAD')) {
       return plainReply(healthReply(this, url.searchParams, method === 'HEAD'))

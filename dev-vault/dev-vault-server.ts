@@ -141,6 +141,7 @@ export class DevVault {
       url: request.target,
       headers: request.headers,
       body: request.body.toString('utf8'),
+      remoteAddress: request.remoteAddress,
     })
   }
 

@@ -17,6 +17,8 @@ export interface HttpRequest {
   /** Lowercased names; repeated headers joined with ", ". */
   headers: Record<string, string>
   body: Buffer
+  /** The peer's IP address. */
+  remoteAddress: string
 }
 
 export interface HttpResponse {
@@ -94,7 +96,7 @@ export class Http1Server {
       try {
         // New data that arrives while the handler runs is picked up by the next turn of the loop.
         for (;;) {
-          const parsed = parseRequest(buffered)
+          const parsed = parseRequest(buffered, socket.remoteAddress ?? '')
           if (parsed.kind === 'incomplete') {
             if (parsed.expectsContinue && !sentContinue) {
               socket.write('HTTP/1.1 100 Continue\r\n\r\n')
@@ -136,7 +138,7 @@ type ParseResult =
   { kind: 'complete'; request: HttpRequest; consumed: number } | { kind: 'incomplete'; expectsContinue: boolean }
 
 /** One complete request from the front of `data`, or what is known while bytes are missing. */
-function parseRequest(data: Buffer): ParseResult {
+function parseRequest(data: Buffer, remoteAddress: string): ParseResult {
   const headEnd = data.indexOf('\r\n\r\n')
   if (headEnd === -1) {
     if (data.length > MAX_HEAD_BYTES) throw new BadRequest(431, 'request head too large')
@@ -173,7 +175,11 @@ function parseRequest(data: Buffer): ParseResult {
     body = data.subarray(bodyStart, bodyStart + length)
     consumed = bodyStart + length
   }
-  return { kind: 'complete', request: { method: match[1]!, target: match[2]!, headers, body }, consumed }
+  return {
+    kind: 'complete',
+    request: { method: match[1]!, target: match[2]!, headers, body, remoteAddress },
+    consumed,
+  }
 }
 
 function decodeChunked(data: Buffer, start: number): { body: Buffer; consumed: number } | undefined {

@@ -12,6 +12,7 @@ import type { MountEntry, TokenTypeSetting } from '../mounts.js'
 import { normalizeMountPath, TOKEN_TYPE_SETTINGS } from '../mounts.js'
 import { Router } from '../router.js'
 import { addLeaseRoutes } from './leases.js'
+import { addQuotaRoutes } from './quotas.js'
 
 export function sysBackend(core: VaultCore): Backend {
   const router = new Router<BackendRequest, BackendResult>()
@@ -32,6 +33,7 @@ export function sysBackend(core: VaultCore): Backend {
     .add('policy', { read: () => ({ data: { keys: core.policies.names(), policies: core.policies.names() } }) })
     .add('policy/*name', policyHandlers(core, 'rules'))
   addLeaseRoutes(router, core)
+  addQuotaRoutes(router, core)
   return {
     router,
     sudoPaths: ['auth/*', 'leases/revoke-prefix/*', 'leases/revoke-force/*', 'leases/lookup/*', 'revoke-prefix/*'],
