@@ -32,6 +32,11 @@ export interface DevVaultOptions {
    */
   defaultLeaseTtlSeconds?: number
   maxLeaseTtlSeconds?: number
+  /**
+   * Answer as a Vault Agent (or Vault Proxy) listener with `require_request_header = true` does:
+   * 412 `missing "X-Vault-Request" header` unless the request has `X-Vault-Request: true`.
+   */
+  requireRequestHeader?: boolean
   /** How often expired leases and tokens are looked for. Default 250 ms. */
   reaperIntervalMs?: number
   /** Base of the backoff between failed revocations. Default 10 s, as in Vault. */
@@ -48,6 +53,7 @@ export const FAULTS_PATH = '/v1/sys/dev/faults'
 export class DevVault {
   readonly rootToken: string
   private readonly host: string
+  private readonly requireRequestHeader: boolean
   private readonly core: VaultCore
   private readonly http: Http1Server
   private current: Faults = noFaults()
@@ -57,6 +63,7 @@ export class DevVault {
   constructor(options: DevVaultOptions = {}) {
     this.rootToken = options.rootToken ?? 'root'
     this.host = options.host ?? '127.0.0.1'
+    this.requireRequestHeader = options.requireRequestHeader ?? false
     const systemTtls = {
       defaultLeaseTtlSeconds: options.defaultLeaseTtlSeconds || SYSTEM_DEFAULT_TTL_SECONDS,
       maxLeaseTtlSeconds: options.maxLeaseTtlSeconds || SYSTEM_MAX_TTL_SECONDS,
@@ -124,6 +131,15 @@ export class DevVault {
   private async handle(request: HttpRequest): Promise<HttpResponse> {
     const path = request.target.split('?')[0]
     if (path === FAULTS_PATH) return this.controlPath(request)
+    // command/agent.go verifyRequestHeader: one X-Vault-Request header whose value is "true"
+    // (repeated headers arrive joined, so two of them fail here too), on every path.
+    if (this.requireRequestHeader && request.headers['x-vault-request'] !== 'true') {
+      return {
+        status: 412,
+        headers: { 'Content-Type': 'application/json' },
+        body: errorBody(['missing "X-Vault-Request" header']),
+      }
+    }
 
     const faults = this.current
     if (faults.latencyMs > 0) await delay(faults.latencyMs)

@@ -3,7 +3,8 @@
  * runs the dev Vault alone, like `vault server -dev`, until Ctrl-C. Everything else is configured
  * through its HTTP API, as on a real Vault (e.g. with dev-vault/setup-database.ts).
  * DEV_VAULT_FLAVOR sets the flavor when --flavor is not given. --default-lease-ttl and
- * --max-lease-ttl are the server config's default_lease_ttl and max_lease_ttl (768h each by default).
+ * --max-lease-ttl are the server config's default_lease_ttl and max_lease_ttl (768h each by default);
+ * --require-request-header answers like a Vault Agent listener with require_request_header.
  */
 import { parseArgs } from 'node:util'
 import { DevVault } from './dev-vault-server.js'
@@ -13,7 +14,7 @@ import { parseDurationSeconds } from './ttl.js'
 function usage(problem: string): never {
   process.stderr.write(
     `dev-vault: ${problem}\nusage: npm run dev-vault -- [--port N] [--host ADDR] [--root-token TOKEN] [--flavor ${FLAVOR_NAMES.join('|')}]\n` +
-      `       [--default-lease-ttl 768h] [--max-lease-ttl 768h]\n`,
+      `       [--default-lease-ttl 768h] [--max-lease-ttl 768h] [--require-request-header]\n`,
   )
   process.exit(1)
 }
@@ -25,6 +26,7 @@ let values: {
   flavor?: string
   'default-lease-ttl'?: string
   'max-lease-ttl'?: string
+  'require-request-header'?: boolean
   help?: boolean
 }
 try {
@@ -36,6 +38,7 @@ try {
       flavor: { type: 'string', default: process.env.DEV_VAULT_FLAVOR || DEFAULT_FLAVOR },
       'default-lease-ttl': { type: 'string', default: '768h' },
       'max-lease-ttl': { type: 'string', default: '768h' },
+      'require-request-header': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   }))
@@ -61,6 +64,7 @@ const vault = new DevVault({
   flavor,
   defaultLeaseTtlSeconds,
   maxLeaseTtlSeconds,
+  requireRequestHeader: values['require-request-header'],
   host: values.host,
   rootToken: values['root-token'],
   log: (line) => process.stderr.write(`dev-vault: ${line}\n`),

@@ -51,7 +51,9 @@ export async function vaultRequest(
   path: string,
   options: { body?: unknown; token?: string | null; headers?: Record<string, string> } = {},
 ): Promise<VaultReply> {
-  const headers: Record<string, string> = { ...options.headers }
+  // As Vault's own Go client does on every request (api/client.go), so that a listener with
+  // require_request_header answers too; a caller's headers win.
+  const headers: Record<string, string> = { 'X-Vault-Request': 'true', ...options.headers }
   const token = options.token === undefined ? vault.token : options.token
   if (token !== null) headers['X-Vault-Token'] = token
   if (options.body !== undefined) headers['Content-Type'] = 'application/json'

@@ -110,6 +110,8 @@ export interface VaultForOptions {
   /** Dev Vault only: the server's default_lease_ttl and max_lease_ttl in seconds (default 768h each). */
   defaultLeaseTtlSeconds?: number
   maxLeaseTtlSeconds?: number
+  /** Dev Vault only: answer 412 without X-Vault-Request, as a Vault Agent listener can (the helpers send it). */
+  requireRequestHeader?: boolean
 }
 
 /** A Vault for one test: started now, stopped (or cleaned up) in t's teardown. The cluster is needed for database(). */
@@ -123,6 +125,7 @@ export async function vaultFor(t: Test, cluster?: PgCluster, options: VaultForOp
       flavor: options.flavor,
       defaultLeaseTtlSeconds: options.defaultLeaseTtlSeconds,
       maxLeaseTtlSeconds: options.maxLeaseTtlSeconds,
+      requireRequestHeader: options.requireRequestHeader,
       reaperIntervalMs: 100,
       // Vault retries a failed revocation after 10 s and more; tests need not wait that long.
       revokeRetryBaseMs: 2000,
