@@ -102,6 +102,10 @@ export class VaultCore {
   readonly rateLimits = new RateLimitQuotas(() => this.now())
   sealed = false
   standby = false
+  /** A standby forwards requests (and so serves them here); false: it redirects them. */
+  standbyForwarding = true
+  /** The active node's API address a standby redirects to; "" = no active node known. */
+  activeAddress = ''
   readonly clusterName = `vault-cluster-${newUuid().slice(0, 8)}`
   readonly clusterId = newUuid()
   /** entity_id per (auth mount accessor, alias name), as the identity store would keep them. */
@@ -319,6 +323,11 @@ export class VaultCore {
     }
     if (path === 'sys/seal-status' && method === 'GET') return plainReply(sealStatusReply(this))
     if (this.sealed) return errorReply(respondError('Vault is sealed', 503))
+    if (this.standby) {
+      // http/handler.go forwardRequest: a client can ask not to be forwarded.
+      const forwards = this.standbyForwarding && header(request, 'x-vault-no-request-forwarding') === undefined
+      if (!forwards) return this.respondStandby(url)
+    }
 
     const requestId = newUuid()
     try {
@@ -328,6 +337,17 @@ export class VaultCore {
       this.options.log(`internal error on ${method} ${path}: ${(err as Error).stack ?? String(err)}`)
       return errorReply(new VaultError(500, [multierrorText([(err as Error).message])]))
     }
+  }
+
+  /**
+   * http/handler.go respondStandby: 307 to the same path and query on the active node, with no
+   * body; 503 when no active node is known.
+   */
+  private respondStandby(url: URL): Reply {
+    if (this.activeAddress === '') return errorReply(respondError('no active Vault instance found', 503))
+    const active = new URL(this.activeAddress)
+    const location = `${active.protocol}//${active.host}${url.pathname}${url.search}`
+    return { status: 307, headers: { 'Cache-Control': 'no-store', Location: location }, body: '' }
   }
 
   private async handleLogical(

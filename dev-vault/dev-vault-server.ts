@@ -121,6 +121,8 @@ export class DevVault {
     this.current = next
     this.core.sealed = next.sealed
     this.core.standby = next.standby
+    this.core.standbyForwarding = next.standbyForwarding
+    this.core.activeAddress = next.activeAddress
     return this.faults
   }
 

@@ -251,6 +251,8 @@ void t.test(
       refuseConnections: false,
       sealed: false,
       standby: false,
+      standbyForwarding: true,
+      activeAddress: '',
     })
     const sealed = await vault.request('POST', path, { body: { sealed: true } })
     t.equal(sealed.status, 200)
