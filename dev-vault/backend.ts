@@ -44,6 +44,12 @@ export interface BackendRequest {
   /** The authenticated token; undefined on unauthenticated paths (logins, health). */
   caller: TokenEntry | undefined
   mount: Mount
+  /** logical.Connection: who is asking, and the client certificate when over TLS. */
+  connection: {
+    remoteAddress: string
+    /** undefined without TLS; null over TLS without a client certificate; else its DER. */
+    clientCertificate: Buffer | null | undefined
+  }
 }
 
 /** A secret the core should lease (logical.Secret). */

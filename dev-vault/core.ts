@@ -27,6 +27,7 @@ import {
 } from './envelope.js'
 import type { EnvelopeFields, HttpAuth } from './envelope.js'
 import { approleBackend } from './engines/approle.js'
+import { certBackend } from './engines/cert.js'
 import { databaseBackend } from './engines/database.js'
 import { jwtBackend } from './engines/jwt.js'
 import { kubernetesBackend } from './engines/kubernetes.js'
@@ -53,6 +54,8 @@ export interface IncomingRequest {
   body: string
   /** The client's IP address: rate-limit quotas count per address. */
   remoteAddress?: string
+  /** undefined without TLS; over TLS the client's certificate (DER), or null without one. */
+  clientCertificate?: Buffer | null
 }
 
 export interface Reply {
@@ -85,6 +88,7 @@ const SECRET_ENGINES: Record<string, EngineFactory> = {
 
 const AUTH_METHODS: Record<string, EngineFactory> = {
   approle: approleBackend,
+  cert: certBackend,
   kubernetes: kubernetesBackend,
   jwt: jwtBackend,
   // The same plugin serves both names in Vault.
@@ -378,6 +382,10 @@ export class VaultCore {
             query: url.searchParams,
             caller,
             mount,
+            connection: {
+              remoteAddress: request.remoteAddress ?? '',
+              clientCertificate: request.clientCertificate,
+            },
           }
         : undefined
     // A write is a create when the backend says its target does not exist yet (ExistenceCheck).

@@ -17,7 +17,7 @@ import type { FlavorName } from './flavor.js'
 import { noFaults, parseFaultChanges } from './faults.js'
 import { Http1Server } from './http1-server.js'
 import { SYSTEM_DEFAULT_TTL_SECONDS, SYSTEM_MAX_TTL_SECONDS } from './ttl.js'
-import type { HttpRequest, HttpResponse } from './http1-server.js'
+import type { HttpRequest, HttpResponse, TlsIdentity } from './http1-server.js'
 
 export interface DevVaultOptions {
   /** The root token's id, as `vault server -dev -dev-root-token-id`. Default "root". */
@@ -37,6 +37,11 @@ export interface DevVaultOptions {
    * 412 `missing "X-Vault-Request" header` unless the request has `X-Vault-Request: true`.
    */
   requireRequestHeader?: boolean
+  /**
+   * Listen with TLS (PEM certificate and key); `address` is then https://. Clients are asked for a
+   * certificate, as Vault's listener does, for the cert auth method.
+   */
+  tls?: TlsIdentity
   /** How often expired leases and tokens are looked for. Default 250 ms. */
   reaperIntervalMs?: number
   /** Base of the backoff between failed revocations. Default 10 s, as in Vault. */
@@ -54,6 +59,7 @@ export class DevVault {
   readonly rootToken: string
   private readonly host: string
   private readonly requireRequestHeader: boolean
+  private readonly scheme: 'http' | 'https'
   private readonly core: VaultCore
   private readonly http: Http1Server
   private current: Faults = noFaults()
@@ -64,6 +70,7 @@ export class DevVault {
     this.rootToken = options.rootToken ?? 'root'
     this.host = options.host ?? '127.0.0.1'
     this.requireRequestHeader = options.requireRequestHeader ?? false
+    this.scheme = options.tls ? 'https' : 'http'
     const systemTtls = {
       defaultLeaseTtlSeconds: options.defaultLeaseTtlSeconds || SYSTEM_DEFAULT_TTL_SECONDS,
       maxLeaseTtlSeconds: options.maxLeaseTtlSeconds || SYSTEM_MAX_TTL_SECONDS,
@@ -83,7 +90,7 @@ export class DevVault {
       rotationTickMs: options.rotationTickMs ?? 5_000,
       log: options.log ?? (() => undefined),
     })
-    this.http = new Http1Server((request) => this.handle(request))
+    this.http = new Http1Server((request) => this.handle(request), options.tls)
   }
 
   /** Listens on `port` (0, the default, picks a free one). */
@@ -103,7 +110,7 @@ export class DevVault {
   }
 
   get address(): string {
-    return `http://${this.host}:${this.port}`
+    return `${this.scheme}://${this.host}:${this.port}`
   }
 
   get faults(): Readonly<Faults> {
@@ -160,6 +167,7 @@ export class DevVault {
       headers: request.headers,
       body: request.body.toString('utf8'),
       remoteAddress: request.remoteAddress,
+      clientCertificate: request.clientCertificate,
     })
   }
 

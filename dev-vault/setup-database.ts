@@ -16,12 +16,18 @@
  * prints {"role_id":…,"secret_id":…} for the proxy's AppRole login.
  */
 import { realpathSync } from 'node:fs'
+import https from 'node:https'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
 export interface VaultAccess {
   address: string
   token: string
+  /**
+   * For an https:// address: the CA to trust (PEM) and, optionally, a client certificate and key
+   * to present (for the cert auth method). Without it, https uses the system's trust store.
+   */
+  tls?: { ca: string; cert?: string; key?: string }
 }
 
 export interface VaultReply {
@@ -57,11 +63,10 @@ export async function vaultRequest(
   const token = options.token === undefined ? vault.token : options.token
   if (token !== null) headers['X-Vault-Token'] = token
   if (options.body !== undefined) headers['Content-Type'] = 'application/json'
-  const response = await fetch(`${vault.address.replace(/\/$/, '')}/v1/${path}`, {
-    method,
-    headers,
-    body: options.body === undefined ? undefined : JSON.stringify(options.body),
-  })
+  const url = `${vault.address.replace(/\/$/, '')}/v1/${path}`
+  const body = options.body === undefined ? undefined : JSON.stringify(options.body)
+  if (vault.tls !== undefined) return httpsRequest(url, method, headers, body, vault.tls)
+  const response = await fetch(url, { method, headers, body })
   const text = await response.text()
   return {
     status: response.status,
@@ -69,6 +74,38 @@ export async function vaultRequest(
     text,
     json: text === '' ? undefined : (JSON.parse(text) as unknown),
   }
+}
+
+/** fetch cannot be given a CA or a client certificate without undici's Agent; node:https can. */
+function httpsRequest(
+  url: string,
+  method: string,
+  headers: Record<string, string>,
+  body: string | undefined,
+  tls: NonNullable<VaultAccess['tls']>,
+): Promise<VaultReply> {
+  return new Promise((resolve, reject) => {
+    const request = https.request(url, { method, headers, ca: tls.ca, cert: tls.cert, key: tls.key }, (response) => {
+      const chunks: Buffer[] = []
+      response.on('data', (chunk: Buffer) => chunks.push(chunk))
+      response.on('error', reject)
+      response.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8')
+        const replyHeaders = new Headers()
+        for (const [name, value] of Object.entries(response.headers)) {
+          for (const v of Array.isArray(value) ? value : [value ?? '']) replyHeaders.append(name, v)
+        }
+        resolve({
+          status: response.statusCode ?? 0,
+          headers: replyHeaders,
+          text,
+          json: text === '' ? undefined : (JSON.parse(text) as unknown),
+        })
+      })
+    })
+    request.on('error', reject)
+    request.end(body)
+  })
 }
 
 /** vaultRequest that insists on a 2xx answer. */

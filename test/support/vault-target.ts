@@ -112,6 +112,11 @@ export interface VaultForOptions {
   maxLeaseTtlSeconds?: number
   /** Dev Vault only: answer 412 without X-Vault-Request, as a Vault Agent listener can (the helpers send it). */
   requireRequestHeader?: boolean
+  /**
+   * Dev Vault only: serve over TLS with this server certificate and key (test-ca.ts makes them);
+   * `ca` is what the helpers trust, and `client` a certificate they present (for cert logins).
+   */
+  tls?: { cert: string; key: string; ca: string; client?: { cert: string; key: string } }
 }
 
 /** A Vault for one test: started now, stopped (or cleaned up) in t's teardown. The cluster is needed for database(). */
@@ -126,6 +131,7 @@ export async function vaultFor(t: Test, cluster?: PgCluster, options: VaultForOp
       defaultLeaseTtlSeconds: options.defaultLeaseTtlSeconds,
       maxLeaseTtlSeconds: options.maxLeaseTtlSeconds,
       requireRequestHeader: options.requireRequestHeader,
+      tls: options.tls ? { cert: options.tls.cert, key: options.tls.key } : undefined,
       reaperIntervalMs: 100,
       // Vault retries a failed revocation after 10 s and more; tests need not wait that long.
       revokeRetryBaseMs: 2000,
@@ -134,6 +140,7 @@ export async function vaultFor(t: Test, cluster?: PgCluster, options: VaultForOp
     // Port 0: the kernel picks a free port at bind time, so there is no window for a collision.
     await dev.start(0)
     access = { address: dev.address, token: dev.rootToken }
+    if (options.tls) access.tls = { ca: options.tls.ca, ...options.tls.client }
   }
   const cleanups: (() => Promise<unknown>)[] = []
   t.teardown(async () => {
