@@ -16,7 +16,7 @@ import { Router } from '../router.js'
 import { defaultTokenParams, loginFrom, parseTokenFields, renewalFor, tokenData } from '../token-params.js'
 import type { TokenParams } from '../token-params.js'
 import { keyIdentifiers } from '../x509-key-ids.js'
-import { matchesGlobList } from './kubernetes.js'
+import { matchesGlobList } from '../glob.js'
 
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'
 const ANY_EXTENDED_KEY_USAGE = '2.5.29.37.0'

@@ -5,8 +5,10 @@
  * HTTP/1.1 server that accepts LIST.
  */
 import net from 'node:net'
+import fc from 'fast-check'
 import t from 'tap'
 import { encodeJson, goStruct, marshalJson, multierrorText } from '../../dev-vault/envelope.js'
+import { glob, matchesGlobList } from '../../dev-vault/glob.js'
 import { Http1Server } from '../../dev-vault/http1-server.js'
 import { generatePassword } from '../../dev-vault/ids.js'
 import { Acl, parsePolicy, PolicyStore } from '../../dev-vault/policies.js'
@@ -304,3 +306,23 @@ void t.test(
     t.match(bad, /^HTTP\/1\.1 400 Bad Request/)
   },
 )
+
+void t.test('glob matches as go-glob does, and as an anchored regular expression would', async (t) => {
+  t.ok(glob('db-*', 'db-migrations'))
+  t.notOk(glob('db-*', 'app-db-x'), 'no leading * means a prefix')
+  t.ok(glob('*-rw', 'app-rw'))
+  t.ok(glob('a*b*c', 'abc'))
+  t.notOk(glob('a*a', 'a'), 'parts may not overlap')
+  t.ok(glob('*', ''))
+  t.notOk(glob('', 'x'))
+  t.ok(matchesGlobList(['x', 'app-*'], 'app-1'))
+  // The property: the same answers as ^…$ with .* for each *, on a small alphabet where parts repeat.
+  const text = fc.string({ unit: fc.constantFrom('a', 'b', '*'), maxLength: 8 })
+  fc.assert(
+    fc.property(text, fc.string({ unit: fc.constantFrom('a', 'b'), maxLength: 10 }), (pattern, value) => {
+      const re = new RegExp(`^${pattern.split('*').join('.*')}$`)
+      return glob(pattern, value) === re.test(value)
+    }),
+    { numRuns: 2000 },
+  )
+})
