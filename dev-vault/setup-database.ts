@@ -2,7 +2,7 @@
  * Sets up Vault for pg-vault-proxy over Vault's HTTP API, so the same steps work on the dev Vault
  * and on a real Vault or OpenBao: the database secrets engine, a connection to PostgreSQL, a
  * dynamic role (users created with VALID UNTIL and granted the owner role), a static role, and an
- * AppRole with a policy limited to what the proxy needs (vault-api.md §3.6 and §8.1).
+ * AppRole with a policy limited to what the proxy needs (docs/vault.md).
  *
  * PostgreSQL must be prepared first (as a superuser): the owner role, a management login for
  * Vault with CREATEROLE (granted the owner role WITH ADMIN OPTION and pg_signal_backend), and the
@@ -154,7 +154,7 @@ export async function writeConnection(vault: VaultAccess, options: ConnectionOpt
   })
 }
 
-/** vault-api.md §3.6: a login user that expires with its lease and inherits the owner role. */
+/** docs/vault.md §2: a login user that expires with its lease and inherits the owner role. */
 export function ownerCreationStatements(ownerRole: string): string[] {
   return [
     `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' INHERIT;`,
@@ -162,7 +162,7 @@ export function ownerCreationStatements(ownerRole: string): string[] {
   ]
 }
 
-/** vault-api.md §3.6: end the user's sessions, then drop it, in one transaction. */
+/** docs/vault.md §2: end the user's sessions, then drop it, in one transaction. */
 export const TERMINATE_AND_DROP_STATEMENTS = [
   `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';`,
   `DROP ROLE IF EXISTS "{{name}}";`,
@@ -210,7 +210,7 @@ export async function createStaticRole(vault: VaultAccess, options: StaticRoleOp
   })
 }
 
-/** vault-api.md §8.1: what the proxy may do, and nothing else. */
+/** docs/vault.md §3: what the proxy may do, and nothing else. */
 export function proxyPolicy(mount: string, dynamicRole: string, staticRole: string): string {
   return [
     `path "${mount}/creds/${dynamicRole}" { capabilities = ["read"] }`,

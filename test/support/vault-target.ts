@@ -89,7 +89,7 @@ export interface VaultTarget extends VaultAccess {
   ): Promise<AppRoleCredentials & { mount: string }>
 }
 
-/** The response envelope's fields, in the order Vault serialises them (vault-api.md §1.1). */
+/** The response envelope's fields, in the order Vault serialises them (sdk/logical/translate_response.go HTTPResponse). */
 export const ENVELOPE_KEYS = [
   'request_id',
   'lease_id',
@@ -225,7 +225,7 @@ export async function vaultFor(t: Test, cluster?: PgCluster, options: VaultForOp
 const vaultAdmins = new WeakMap<PgCluster, Promise<Login>>()
 
 /**
- * The management login Vault uses (vault-api.md §3.6): CREATEROLE, admin of the owner role, and
+ * The management login Vault uses (docs/vault.md §1): CREATEROLE, admin of the owner role, and
  * allowed to end other sessions. Created once per cluster.
  */
 export function vaultAdminFor(cluster: PgCluster): Promise<Login> {
