@@ -53,7 +53,7 @@ export interface DatabaseEngine {
   admin: Login
   /** The templated TCP connection_url written to the config. */
   connectionUrl: string
-  /** A dynamic role with the §3.6 statements (owner role grant, terminate-and-drop revocation). */
+  /** A dynamic role with the docs/vault.md statements (owner role grant, terminate-and-drop revocation). */
   createDynamicRole(options: Omit<DynamicRoleOptions, 'mount' | 'dbName' | 'ownerRole'>): Promise<void>
   createStaticRole(name: string, username: string, rotationPeriod: number | string): Promise<void>
 }
