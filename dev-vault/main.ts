@@ -4,8 +4,10 @@
  * through its HTTP API, as on a real Vault (e.g. with dev-vault/setup-database.ts).
  * DEV_VAULT_FLAVOR sets the flavor when --flavor is not given. --default-lease-ttl and
  * --max-lease-ttl are the server config's default_lease_ttl and max_lease_ttl (768h each by default);
- * --require-request-header answers like a Vault Agent listener with require_request_header.
+ * --require-request-header answers like a Vault Agent listener with require_request_header;
+ * --tls-cert-file and --tls-key-file (PEM) serve https, as a listener's tls_cert_file/tls_key_file.
  */
+import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { DevVault } from './dev-vault-server.js'
 import { DEFAULT_FLAVOR, FLAVOR_NAMES, isFlavorName } from './flavor.js'
@@ -14,7 +16,8 @@ import { parseDurationSeconds } from './ttl.js'
 function usage(problem: string): never {
   process.stderr.write(
     `dev-vault: ${problem}\nusage: npm run dev-vault -- [--port N] [--host ADDR] [--root-token TOKEN] [--flavor ${FLAVOR_NAMES.join('|')}]\n` +
-      `       [--default-lease-ttl 768h] [--max-lease-ttl 768h] [--require-request-header]\n`,
+      `       [--default-lease-ttl 768h] [--max-lease-ttl 768h] [--require-request-header]\n` +
+      `       [--tls-cert-file server.crt --tls-key-file server.key]\n`,
   )
   process.exit(1)
 }
@@ -27,6 +30,8 @@ let values: {
   'default-lease-ttl'?: string
   'max-lease-ttl'?: string
   'require-request-header'?: boolean
+  'tls-cert-file'?: string
+  'tls-key-file'?: string
   help?: boolean
 }
 try {
@@ -39,6 +44,8 @@ try {
       'default-lease-ttl': { type: 'string', default: '768h' },
       'max-lease-ttl': { type: 'string', default: '768h' },
       'require-request-header': { type: 'boolean', default: false },
+      'tls-cert-file': { type: 'string' },
+      'tls-key-file': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   }))
@@ -60,7 +67,20 @@ const defaultLeaseTtlSeconds = durationFlag('default-lease-ttl')
 const maxLeaseTtlSeconds = durationFlag('max-lease-ttl')
 if (defaultLeaseTtlSeconds > maxLeaseTtlSeconds) usage('--default-lease-ttl cannot be greater than --max-lease-ttl')
 
+function readTls(): { cert: string; key: string } | undefined {
+  const certFile = values['tls-cert-file']
+  const keyFile = values['tls-key-file']
+  if (certFile === undefined && keyFile === undefined) return undefined
+  if (certFile === undefined || keyFile === undefined) usage('--tls-cert-file and --tls-key-file go together')
+  try {
+    return { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8') }
+  } catch (err) {
+    usage(`cannot read the TLS certificate or key: ${(err as Error).message}`)
+  }
+}
+
 const vault = new DevVault({
+  tls: readTls(),
   flavor,
   defaultLeaseTtlSeconds,
   maxLeaseTtlSeconds,
