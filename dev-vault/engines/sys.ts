@@ -7,23 +7,22 @@ import type { Backend, BackendRequest, BackendResult } from '../backend.js'
 import type { VaultCore } from '../core.js'
 import { encodeJson, goStruct, respondError, VaultError } from '../envelope.js'
 import { Fields } from '../fields.js'
-import type { MountEntry } from '../mounts.js'
-import { normalizeMountPath } from '../mounts.js'
+import type { Flavor } from '../flavor.js'
+import type { MountEntry, TokenTypeSetting } from '../mounts.js'
+import { normalizeMountPath, TOKEN_TYPE_SETTINGS } from '../mounts.js'
 import { Router } from '../router.js'
 import { addLeaseRoutes } from './leases.js'
-
-/** The Vault release whose API the dev Vault follows; sys/health reports it. */
-export const VAULT_VERSION = '1.19.0'
+import { addQuotaRoutes } from './quotas.js'
 
 export function sysBackend(core: VaultCore): Backend {
   const router = new Router<BackendRequest, BackendResult>()
-    .add('mounts', { read: () => ({ data: mountListing(core.mounts.list('secret')) }) })
+    .add('mounts', { read: () => ({ data: mountListing(core.flavor, core.mounts.list('secret')) }) })
     .add('mounts/*path', {
       read: (req) => readMount(core, req, 'secret'),
       write: (req) => writeMount(core, req, 'secret'),
       delete: (req) => disableMount(core, req, 'secret'),
     })
-    .add('auth', { read: () => ({ data: mountListing(core.mounts.list('auth')) }) })
+    .add('auth', { read: () => ({ data: mountListing(core.flavor, core.mounts.list('auth')) }) })
     .add('auth/*path', {
       read: (req) => readMount(core, req, 'auth'),
       write: (req) => writeMount(core, req, 'auth'),
@@ -34,6 +33,7 @@ export function sysBackend(core: VaultCore): Backend {
     .add('policy', { read: () => ({ data: { keys: core.policies.names(), policies: core.policies.names() } }) })
     .add('policy/*name', policyHandlers(core, 'rules'))
   addLeaseRoutes(router, core)
+  addQuotaRoutes(router, core)
   return {
     router,
     sudoPaths: ['auth/*', 'leases/revoke-prefix/*', 'leases/revoke-force/*', 'leases/lookup/*', 'revoke-prefix/*'],
@@ -43,13 +43,13 @@ export function sysBackend(core: VaultCore): Backend {
 // ---------------------------------------------------------------------------
 // Mounts
 
-function mountInfo(mount: MountEntry): Record<string, unknown> {
+function mountInfo(flavor: Flavor, mount: MountEntry): Record<string, unknown> {
   const config: Record<string, unknown> = {
     default_lease_ttl: mount.tune.defaultLeaseTtlSeconds,
     force_no_cache: false,
     max_lease_ttl: mount.tune.maxLeaseTtlSeconds,
   }
-  if (mount.kind === 'auth') config.token_type = 'default-service'
+  if (mount.kind === 'auth') config.token_type = mount.tokenType
   return {
     accessor: mount.accessor,
     config,
@@ -59,7 +59,7 @@ function mountInfo(mount: MountEntry): Record<string, unknown> {
     local: false,
     options: mount.options,
     plugin_version: '',
-    running_plugin_version: `v${VAULT_VERSION}+builtin.vault`,
+    running_plugin_version: `v${flavor.version}${flavor.builtinSuffix}`,
     running_sha256: '',
     seal_wrap: false,
     type: mount.type,
@@ -67,9 +67,9 @@ function mountInfo(mount: MountEntry): Record<string, unknown> {
   }
 }
 
-function mountListing(mounts: MountEntry[]): Record<string, unknown> {
+function mountListing(flavor: Flavor, mounts: MountEntry[]): Record<string, unknown> {
   return Object.fromEntries(
-    mounts.map((m) => [m.kind === 'auth' ? m.path.replace(/^auth\//, '') : m.path, mountInfo(m)]),
+    mounts.map((m) => [m.kind === 'auth' ? m.path.replace(/^auth\//, '') : m.path, mountInfo(flavor, m)]),
   )
 }
 
@@ -94,7 +94,7 @@ function readMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth'
         : `No secret engine mount at ${normalizeMountPath(path)}`,
     )
   }
-  if (!isTune) return { data: mountInfo(mount) }
+  if (!isTune) return { data: mountInfo(core.flavor, mount) }
   return {
     data: {
       default_lease_ttl: mount.config.defaultLeaseTtlSeconds,
@@ -102,6 +102,7 @@ function readMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth'
       force_no_cache: false,
       max_lease_ttl: mount.config.maxLeaseTtlSeconds,
       ...(mount.options ? { options: mount.options } : {}),
+      ...(mount.kind === 'auth' ? { token_type: mount.tokenType } : {}),
     },
   }
 }
@@ -111,8 +112,9 @@ function writeMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth
   const f = req.fields
   if (isTune) {
     core.mounts.tune(tablePath(kind, path), {
-      ...(f.has('default_lease_ttl') ? { defaultLeaseTtlSeconds: f.durationSeconds('default_lease_ttl') } : {}),
-      ...(f.has('max_lease_ttl') ? { maxLeaseTtlSeconds: f.durationSeconds('max_lease_ttl') } : {}),
+      defaultLeaseTtlSeconds: tuneTtl(f, 'default_lease_ttl'),
+      maxLeaseTtlSeconds: tuneTtl(f, 'max_lease_ttl'),
+      tokenType: f.has('token_type') ? tokenTypeSetting(f.string('token_type')) : undefined,
     })
     return undefined
   }
@@ -125,12 +127,30 @@ function writeMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth
     type,
     description: f.string('description'),
     tune: {
-      defaultLeaseTtlSeconds: config.durationSeconds('default_lease_ttl'),
-      maxLeaseTtlSeconds: config.durationSeconds('max_lease_ttl'),
+      defaultLeaseTtlSeconds: tuneTtl(config, 'default_lease_ttl') ?? 0,
+      maxLeaseTtlSeconds: tuneTtl(config, 'max_lease_ttl') ?? 0,
     },
+    ...(kind === 'auth' && config.has('token_type')
+      ? { tokenType: tokenTypeSetting(config.string('token_type')) }
+      : {}),
     options: f.has('options') ? f.stringMap('options') : null,
   })
   return undefined
+}
+
+/** A tuned TTL: absent or "" keeps the value, "system" (or 0) goes back to the system's. */
+function tuneTtl(f: Fields, name: string): number | undefined {
+  const raw = f.string(name)
+  if (raw === '') return undefined
+  if (raw === 'system') return 0
+  return f.durationSeconds(name)
+}
+
+/** logical_system.go handleTuneWriteCommon: "" means default-service. */
+function tokenTypeSetting(value: string): TokenTypeSetting {
+  if (value === '') return 'default-service'
+  if (!(TOKEN_TYPE_SETTINGS as readonly string[]).includes(value)) throw respondError("invalid value for 'token_type'")
+  return value as TokenTypeSetting
 }
 
 async function disableMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth'): Promise<BackendResult> {
@@ -173,6 +193,7 @@ function decodeIfBase64(text: string): string {
 // Health and seal status: plain JSON bodies, not envelopes, served even when sealed.
 
 export interface HealthState {
+  flavor: Flavor
   sealed: boolean
   standby: boolean
   clusterName: string
@@ -220,6 +241,21 @@ export function healthReply(state: HealthState, query: URLSearchParams, isHead: 
   if (state.sealed) status = codes.sealedcode!
   else if (state.standby && !flags.standbyok) status = codes.standbycode!
 
+  if (state.flavor.healthBody === 'openbao') {
+    // internal/http/sys_health.go HealthResponse: no performance standby, enterprise or HA timings.
+    const body = goStruct({
+      initialized: true,
+      sealed: state.sealed,
+      standby: state.standby,
+      replication_performance_mode: 'disabled',
+      replication_dr_mode: 'disabled',
+      server_time_utc: Math.floor(state.now() / 1000),
+      version: state.flavor.version,
+      cluster_name: state.sealed ? undefined : state.clusterName,
+      cluster_id: state.sealed ? undefined : state.clusterId,
+    })
+    return { status, body: isHead ? '' : encodeJson(body) }
+  }
   const body = goStruct({
     initialized: true,
     sealed: state.sealed,
@@ -228,7 +264,7 @@ export function healthReply(state: HealthState, query: URLSearchParams, isHead: 
     replication_performance_mode: 'disabled',
     replication_dr_mode: 'disabled',
     server_time_utc: Math.floor(state.now() / 1000),
-    version: VAULT_VERSION,
+    version: state.flavor.version,
     enterprise: false,
     // A sealed Vault does not know its cluster.
     cluster_name: state.sealed ? undefined : state.clusterName,
@@ -250,7 +286,7 @@ export function sealStatusReply(state: HealthState): PlainReply {
     n: 1,
     progress: 0,
     nonce: '',
-    version: VAULT_VERSION,
+    version: state.flavor.version,
     build_date: '2025-03-04T17:40:20Z',
     migration: false,
     cluster_name: state.sealed ? undefined : state.clusterName,
