@@ -354,10 +354,16 @@ export class ProxyServer {
     const here = this.routes.filter((r) => r.listener === listener)
     const route = here.find((r) => r.users?.has(clientUser)) ?? here.find((r) => r.users === undefined)
     if (route) return route
+    // The user names routed here are for the operator's eyes only: a client that may not connect
+    // should not learn which names would let it (docs/security.md, "What the proxy grants").
+    this.options.logger.warn(
+      { listener, clientUser, routedUsers: here.flatMap((r) => [...(r.users ?? [])]) },
+      'no route for the client user on this listener',
+    )
     return new ProxyError('no_route', {
       sqlState: '28000',
       message: `pg-vault-proxy has no route for user "${clientUser}" on this listener`,
-      hint: `Connect as one of: ${here.flatMap((r) => [...(r.users ?? [])]).join(', ')}; or add a route without users.`,
+      hint: 'Connect with a user name that a route on this listener serves (routes[].users in the proxy configuration), or add a route without users.',
     })
   }
 
