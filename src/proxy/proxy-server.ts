@@ -9,7 +9,11 @@ import { CancelRegistry } from './cancel-registry.js'
 import { ClientSession, SessionPhase, shuttingDown, type SessionSettings } from './client-session.js'
 import { isLoopbackHost } from './loopback.js'
 import { ProxyError } from './proxy-error.js'
+import { StartupSlots } from './startup-slots.js'
 import type { UpstreamConnector } from './upstream-connector.js'
+
+/** Idle time before the first TCP keepalive probe on a client connection. */
+export const CLIENT_KEEPALIVE_DELAY_MS = 60_000
 
 /**
  * Everything a new session is built from, swapped as a whole by a configuration reload: sessions
@@ -46,7 +50,8 @@ export interface ProxyServerOptions {
   allowRemote: boolean
   socketMode: number
   routes: RouteProfile[]
-  startupTimeoutMs: number
+  /** Connections that have not sent their startup packet yet, at most (max_startup_connections). */
+  maxStartupConnections: number
   logger: Logger
   /** The parts built for this server record into the same registry (see createProxyServer). */
   metrics?: ProxyMetrics | undefined
@@ -87,6 +92,7 @@ export interface ProxyStatus {
  */
 export class ProxyServer {
   readonly cancels = new CancelRegistry()
+  private readonly startupSlots: StartupSlots
   readonly health: Health
   readonly metrics: ProxyMetrics
   private readonly servers: Server[] = []
@@ -119,6 +125,7 @@ export class ProxyServer {
       }
     }
     this.routes = options.routes
+    this.startupSlots = new StartupSlots(options.maxStartupConnections)
     this.metrics = options.metrics ?? new ProxyMetrics()
     this.health = new Health(() => combinedStatus(this.routes.map((r) => r.credentials.status())))
     this.metrics.observe({
@@ -343,7 +350,13 @@ export class ProxyServer {
   }
 
   private createServer(listener: string): Server {
-    return createServer({ noDelay: true }, (socket) => this.accept(socket, listener))
+    const server = createServer({ noDelay: true }, (socket) => this.accept(socket, listener))
+    // After listen, errors are failed accepts (EMFILE, ENFILE): the listener keeps running, and an
+    // unhandled 'error' would end the process.
+    server.on('error', (err: NodeJS.ErrnoException) => {
+      if (server.listening) this.options.logger.error({ err: err.code ?? err.message, listener }, 'accept failed')
+    })
+    return server
   }
 
   /**
@@ -370,11 +383,27 @@ export class ProxyServer {
   private accept(socket: Socket, listener: string): void {
     const { logger } = this.options
     socket.setNoDelay(true)
+    // A client host that vanishes (no FIN, no RST) is found by the kernel instead of holding its
+    // session forever. Loopback and Unix sockets need it less; a remote listener does.
+    socket.setKeepAlive(true, CLIENT_KEEPALIVE_DELAY_MS)
+    const releaseSlot = this.startupSlots.take()
+    if (!releaseSlot) {
+      this.metrics.sessionRefused('too_many_startups')
+      if (this.startupSlots.refuse(socket))
+        logger.warn(
+          { maxStartupConnections: this.startupSlots.limit, client: socket.remoteAddress ?? 'unix' },
+          'max_startup_connections reached: refusing new connections until clients finish their startup or time out',
+        )
+      return
+    }
     const session: ClientSession = new ClientSession(
       socket,
       {
-        startupTimeoutMs: this.options.startupTimeoutMs,
+        // The current profile's, so that a reload of startup_timeout_ms applies to new connections.
+        startupTimeoutMs: this.profile.settings.startupTimeoutMs,
         route: (clientUser) => {
+          // The startup packet is read: from here max_client_connections counts the session.
+          releaseSlot()
           const route = this.chooseRoute(listener, clientUser)
           if (route instanceof ProxyError) return route
           this.sessions.set(session, route)
@@ -390,7 +419,10 @@ export class ProxyServer {
     session
       .run()
       .catch((err: unknown) => logger.error({ err }, 'session crashed'))
-      .finally(() => this.ended(session))
+      .finally(() => {
+        releaseSlot()
+        this.ended(session)
+      })
   }
 
   private ended(session: ClientSession): void {
