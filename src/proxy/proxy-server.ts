@@ -1,5 +1,5 @@
-import { chmod, mkdir, unlink } from 'node:fs/promises'
-import { connect, createServer, type Server, type Socket } from 'node:net'
+import { unlink } from 'node:fs/promises'
+import { createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from 'pino'
 import { Health } from '../ops/health.js'
 import { ProxyMetrics, type RelayedBytes } from '../ops/metrics.js'
@@ -10,6 +10,7 @@ import { ClientSession, SessionPhase, shuttingDown, type SessionSettings } from 
 import { isLoopbackHost } from './loopback.js'
 import { ProxyError } from './proxy-error.js'
 import { StartupSlots } from './startup-slots.js'
+import { listenUnixSocket, prepareSocketDir } from './unix-socket.js'
 import type { UpstreamConnector } from './upstream-connector.js'
 
 /** Idle time before the first TCP keepalive probe on a client connection. */
@@ -159,12 +160,10 @@ export class ProxyServer {
       this.servers.push(tcp)
       logger.info({ address: `${spec.listen.host}:${port}` }, 'listening on TCP')
       if (spec.socketDir) {
-        await mkdir(spec.socketDir, { recursive: true })
+        await prepareSocketDir(spec.socketDir, socketMode, logger)
         const path = `${spec.socketDir}/.s.PGSQL.${port}`
-        await removeStaleSocket(path)
         const unix = this.createServer(key)
-        await listenOn(unix, { path })
-        await chmod(path, socketMode)
+        await listenUnixSocket(unix, path, socketMode)
         this.socketPaths.push(path)
         this.servers.push(unix)
         logger.info({ path }, 'listening on Unix socket')
@@ -433,7 +432,7 @@ export class ProxyServer {
   }
 }
 
-async function listenOn(server: Server, options: { host: string; port: number } | { path: string }): Promise<void> {
+async function listenOn(server: Server, options: { host: string; port: number }): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(options, () => {
@@ -452,18 +451,4 @@ function combinedStatus(statuses: CredentialStatus[]): CredentialStatus {
     expiresAt: expiries.length > 0 ? Math.min(...expiries) : undefined,
     detail: statuses.map((s) => s.detail).join('; '),
   }
-}
-
-/** A socket file left by a crashed proxy blocks listen; one that still answers belongs to a live process. */
-async function removeStaleSocket(path: string): Promise<void> {
-  const alive = await new Promise<boolean>((resolve) => {
-    const probe = connect({ path })
-    probe.once('connect', () => {
-      probe.destroy()
-      resolve(true)
-    })
-    probe.once('error', () => resolve(false))
-  })
-  if (alive) throw new Error(`socket_dir: ${path} is in use by another process`)
-  await unlink(path).catch(() => undefined)
 }
