@@ -120,6 +120,7 @@ export function createCredentialSource(
         username: fixed.username,
         password: fixed.password,
         passwordFile: fixed.password_file,
+        log: logger,
       },
       metrics,
     )
