@@ -10,6 +10,7 @@ import t from 'tap'
 import { freePort } from '../support/free-port.js'
 import { clusterFor } from '../support/pg-cluster.js'
 import { clusterUpstreamYaml } from '../support/proxy-config.js'
+import { CLIENT_KEEPALIVE_DELAY_MS } from '../../src/proxy/proxy-server.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
 import { runClient } from '../support/run-client.js'
 import { startupMessage } from '../support/wire-builder.js'
@@ -121,8 +122,10 @@ void t.test('every way out of the startup frees its slot: login, a bad packet, t
 
 void t.test('client TCP connections have keepalive on (the kernel runs a keepalive timer)', async (t) => {
   const proxy = await startProxy(t, cluster)
-  const client = await connectAs(proxy.port)
-  const local = (client as unknown as { connection: { stream: net.Socket } }).connection.stream.localPort
+  const client = await idleSocket(proxy.port)
+  t.teardown(() => client.destroy())
+  await until(() => openConnections(proxy) === 1, 'the proxy to accept the connection')
+  const local = client.localPort as number
   // `ss -o` shows the timer the kernel runs on the proxy's side of this connection.
   const ss = await runClient('ss', [
     '-tnoH',
@@ -132,7 +135,9 @@ void t.test('client TCP connections have keepalive on (the kernel runs a keepali
   ])
   t.equal(ss.code, 0, ss.out)
   t.match(ss.stdout, /timer:\(keepalive,/, `keepalive timer on the accepted socket: ${ss.stdout.trim()}`)
-  // Control: the client's own socket (node-postgres leaves keepalive off) has no such timer.
+  const seconds = Number(/keepalive,(\d+)sec/.exec(ss.stdout)?.[1])
+  t.ok(seconds > 40 && seconds <= CLIENT_KEEPALIVE_DELAY_MS / 1000, `first probe after about 60 s (${seconds} s left)`)
+  // Control: the client's own socket, where keepalive is off, has no such timer.
   const own = await runClient('ss', [
     '-tnoH',
     'state',
@@ -141,7 +146,6 @@ void t.test('client TCP connections have keepalive on (the kernel runs a keepali
   ])
   t.ok(own.stdout.trim().length > 0, 'the client side is listed')
   t.notMatch(own.stdout, /keepalive/, 'and has no keepalive timer')
-  await client.end()
 })
 
 void t.test('a flood of idle sockets beyond the descriptor limit: no EMFILE, refusals, then service', async (t) => {
