@@ -4,12 +4,16 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import t from 'tap'
 import { freePort } from '../support/free-port.js'
 import { clusterFor } from '../support/pg-cluster.js'
 import { clusterUpstreamYaml } from '../support/proxy-config.js'
+import { parseConfig } from '../../src/config/load-config.js'
+import { ConfigReloader } from '../../src/ops/config-reload.js'
+import { createLogger } from '../../src/ops/logger.js'
 import { CLIENT_KEEPALIVE_DELAY_MS } from '../../src/proxy/proxy-server.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
 import { runClient } from '../support/run-client.js'
@@ -118,6 +122,47 @@ void t.test('every way out of the startup frees its slot: login, a bad packet, t
   await admitted.end()
   idle[1]!.destroy()
   for (const s of sessions) await s.end()
+})
+
+void t.test('a reload keeps the running max_startup_connections and applies startup_timeout_ms', async (t) => {
+  const proxy = await startProxy(t, cluster, { max_startup_connections: 2, startup_timeout_ms: 10_000 })
+  let logText = ''
+  const logger = createLogger(
+    'debug',
+    new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        logText += chunk.toString()
+        done()
+      },
+    }),
+  )
+  const { config } = proxy
+  const raw = {
+    listen: '127.0.0.1:0',
+    socket_dir: proxy.socketDir,
+    owner_role: config.owner_role,
+    upstream: config.upstream,
+    credentials: config.credentials,
+    max_startup_connections: 5,
+    startup_timeout_ms: 300,
+  }
+  const reloader = new ConfigReloader(config, {
+    server: proxy.server,
+    logger,
+    load: () => Promise.resolve(parseConfig(raw)),
+  })
+  t.equal(await reloader.reload(), true, 'applied')
+  t.match(
+    logText,
+    /"keys":\["max_startup_connections"\].*take effect only after a restart/,
+    'the limit needs a restart',
+  )
+  const idle = [await idleSocket(proxy.port), await idleSocket(proxy.port)]
+  await until(() => openConnections(proxy) === 2, 'the idle sockets to be accepted')
+  t.equal((await refusal(proxy.port)).code, '53300', 'the running limit of 2 stays')
+  const started = Date.now()
+  await Promise.all(idle.map((s) => once(s, 'close')))
+  t.ok(Date.now() - started < 5_000, 'the new startup_timeout_ms (300 ms) closed them, not the old 10 s')
 })
 
 void t.test('client TCP connections have keepalive on (the kernel runs a keepalive timer)', async (t) => {
