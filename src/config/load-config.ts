@@ -173,7 +173,7 @@ export function describeYamlError(file: string, err: unknown): string {
     .split(': ', 1)[0] as string
   const where = err instanceof YAMLError && err.linePos ? `:${err.linePos[0].line}:${err.linePos[0].col}` : ''
   const code = err instanceof YAMLError ? ` (${err.code})` : ''
-  return `${file}${where}: not valid YAML: ${reason.slice(0, 120)}${code}`
+  return `${file}${where} is not valid YAML: ${reason.slice(0, 120)}${code}`
 }
 
 /** PGVP_<KEY_PATH> for every key of the schema, typed by the key's kind. */

@@ -39,7 +39,7 @@ void t.test('start: stderr names file, line and column, not the line', async (t)
   t.equal(code, 1, 'a configuration error')
   t.match(
     stderr,
-    `${file}:5:12: not valid YAML: Nested mappings are not allowed in compact mappings (BLOCK_AS_IMPLICIT_KEY)`,
+    `${file}:5:12 is not valid YAML: Nested mappings are not allowed in compact mappings (BLOCK_AS_IMPLICIT_KEY)`,
   )
   t.notMatch(stderr, SECRET, 'the secret is not echoed')
   t.notMatch(stderr, 'trailing', 'nor anything else from the line')
@@ -66,7 +66,7 @@ void t.test('reload: the refusal in the log names file, line and column, not the
     .filter((l) => l.trim())
     .map((l) => JSON.parse(l) as { msg: string; problems?: string[] })
     .find((l) => l.msg.startsWith('configuration reload refused'))
-  t.match(line?.problems?.[0], `${file}:5:12: not valid YAML`)
+  t.match(line?.problems?.[0], `${file}:5:12 is not valid YAML`)
   t.notMatch(text, SECRET, 'the secret is not logged')
   t.notMatch(text, 'trailing', 'nor anything else from the line')
 })
@@ -76,7 +76,7 @@ void t.test('reasons that quote the source are cut before the quote', async (t) 
   const file = join(dir, 'alias.yaml')
   await writeFile(file, `owner_role: *${SECRET}\n`)
   const err = (await loadConfig(file, {}, {}).catch((e: unknown) => e)) as Error
-  t.match(err.message, `${file}: not valid YAML: Unresolved alias (the anchor must be set before the alias)`)
+  t.match(err.message, `${file} is not valid YAML: Unresolved alias (the anchor must be set before the alias)`)
   t.notMatch(err.message, SECRET)
-  t.equal(describeYamlError('f.yaml', 'odd'), 'f.yaml: not valid YAML: odd', 'anything thrown is described')
+  t.equal(describeYamlError('f.yaml', 'odd'), 'f.yaml is not valid YAML: odd', 'anything thrown is described')
 })
