@@ -75,7 +75,14 @@ export interface ProxyStatus {
   }>
   ownerRole: string
   upstream: { address: string; database: string | undefined; sslmode: string }
-  sessions: { active: number; connections: number; maxClientConnections: number }
+  sessions: {
+    active: number
+    connections: number
+    maxClientConnections: number
+    /** Connections that have not sent their startup packet yet, and their limit. */
+    starting: number
+    maxStartupConnections: number
+  }
   credentials: {
     ready: boolean
     user: string | undefined
@@ -260,7 +267,13 @@ export class ProxyServer {
         database: settings.database,
         sslmode: connector.endpoint.sslmode,
       },
-      sessions: { active: this.activeSessions, connections: this.sessions.size, maxClientConnections },
+      sessions: {
+        active: this.activeSessions,
+        connections: this.sessions.size,
+        maxClientConnections,
+        starting: this.startupSlots.inUse,
+        maxStartupConnections: this.startupSlots.limit,
+      },
       credentials: {
         ready: credential.ready,
         user: credential.user,

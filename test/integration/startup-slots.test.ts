@@ -63,6 +63,7 @@ void t.test('idle sockets fill the slots; the next client gets 53300 at once; ti
   const proxy = await startProxy(t, cluster, { max_startup_connections: 3, startup_timeout_ms: 1_500 })
   const idle = [await idleSocket(proxy.port), await idleSocket(proxy.port), await idleSocket(proxy.port)]
   await until(() => openConnections(proxy) === 3, 'the proxy to accept the idle sockets')
+  t.match(proxy.server.status().sessions, { starting: 3, maxStartupConnections: 3 }, '/status shows the slots in use')
 
   const err = await refusal(proxy.port)
   t.equal(err.code, '53300', 'node-postgres: too_many_connections')
