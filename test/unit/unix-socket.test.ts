@@ -5,7 +5,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import t from 'tap'
+import { parseConfig } from '../../src/config/load-config.js'
 import { createLogger } from '../../src/ops/logger.js'
+import { createProxyServer } from '../../src/proxy/create-proxy-server.js'
 import { listenUnixSocket, prepareSocketDir, socketDirMode } from '../../src/proxy/unix-socket.js'
 
 const base = await mkdtemp(join(tmpdir(), 'pgvp-unix-'))
@@ -107,5 +109,31 @@ void t.test(
     await mkdir(theirs, { mode: 0o700 })
     await chown(theirs, 65534, 65534)
     await t.rejects(prepareSocketDir(theirs, 0o700, logger), /belongs to another user \(uid 65534\)/)
+  },
+)
+
+void t.test(
+  'the proxy creates its socket_dir and socket with their modes, and removes the socket at close',
+  async (t) => {
+    const previous = process.umask(0o022)
+    t.teardown(() => void process.umask(previous))
+    const socketDir = join(base, 'proxy', 'run')
+    const config = parseConfig({
+      listen: '127.0.0.1:0',
+      socket_dir: socketDir,
+      socket_mode: '0770',
+      owner_role: 'app_owner',
+      upstream: { host: '127.0.0.1', sslmode: 'disable' },
+      credentials: { static: { username: 'u', password: 'p' } },
+      ops: { enabled: false },
+    })
+    const { logger } = capturingLogger()
+    const server = createProxyServer(config, logger)
+    await server.start({ prefetchCredentials: false })
+    const socket = join(socketDir, `.s.PGSQL.${server.port}`)
+    t.equal((await modeOf(socketDir)).toString(8), '710', 'socket_dir: 0700 plus search for the group')
+    t.equal((await modeOf(socket)).toString(8), '770', 'the socket: socket_mode')
+    await server.close()
+    await t.rejects(stat(socket), { code: 'ENOENT' }, 'the socket file is removed at close')
   },
 )
