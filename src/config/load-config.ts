@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises'
-import { parse as parseYaml } from 'yaml'
+import { parse as parseYaml, YAMLError } from 'yaml'
 import { z } from 'zod'
 import { ConfigError } from './config-error.js'
 import { configKeys, type ConfigKey } from './schema-keys.js'
@@ -150,14 +150,30 @@ async function readConfigFile(file: string): Promise<Record<string, unknown>> {
   }
   let raw: unknown
   try {
-    raw = parseYaml(text) ?? {}
+    // Warnings would be printed with the offending line (a code frame) to stderr: not wanted.
+    raw = parseYaml(text, { logLevel: 'error' }) ?? {}
   } catch (err) {
-    throw new ConfigError([`${file} is not valid YAML: ${(err as Error).message}`])
+    throw new ConfigError([describeYamlError(file, err)])
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new ConfigError([`${file} must hold a YAML mapping of settings`])
   }
   return raw as Record<string, unknown>
+}
+
+/**
+ * A YAML syntax error as file, line, column and the parser's short reason. Never the text of the
+ * line: the parser's own message quotes it (a code frame), and the line may hold an inline secret.
+ * What follows a ": " in the reason is cut too, as some reasons end with a quoted token (an alias).
+ */
+export function describeYamlError(file: string, err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err)
+  const reason = (message.split('\n', 1)[0] as string)
+    .replace(/ at line \d+, column \d+:?$/, '')
+    .split(': ', 1)[0] as string
+  const where = err instanceof YAMLError && err.linePos ? `:${err.linePos[0].line}:${err.linePos[0].col}` : ''
+  const code = err instanceof YAMLError ? ` (${err.code})` : ''
+  return `${file}${where} is not valid YAML: ${reason.slice(0, 120)}${code}`
 }
 
 /** PGVP_<KEY_PATH> for every key of the schema, typed by the key's kind. */

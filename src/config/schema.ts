@@ -39,6 +39,8 @@ export const configSchema = z
     owner_role: z.string().min(1).max(63),
     max_client_connections: z.number().int().positive().default(100),
     startup_timeout_ms: positiveMs.default(10_000),
+    // Connections accepted but without a startup packet yet; beyond it new ones get 53300 at once.
+    max_startup_connections: z.number().int().positive().default(100),
     // SIGTERM/SIGINT: how long open sessions may take to reach an idle point before they are ended.
     shutdown_grace_ms: z.number().int().min(0).default(30_000),
     // Unset: idle clients are kept forever, as PostgreSQL's idle_session_timeout = 0.

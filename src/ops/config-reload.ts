@@ -9,7 +9,15 @@ import type { CredentialSource } from '../vault/credential-source.js'
  * Settings read only at start: the listeners and the log output. A reload that changes them says
  * so and keeps the running values; everything else applies to the sessions that start after it.
  */
-export const RESTART_ONLY_KEYS = ['listen', 'allow_remote', 'socket_dir', 'socket_mode', 'ops', 'log.format'] as const
+export const RESTART_ONLY_KEYS = [
+  'listen',
+  'allow_remote',
+  'socket_dir',
+  'socket_mode',
+  'max_startup_connections',
+  'ops',
+  'log.format',
+] as const
 
 /**
  * SIGHUP: reads the configuration again (same file, environment and flags), validates it, and
@@ -62,6 +70,7 @@ export class ConfigReloader {
       allow_remote: current.allow_remote,
       socket_dir: current.socket_dir,
       socket_mode: current.socket_mode,
+      max_startup_connections: current.max_startup_connections,
       ops: current.ops,
       log: { ...loaded.log, format: current.log.format },
     })

@@ -24,7 +24,7 @@ export function createProxyServer(config: Config, logger: Logger, env: NodeJS.Pr
     allowRemote: config.allow_remote,
     socketMode: parseInt(config.socket_mode, 8),
     routes: createRouteProfiles(config, logger, metrics, env),
-    startupTimeoutMs: config.startup_timeout_ms,
+    maxStartupConnections: config.max_startup_connections,
     logger,
     metrics,
   })
@@ -120,6 +120,7 @@ export function createCredentialSource(
         username: fixed.username,
         password: fixed.password,
         passwordFile: fixed.password_file,
+        log: logger,
       },
       metrics,
     )

@@ -1,5 +1,5 @@
-import { chmod, mkdir, unlink } from 'node:fs/promises'
-import { connect, createServer, type Server, type Socket } from 'node:net'
+import { unlink } from 'node:fs/promises'
+import { createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from 'pino'
 import { Health } from '../ops/health.js'
 import { ProxyMetrics, type RelayedBytes } from '../ops/metrics.js'
@@ -9,7 +9,12 @@ import { CancelRegistry } from './cancel-registry.js'
 import { ClientSession, SessionPhase, shuttingDown, type SessionSettings } from './client-session.js'
 import { isLoopbackHost } from './loopback.js'
 import { ProxyError } from './proxy-error.js'
+import { StartupSlots } from './startup-slots.js'
+import { listenUnixSocket, prepareSocketDir } from './unix-socket.js'
 import type { UpstreamConnector } from './upstream-connector.js'
+
+/** Idle time before the first TCP keepalive probe on a client connection. */
+export const CLIENT_KEEPALIVE_DELAY_MS = 60_000
 
 /**
  * Everything a new session is built from, swapped as a whole by a configuration reload: sessions
@@ -46,7 +51,8 @@ export interface ProxyServerOptions {
   allowRemote: boolean
   socketMode: number
   routes: RouteProfile[]
-  startupTimeoutMs: number
+  /** Connections that have not sent their startup packet yet, at most (max_startup_connections). */
+  maxStartupConnections: number
   logger: Logger
   /** The parts built for this server record into the same registry (see createProxyServer). */
   metrics?: ProxyMetrics | undefined
@@ -69,7 +75,14 @@ export interface ProxyStatus {
   }>
   ownerRole: string
   upstream: { address: string; database: string | undefined; sslmode: string }
-  sessions: { active: number; connections: number; maxClientConnections: number }
+  sessions: {
+    active: number
+    connections: number
+    maxClientConnections: number
+    /** Connections that have not sent their startup packet yet, and their limit. */
+    starting: number
+    maxStartupConnections: number
+  }
   credentials: {
     ready: boolean
     user: string | undefined
@@ -87,6 +100,7 @@ export interface ProxyStatus {
  */
 export class ProxyServer {
   readonly cancels = new CancelRegistry()
+  private readonly startupSlots: StartupSlots
   readonly health: Health
   readonly metrics: ProxyMetrics
   private readonly servers: Server[] = []
@@ -119,6 +133,7 @@ export class ProxyServer {
       }
     }
     this.routes = options.routes
+    this.startupSlots = new StartupSlots(options.maxStartupConnections)
     this.metrics = options.metrics ?? new ProxyMetrics()
     this.health = new Health(() => combinedStatus(this.routes.map((r) => r.credentials.status())))
     this.metrics.observe({
@@ -152,12 +167,10 @@ export class ProxyServer {
       this.servers.push(tcp)
       logger.info({ address: `${spec.listen.host}:${port}` }, 'listening on TCP')
       if (spec.socketDir) {
-        await mkdir(spec.socketDir, { recursive: true })
+        await prepareSocketDir(spec.socketDir, socketMode, logger)
         const path = `${spec.socketDir}/.s.PGSQL.${port}`
-        await removeStaleSocket(path)
         const unix = this.createServer(key)
-        await listenOn(unix, { path })
-        await chmod(path, socketMode)
+        await listenUnixSocket(unix, path, socketMode)
         this.socketPaths.push(path)
         this.servers.push(unix)
         logger.info({ path }, 'listening on Unix socket')
@@ -254,7 +267,13 @@ export class ProxyServer {
         database: settings.database,
         sslmode: connector.endpoint.sslmode,
       },
-      sessions: { active: this.activeSessions, connections: this.sessions.size, maxClientConnections },
+      sessions: {
+        active: this.activeSessions,
+        connections: this.sessions.size,
+        maxClientConnections,
+        starting: this.startupSlots.inUse,
+        maxStartupConnections: this.startupSlots.limit,
+      },
       credentials: {
         ready: credential.ready,
         user: credential.user,
@@ -343,7 +362,13 @@ export class ProxyServer {
   }
 
   private createServer(listener: string): Server {
-    return createServer({ noDelay: true }, (socket) => this.accept(socket, listener))
+    const server = createServer({ noDelay: true }, (socket) => this.accept(socket, listener))
+    // After listen, errors are failed accepts (EMFILE, ENFILE): the listener keeps running, and an
+    // unhandled 'error' would end the process.
+    server.on('error', (err: NodeJS.ErrnoException) => {
+      if (server.listening) this.options.logger.error({ err: err.code ?? err.message, listener }, 'accept failed')
+    })
+    return server
   }
 
   /**
@@ -354,21 +379,43 @@ export class ProxyServer {
     const here = this.routes.filter((r) => r.listener === listener)
     const route = here.find((r) => r.users?.has(clientUser)) ?? here.find((r) => r.users === undefined)
     if (route) return route
+    // The user names routed here are for the operator's eyes only: a client that may not connect
+    // should not learn which names would let it (docs/security.md, "What the proxy grants").
+    this.options.logger.warn(
+      { listener, clientUser, routedUsers: here.flatMap((r) => [...(r.users ?? [])]) },
+      'no route for the client user on this listener',
+    )
     return new ProxyError('no_route', {
       sqlState: '28000',
       message: `pg-vault-proxy has no route for user "${clientUser}" on this listener`,
-      hint: `Connect as one of: ${here.flatMap((r) => [...(r.users ?? [])]).join(', ')}; or add a route without users.`,
+      hint: 'Connect with a user name that a route on this listener serves (routes[].users in the proxy configuration), or add a route without users.',
     })
   }
 
   private accept(socket: Socket, listener: string): void {
     const { logger } = this.options
     socket.setNoDelay(true)
+    // A client host that vanishes (no FIN, no RST) is found by the kernel instead of holding its
+    // session forever. Loopback and Unix sockets need it less; a remote listener does.
+    socket.setKeepAlive(true, CLIENT_KEEPALIVE_DELAY_MS)
+    const releaseSlot = this.startupSlots.take()
+    if (!releaseSlot) {
+      this.metrics.sessionRefused('too_many_startups')
+      if (this.startupSlots.refuse(socket))
+        logger.warn(
+          { maxStartupConnections: this.startupSlots.limit, client: socket.remoteAddress ?? 'unix' },
+          'max_startup_connections reached: refusing new connections until clients finish their startup or time out',
+        )
+      return
+    }
     const session: ClientSession = new ClientSession(
       socket,
       {
-        startupTimeoutMs: this.options.startupTimeoutMs,
+        // The current profile's, so that a reload of startup_timeout_ms applies to new connections.
+        startupTimeoutMs: this.profile.settings.startupTimeoutMs,
         route: (clientUser) => {
+          // The startup packet is read: from here max_client_connections counts the session.
+          releaseSlot()
           const route = this.chooseRoute(listener, clientUser)
           if (route instanceof ProxyError) return route
           this.sessions.set(session, route)
@@ -384,7 +431,10 @@ export class ProxyServer {
     session
       .run()
       .catch((err: unknown) => logger.error({ err }, 'session crashed'))
-      .finally(() => this.ended(session))
+      .finally(() => {
+        releaseSlot()
+        this.ended(session)
+      })
   }
 
   private ended(session: ClientSession): void {
@@ -395,7 +445,7 @@ export class ProxyServer {
   }
 }
 
-async function listenOn(server: Server, options: { host: string; port: number } | { path: string }): Promise<void> {
+async function listenOn(server: Server, options: { host: string; port: number }): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(options, () => {
@@ -414,18 +464,4 @@ function combinedStatus(statuses: CredentialStatus[]): CredentialStatus {
     expiresAt: expiries.length > 0 ? Math.min(...expiries) : undefined,
     detail: statuses.map((s) => s.detail).join('; '),
   }
-}
-
-/** A socket file left by a crashed proxy blocks listen; one that still answers belongs to a live process. */
-async function removeStaleSocket(path: string): Promise<void> {
-  const alive = await new Promise<boolean>((resolve) => {
-    const probe = connect({ path })
-    probe.once('connect', () => {
-      probe.destroy()
-      resolve(true)
-    })
-    probe.once('error', () => resolve(false))
-  })
-  if (alive) throw new Error(`socket_dir: ${path} is in use by another process`)
-  await unlink(path).catch(() => undefined)
 }

@@ -1,4 +1,5 @@
 import type { StartupParameter } from '../pgwire/startup-packet.js'
+import { optionSettings, splitOptions, type OptionSetting } from '../pgwire/startup-options.js'
 import { ProxyError } from './proxy-error.js'
 
 /** What the client asked for, split into what goes upstream and what the proxy answers itself. */
@@ -21,9 +22,9 @@ const PROXY_OWNED = new Set(['role', 'session_authorization'])
 
 /**
  * Applies the proxy's rules to the client's startup parameters: `user` and `database` are taken
- * aside, `role` and `session_authorization` are the proxy's to set (directly or inside `options`),
- * `_pq_.*` never goes upstream, replication is refused, and everything else is forwarded as is
- * so the upstream validates it exactly as a direct connection would.
+ * aside, `role` and `session_authorization` are the proxy's to set (removed as parameters, refused
+ * inside `options`), `_pq_.*` never goes upstream, replication is refused, and everything else is
+ * forwarded as is so the upstream validates it exactly as a direct connection would.
  */
 export function splitClientStartup(parameters: readonly StartupParameter[]): ClientStartup {
   const result: ClientStartup = {
@@ -47,10 +48,10 @@ export function splitClientStartup(parameters: readonly StartupParameter[]): Cli
         })
       }
     } else if (PROXY_OWNED.has(key)) result.stripped.push(name)
-    else if (name === 'options') {
-      const kept = filterOptions(value, result.stripped)
-      if (kept !== '') result.forwarded.push([name, kept])
-    } else result.forwarded.push([name, value])
+    else {
+      if (name === 'options') checkOptions(value)
+      result.forwarded.push([name, value])
+    }
   }
   return result
 }
@@ -61,55 +62,23 @@ function isFalse(value: string): boolean {
 }
 
 /**
- * Removes `-c role=…`, `-crole=…`, `--role=…` (and session_authorization) from an `options`
- * string. Splitting follows PostgreSQL's pg_split_opts: whitespace separates, a backslash escapes
- * the next character. Kept switches are re-escaped the same way.
+ * Refuses an `options` string that would set a parameter the proxy owns, read as the server reads
+ * it (grouped flags such as `-ecrole=x` included). It is checked under both splittings the
+ * server's locale allows (see splitOptions), so a non-ASCII space cannot hide a switch.
  */
-export function filterOptions(options: string, stripped: string[]): string {
-  const words = splitOptions(options)
-  const kept: string[] = []
-  for (let i = 0; i < words.length; i++) {
-    const word = words[i] as string
-    let assignment: string | undefined
-    let consumed = [word]
-    if (word === '-c' && i + 1 < words.length) {
-      assignment = words[i + 1]
-      consumed = [word, assignment as string]
-      i++
-    } else if (word.startsWith('-c')) assignment = word.slice(2)
-    else if (word.startsWith('--')) assignment = word.slice(2)
-    const name = assignment?.split('=', 1)[0]
-    if (name !== undefined && PROXY_OWNED.has(normalise(name))) {
-      stripped.push(`options:${normalise(name)}`)
-      continue
-    }
-    kept.push(...consumed)
+function checkOptions(options: string): void {
+  for (const nonAsciiSeparates of [false, true]) {
+    const owned = optionSettings(splitOptions(options, nonAsciiSeparates)).find((s) => PROXY_OWNED.has(s.name))
+    if (owned) throw optionsRefused(owned)
   }
-  return kept.map(escapeOption).join(' ')
 }
 
-export function splitOptions(options: string): string[] {
-  const words: string[] = []
-  let current = ''
-  let inWord = false
-  for (let i = 0; i < options.length; i++) {
-    const ch = options[i] as string
-    if (ch === '\\' && i + 1 < options.length) {
-      current += options[++i]
-      inWord = true
-    } else if (/\s/.test(ch)) {
-      if (inWord) words.push(current)
-      current = ''
-      inWord = false
-    } else {
-      current += ch
-      inWord = true
-    }
-  }
-  if (inWord) words.push(current)
-  return words
-}
-
-function escapeOption(word: string): string {
-  return word.replace(/[\s\\]/g, (ch) => `\\${ch}`)
+function optionsRefused({ name, spelling }: OptionSetting): ProxyError {
+  // The client's own words, shortened: the packet may hold up to 10000 bytes of them.
+  const shown = spelling.length > 80 ? `${spelling.slice(0, 80)}…` : spelling
+  return new ProxyError('options_refused', {
+    sqlState: '42501',
+    message: `pg-vault-proxy refuses the options connection parameter: "${shown}" sets ${name}, which the proxy sets itself (every session acts as its owner role)`,
+    hint: `Remove the switch that sets ${name} from options (PGOPTIONS, or options= in the connection string); other switches are passed on.`,
+  })
 }

@@ -1,5 +1,6 @@
 import { accessSync, constants } from 'node:fs'
-import { readFile, stat } from 'node:fs/promises'
+import { stat } from 'node:fs/promises'
+import { readSecretFile, type SecretFileLog } from '../config/secret-file.js'
 import { noMetrics, type CredentialMetrics } from '../ops/metrics.js'
 import { ProxyError } from '../proxy/proxy-error.js'
 import {
@@ -16,6 +17,8 @@ export interface StaticSourceOptions {
   password?: string | undefined
   /** A file holding the password, re-read when it changes (so external rotation just works). */
   passwordFile?: string | undefined
+  /** Told when the password file is readable by others. */
+  log?: SecretFileLog | undefined
 }
 
 /**
@@ -77,7 +80,7 @@ export class StaticCredentialSource implements CredentialSource {
       const info = await stat(path)
       const cached = this.cached
       if (cached && cached.mtimeMs === info.mtimeMs && cached.size === info.size) return cached.credential
-      const text = await readFile(path, 'utf8')
+      const text = await readSecretFile(path, 'credentials.static.password_file', this.options.log)
       const credential = { username: this.options.username, password: text.replace(/\r?\n$/, ''), origin: path }
       const previous = this.lastPassword
       if (previous !== credential.password) {

@@ -1,4 +1,5 @@
-import { readFile, stat } from 'node:fs/promises'
+import { stat } from 'node:fs/promises'
+import { readSecretFile as readSecretFileChecked } from '../config/secret-file.js'
 import type { Logger } from 'pino'
 import type { VaultAuth, VaultClient } from './vault-client.js'
 import { VaultError } from './vault-error.js'
@@ -95,7 +96,7 @@ export class VaultAuthenticator {
     let auth: VaultAuth
     if (settings.method === 'approle') {
       const secretId = settings.secretIdFile
-        ? await readSecretFile(settings.secretIdFile, 'vault.auth.secret_id_file')
+        ? await readSecretFile(settings.secretIdFile, 'vault.auth.secret_id_file', this.log)
         : settings.secretId
       auth = await this.client.login(settings.mount, {
         role_id: settings.roleId,
@@ -103,7 +104,7 @@ export class VaultAuthenticator {
       })
     } else {
       // The service-account token file is re-read at each login: kubelet rotates it.
-      const jwt = await readSecretFile(settings.jwtFile, 'vault.auth.jwt_file')
+      const jwt = await readSecretFile(settings.jwtFile, 'vault.auth.jwt_file', this.log)
       auth = await this.client.login(settings.mount, { role: settings.role, jwt })
     }
     this.client.token = auth.clientToken
@@ -174,15 +175,15 @@ export class VaultAuthenticator {
     const info = await stat(path).catch(() => undefined)
     const stamp = info ? `${info.mtimeMs}:${info.size}` : 'missing'
     if (stamp === this.tokenFileStamp) return
-    this.client.token = await readSecretFile(path, 'vault.auth.token_file')
+    this.client.token = await readSecretFile(path, 'vault.auth.token_file', this.log)
     this.tokenFileStamp = stamp
     this.log.info({ path }, 'read the Vault token file')
   }
 }
 
-async function readSecretFile(path: string, key: string): Promise<string> {
+async function readSecretFile(path: string, key: string, log: Logger): Promise<string> {
   try {
-    return (await readFile(path, 'utf8')).trim()
+    return (await readSecretFileChecked(path, key, log)).trim()
   } catch (err) {
     throw new VaultError(
       'bad_request',

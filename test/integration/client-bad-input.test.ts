@@ -433,6 +433,27 @@ void t.test('a client that sends nothing, or not all of it, is closed silently a
   idle.client.destroy()
 })
 
+void t.test('past max_startup_connections a client gets one FATAL 53300 before it sends a byte', async (t) => {
+  const proxy = await startProxy(t, cluster, { max_startup_connections: 2 })
+  const holders = [await RawClient.connect(proxy.port), await RawClient.connect(proxy.port)]
+  let accepted = false
+  for (let i = 0; i < 100 && !accepted; i++) {
+    accepted = proxy.server.status().sessions.connections === 2
+    if (!accepted) await sleep(20)
+  }
+  t.ok(accepted, 'both holders were accepted')
+  const refused = await RawClient.connect(proxy.port)
+  t.ok(await refused.untilClosed(), 'closed without the client sending anything')
+  const fields = onlyFatal(t, refused.messages())
+  t.equal(fields.C, '53300')
+  t.match(fields.M, /^sorry, too many clients already \(pg-vault-proxy max_startup_connections reached: 2 /)
+  t.match(fields.H, /max_startup_connections/)
+  // A holder that now sends its startup packet logs in: the slots were held, not broken.
+  holders[0]!.write(startup())
+  t.ok(await holders[0]!.untilMessage('Z'), 'a holder completes its login')
+  for (const h of holders) h.destroy()
+})
+
 void t.test('SSLRequest + StartupMessage split at every byte offset logs in', async (t) => {
   const proxy = await startProxy(t, cluster)
   const bytes = Buffer.concat([sslRequest(), startup()])

@@ -26,13 +26,16 @@ void t.test('current_user is the owner, session_user the login user, through RES
 
 void t.test('a client cannot choose its role through startup parameters or options', async (t) => {
   const proxy = await startProxy(t, cluster)
-  const client = await proxy.client({ options: '-c role=scram_user -c statement_timeout=1234' })
+  const client = await proxy.client({ options: '-c statement_timeout=1234' })
   const row = (
     await client.query<{ current_user: string; st: string }>(
       "select current_user, current_setting('statement_timeout') as st",
     )
   ).rows[0]
-  t.same(row, { current_user: 'app_owner', st: '1234ms' }, 'role switch dropped, other options kept')
+  t.same(row, { current_user: 'app_owner', st: '1234ms' }, 'other options are passed on')
+  const err = (await proxy.client({ options: '-c role=scram_user' }).catch((e: unknown) => e)) as Record<string, string>
+  t.equal(err.code, '42501', 'an options switch that sets role is refused')
+  t.match(err.message, /sets role/)
 })
 
 void t.test('a mixed-case owner role with a space works as is', async (t) => {
