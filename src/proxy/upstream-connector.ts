@@ -5,7 +5,14 @@ import { decodeErrorFields, encodeMessage, type ErrorFields } from '../pgwire/ba
 import { AuthCode, BackendCode, MAX_STARTUP_PACKET_BODY, type TransactionStatus } from '../pgwire/codes.js'
 import { encodeStartupMessage } from '../pgwire/frontend-messages.js'
 import { md5PasswordResponse } from '../pgwire/md5-password.js'
-import { ConnectionClosedError, FramingError, MessageReader, describeCode } from '../pgwire/message-reader.js'
+import {
+  ConnectionClosedError,
+  FramingError,
+  MessageReader,
+  MessageTooLongError,
+  describeCode,
+  type TypedMessage,
+} from '../pgwire/message-reader.js'
 import { quoteIdent } from '../pgwire/sql-text.js'
 import {
   ScramClient,
@@ -42,8 +49,13 @@ export interface UpstreamLoginOptions {
   allowCleartextPassword: boolean
 }
 
-/** Startup-phase messages from the upstream are small; this bounds what a hostile server can make us hold. */
-const MAX_STARTUP_MESSAGE = 1 << 20
+/**
+ * Everything the upstream may send during login, in total: the authentication exchange,
+ * ParameterStatus, NoticeResponse, BackendKeyData. PostgreSQL sends a few kilobytes (a notice from
+ * a login event trigger or an extension may add some); the cap bounds what a hostile or broken
+ * server can make one login hold or parse.
+ */
+export const MAX_LOGIN_BYTES = 1 << 20
 const CANCEL_TIMEOUT_MS = 5_000
 
 /**
@@ -190,9 +202,11 @@ export class UpstreamConnector {
     let authMethod = 'trust'
     let processId: number | undefined
     let secretKey: Buffer | undefined
+    let received = 0
 
     for (;;) {
-      const { code, body } = await reader.readMessage(MAX_STARTUP_MESSAGE)
+      const { code, body } = await this.readLoginMessage(reader, received)
+      received += 5 + body.length
       switch (code) {
         case BackendCode.Authentication: {
           if (body.length < 4) throw this.protocolError('truncated authentication request')
@@ -252,6 +266,21 @@ export class UpstreamConnector {
         default:
           throw this.protocolError(`unexpected message ${describeCode(code)} during startup`)
       }
+    }
+  }
+
+  /** The next login message, within what is left of MAX_LOGIN_BYTES. */
+  private async readLoginMessage(reader: MessageReader, received: number): Promise<TypedMessage> {
+    try {
+      return await reader.readMessage(Math.max(0, MAX_LOGIN_BYTES - received - 5))
+    } catch (err) {
+      // A length no login message could have is a broken server; one that only overflows the total is a flood.
+      if (!(err instanceof MessageTooLongError) || err.length - 4 > MAX_LOGIN_BYTES) throw err
+      throw new ProxyError('upstream_login_too_large', {
+        sqlState: '08001',
+        message: `pg-vault-proxy: the upstream server at ${this.endpoint.address} sent more than ${MAX_LOGIN_BYTES} bytes during login (parameter status messages, notices), more than any PostgreSQL server sends; the login was abandoned`,
+        hint: 'Check that upstream.host and upstream.port point at a PostgreSQL server, and what it sends at login (login event triggers, extensions).',
+      })
     }
   }
 

@@ -1,4 +1,6 @@
 import t from 'tap'
+import { MAX_LOGIN_BYTES } from '../../src/proxy/upstream-connector.js'
+import { freePort } from '../support/free-port.js'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
 import { runClient } from '../support/run-client.js'
@@ -6,6 +8,7 @@ import {
   acceptAndForge,
   askPassword,
   authRequest,
+  floodParameterStatus,
   gs2Header,
   offerSasl,
   selfSignedCertificate,
@@ -194,5 +197,47 @@ void t.test(
     t.equal(err.code, '08001')
     t.match(err.message, /channel binding is not supported for Ed25519 certificates/)
     t.same(learned(ed25519).types, [])
+  },
+)
+
+void t.test(
+  'a login flooded with ParameterStatus fails at the login byte cap; the process and a sibling session carry on',
+  async (t) => {
+    const FLOOD = 64 << 20
+    const spoof = await startSpoofUpstream(t, floodParameterStatus(FLOOD), undefined)
+    const port = await freePort()
+    const proxy = await startProxy(t, cluster, {
+      routes: [
+        {
+          name: 'spoofed',
+          listen: `127.0.0.1:${port}`,
+          users: ['victim'],
+          upstream: { host: '127.0.0.1', port: spoof.port },
+        },
+        { name: 'app', listen: `127.0.0.1:${port}` },
+      ],
+    })
+    const sibling = await proxy.client({ port, user: 'app' })
+    t.equal((await sibling.query<{ u: string }>('select current_user as u')).rows[0]?.u, 'app_owner')
+
+    const err = (await proxy.client({ port, user: 'victim' }).catch((e: unknown) => e)) as Record<string, string>
+    t.equal(err.code, '08001')
+    t.match(err.message, `sent more than ${MAX_LOGIN_BYTES} bytes during login`)
+    const [flood] = spoof.connections
+    await flood?.untilClosed()
+    t.ok(flood?.closed, 'the proxy closed the flooding connection')
+    // The spoof writes only as fast as the proxy reads: what it got rid of is what the proxy read, plus
+    // the sockets' kernel buffers (a few MiB on loopback), nowhere near the 64 MiB it had to send.
+    const written = flood?.bytesWritten ?? FLOOD
+    t.ok(written > MAX_LOGIN_BYTES, `the spoof sent more than the cap (${written} bytes)`)
+    t.ok(written < 24 << 20, `the proxy stopped reading long before the flood ended (${written} bytes)`)
+
+    t.equal(
+      (await sibling.query<{ n: number }>('select 1 as n')).rows[0]?.n,
+      1,
+      'the open sibling session still answers',
+    )
+    const fresh = await proxy.client({ port, user: 'app' })
+    t.equal((await fresh.query<{ n: number }>('select 2 as n')).rows[0]?.n, 2, 'a new session still logs in')
   },
 )

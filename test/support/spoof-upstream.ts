@@ -255,3 +255,18 @@ export function gs2Header(message: WireMessage): { mechanism: string; header: st
   const data = message.body.subarray(mechanismEnd + 5).toString('utf8')
   return { mechanism: message.body.toString('utf8', 0, mechanismEnd), header: /^[^,]*,[^,]*,/.exec(data)?.[0] ?? '' }
 }
+
+/**
+ * AuthenticationOk, then ParameterStatus messages with ever new names (so a client that keeps them
+ * all grows) until `limit` bytes were sent or the client closed, honouring backpressure.
+ */
+export const floodParameterStatus =
+  (limit: number): SpoofScenario =>
+  async (connection) => {
+    connection.write(authRequest(0))
+    const value = 'x'.repeat(1000)
+    for (let i = 0; connection.bytesWritten < limit && !connection.closed; i++) {
+      await connection.send(parameterStatus(`flood_${i}`, value))
+    }
+    await connection.untilClosed()
+  }
