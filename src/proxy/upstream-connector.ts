@@ -269,19 +269,25 @@ export class UpstreamConnector {
     }
   }
 
-  /** The next login message, within what is left of MAX_LOGIN_BYTES. */
+  /** The next login message, if it fits in what is left of MAX_LOGIN_BYTES (a 5-byte header and its body). */
   private async readLoginMessage(reader: MessageReader, received: number): Promise<TypedMessage> {
+    const room = MAX_LOGIN_BYTES - received - 5
+    if (room < 0) throw this.loginTooLarge()
     try {
-      return await reader.readMessage(Math.max(0, MAX_LOGIN_BYTES - received - 5))
+      return await reader.readMessage(room)
     } catch (err) {
       // A length no login message could have is a broken server; one that only overflows the total is a flood.
-      if (!(err instanceof MessageTooLongError) || err.length - 4 > MAX_LOGIN_BYTES) throw err
-      throw new ProxyError('upstream_login_too_large', {
-        sqlState: '08001',
-        message: `pg-vault-proxy: the upstream server at ${this.endpoint.address} sent more than ${MAX_LOGIN_BYTES} bytes during login (parameter status messages, notices), more than any PostgreSQL server sends; the login was abandoned`,
-        hint: 'Check that upstream.host and upstream.port point at a PostgreSQL server, and what it sends at login (login event triggers, extensions).',
-      })
+      if (err instanceof MessageTooLongError && err.length - 4 <= MAX_LOGIN_BYTES) throw this.loginTooLarge()
+      throw err
     }
+  }
+
+  private loginTooLarge(): ProxyError {
+    return new ProxyError('upstream_login_too_large', {
+      sqlState: '08001',
+      message: `pg-vault-proxy: the upstream server at ${this.endpoint.address} sent more than ${MAX_LOGIN_BYTES} bytes during login (parameter status messages, notices), more than any PostgreSQL server sends; the login was abandoned`,
+      hint: 'Check that upstream.host and upstream.port point at a PostgreSQL server, and what it sends at login (login event triggers, extensions).',
+    })
   }
 
   /**
