@@ -64,7 +64,7 @@ export class SpoofConnection {
   bytesWritten = 0
   closed = false
   private unread: Buffer = Buffer.alloc(0)
-  private wake: (() => void) | undefined
+  private readonly waiters = new Set<() => void>()
 
   constructor(private socket: net.Socket) {}
 
@@ -97,12 +97,12 @@ export class SpoofConnection {
         return message
       }
       if (this.closed) return undefined
-      await new Promise<void>((resolve) => (this.wake = resolve))
+      await this.nextEvent()
     }
   }
 
   async untilClosed(): Promise<void> {
-    while (!this.closed) await new Promise<void>((resolve) => (this.wake = resolve))
+    while (!this.closed) await this.nextEvent()
   }
 
   close(): void {
@@ -152,14 +152,19 @@ export class SpoofConnection {
         }
       }
       if (this.closed) throw new Error('closed during the handshake')
-      await new Promise<void>((resolve) => (this.wake = resolve))
+      await this.nextEvent()
     }
   }
 
+  /** Resolves at the next data or close event. */
+  private nextEvent(): Promise<void> {
+    return new Promise<void>((resolve) => this.waiters.add(resolve))
+  }
+
   private notify(): void {
-    const wake = this.wake
-    this.wake = undefined
-    wake?.()
+    const waiters = [...this.waiters]
+    this.waiters.clear()
+    for (const wake of waiters) wake()
   }
 }
 
