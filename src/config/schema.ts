@@ -6,6 +6,14 @@ import { z } from 'zod'
 export const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'] as const
 export type SslMode = (typeof SSL_MODES)[number]
 
+/**
+ * upstream.sslmode when unset: prefer, as libpq, except that sslrootcert "system" makes it
+ * verify-full (libpq's sslrootcert documentation; src/interfaces/libpq/fe-connect.c).
+ */
+export function defaultSslMode(sslrootcert: string | undefined): SslMode {
+  return sslrootcert === 'system' ? 'verify-full' : 'prefer'
+}
+
 const port = z.number().int().min(1).max(65535)
 const positiveMs = z.number().int().positive()
 
@@ -67,7 +75,8 @@ export const configSchema = z
         host: z.string().min(1),
         port: port.default(5432),
         database: z.string().min(1).max(63).optional(),
-        sslmode: z.enum(SSL_MODES).default('prefer'),
+        // Always set after parsing (see defaultSslMode); optional here so that the default can depend on sslrootcert.
+        sslmode: z.enum(SSL_MODES).optional(),
         sslrootcert: z.string().min(1).optional(),
         sslcert: z.string().min(1).optional(),
         sslkey: z.string().min(1).optional(),
@@ -75,7 +84,8 @@ export const configSchema = z
         allow_cleartext_password: z.boolean().default(false),
         connect_timeout_ms: positiveMs.default(10_000),
       })
-      .strict(),
+      .strict()
+      .overwrite((upstream) => ({ ...upstream, sslmode: upstream.sslmode ?? defaultSslMode(upstream.sslrootcert) })),
     vault: z
       .object({
         address: z.string().url().optional(),
@@ -206,11 +216,28 @@ export const configSchema = z
         message: 'TLS files are set but upstream.sslmode is disable',
       })
     }
+    // libpq (fe-connect.c): the system's public CAs vouch for any host name, so they mean something
+    // only when the name is checked too.
+    if (upstream.sslrootcert === 'system' && upstream.sslmode !== 'verify-full') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['upstream', 'sslrootcert'],
+        message: `"system" trusts every public CA for any host name, so (as in libpq) it needs upstream.sslmode verify-full, not ${upstream.sslmode}: set upstream.sslmode: verify-full (or leave it unset), or set upstream.sslrootcert to the PEM file of your server's CA`,
+      })
+    }
     if (upstream.channel_binding === 'require' && upstream.sslmode === 'disable') {
       ctx.addIssue({
         code: 'custom',
         path: ['upstream', 'channel_binding'],
         message: 'channel_binding require needs TLS (upstream.sslmode)',
+      })
+    }
+    if (upstream.channel_binding === 'require' && upstream.host.startsWith('/')) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['upstream', 'channel_binding'],
+        message:
+          'channel_binding require needs TLS, which is never used over a Unix socket (upstream.host is a directory)',
       })
     }
   })

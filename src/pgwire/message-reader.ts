@@ -11,6 +11,17 @@ export class FramingError extends Error {
   override name = 'FramingError'
 }
 
+/** A well-formed length word over the caller's limit: the caller may say which limit it was. */
+export class MessageTooLongError extends FramingError {
+  override name = 'MessageTooLongError'
+  constructor(
+    message: string,
+    readonly length: number,
+  ) {
+    super(message)
+  }
+}
+
 export interface TypedMessage {
   code: number
   /** The message body, without the type byte and length word. */
@@ -88,8 +99,9 @@ export class MessageReader {
     await this.fill(5)
     const code = this.buffered[0] as number
     const length = this.buffered.readUInt32BE(1)
-    if (length < 4 || length - 4 > maxLength) {
-      throw new FramingError(`invalid message length ${length} for message type ${describeCode(code)}`)
+    if (length < 4) throw new FramingError(`invalid message length ${length} for message type ${describeCode(code)}`)
+    if (length - 4 > maxLength) {
+      throw new MessageTooLongError(`invalid message length ${length} for message type ${describeCode(code)}`, length)
     }
     await this.fill(1 + length)
     const body = Buffer.from(this.buffered.subarray(5, 1 + length))

@@ -34,10 +34,16 @@ const MAX_NONCE_LENGTH = 1024
  */
 const DEFAULT_MAX_ITERATIONS = 1_000_000
 const CLIENT_NONCE_BYTES = 18 // as libpq (SCRAM_RAW_NONCE_LEN)
-const GS2_HEADER: Record<ScramMechanism, string> = {
-  'SCRAM-SHA-256': 'n,,', // we do not bind (never "y,,": PostgreSQL rejects it whenever it offers PLUS)
-  'SCRAM-SHA-256-PLUS': 'p=tls-server-end-point,,',
-}
+/**
+ * The GS2 header (RFC 5802 §7) as libpq builds it (fe-auth-scram.c, build_client_first_message):
+ * "p=tls-server-end-point" when binding, "y" when the client could bind (TLS is up, binding not
+ * disabled) but the server did not offer PLUS, "n" otherwise. A server that does offer PLUS fails a
+ * "y" login (auth-scram.c, read_client_first_message), so a man in the middle that strips PLUS from
+ * the offer is caught by the real server.
+ */
+const GS2_PLUS = 'p=tls-server-end-point,,'
+const GS2_BINDING_SUPPORTED = 'y,,'
+const GS2_NO_BINDING = 'n,,'
 const PRINTABLE = /^[\x21-\x2b\x2d-\x7e]+$/ // RFC 5802 "printable": ASCII graphic characters except ','
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
 const ITERATION_COUNT = /^[1-9][0-9]{0,9}$/
@@ -125,33 +131,32 @@ export class ScramKeyCache {
 }
 
 /**
- * Picks the SASL mechanism: SCRAM-SHA-256-PLUS when the server offers it and we have channel binding
- * data (a TLS connection), unless binding is disabled; else SCRAM-SHA-256. With 'require', anything
- * but PLUS is refused, as libpq's channel_binding=require does.
+ * Picks the SASL mechanism as libpq does (fe-auth.c, pg_SASL_init): over TLS, SCRAM-SHA-256-PLUS
+ * whenever the server offers it and binding is not disabled; SCRAM-SHA-256 otherwise. A PLUS offer
+ * without TLS is refused outright: PostgreSQL offers PLUS only over TLS, so TLS was stripped on the
+ * way. With 'require', anything but PLUS is refused.
  */
 export function chooseScramMechanism(
   offered: readonly string[],
-  channelBindingData: Buffer | undefined,
+  tlsInUse: boolean,
   channelBinding: ChannelBindingMode,
 ): ScramMechanism {
-  const canBind = channelBindingData !== undefined && channelBindingData.length > 0
   const plusOffered = offered.includes('SCRAM-SHA-256-PLUS')
-  if (channelBinding !== 'disable' && canBind && plusOffered) return 'SCRAM-SHA-256-PLUS'
+  if (plusOffered && !tlsInUse) {
+    throw new ScramError(
+      'the server offered SCRAM-SHA-256-PLUS authentication over a connection without TLS (TLS may have been stripped on the way)',
+    )
+  }
+  if (plusOffered && channelBinding !== 'disable') return 'SCRAM-SHA-256-PLUS'
   if (channelBinding === 'require') {
     throw new ScramError(
-      canBind
+      tlsInUse
         ? 'channel binding is required, but the server did not offer SCRAM-SHA-256-PLUS'
-        : 'channel binding is required, but there is no channel binding data (no TLS, or e.g. an Ed25519 certificate)',
+        : 'channel binding is required, but the connection does not use TLS',
     )
   }
   if (offered.includes('SCRAM-SHA-256')) return 'SCRAM-SHA-256'
-  if (plusOffered) {
-    throw new ScramError(
-      channelBinding === 'disable'
-        ? 'the server offers only SCRAM-SHA-256-PLUS, but channel binding is disabled'
-        : 'the server offers only SCRAM-SHA-256-PLUS, but there is no channel binding data (no TLS?)',
-    )
-  }
+  if (plusOffered) throw new ScramError('the server offers only SCRAM-SHA-256-PLUS, but channel binding is disabled')
   const names = offered.slice(0, 8).map(displayable).join(', ')
   throw new ScramError(`the server offers no supported SASL mechanism (offered: ${names || 'none'})`)
 }
@@ -161,6 +166,11 @@ export interface ScramClientOptions {
   mechanism: ScramMechanism
   /** tls-server-end-point data (see tlsServerEndPointHash); required for SCRAM-SHA-256-PLUS. */
   channelBindingData?: Buffer
+  /**
+   * For SCRAM-SHA-256: whether the client could have bound (TLS is up and channel binding is not
+   * disabled), so the GS2 flag is "y" rather than "n". Ignored for PLUS.
+   */
+  bindingSupported?: boolean
   keyCache: ScramKeyCache
   /** Refuse servers asking for more PBKDF2 iterations than this (default 1,000,000). */
   maxIterations?: number
@@ -185,6 +195,7 @@ export class ScramClient {
   /** c= input: the GS2 header, followed by the channel binding data for PLUS. */
   private readonly channelBinding: Buffer
   private readonly gs2Header: string
+  private readonly mechanism: ScramMechanism
   private readonly clientFirstBare: Buffer
   private expectedServerSignature: Buffer | undefined
 
@@ -199,7 +210,9 @@ export class ScramClient {
     if (!PRINTABLE.test(this.clientNonce) || this.clientNonce.length >= MAX_NONCE_LENGTH) {
       throw new RangeError('clientNonce must be printable ASCII without commas, shorter than 1024 characters')
     }
-    this.gs2Header = GS2_HEADER[options.mechanism]
+    this.mechanism = options.mechanism
+    if (options.mechanism === 'SCRAM-SHA-256-PLUS') this.gs2Header = GS2_PLUS
+    else this.gs2Header = options.bindingSupported === true ? GS2_BINDING_SUPPORTED : GS2_NO_BINDING
     this.channelBinding = Buffer.from(this.gs2Header, 'latin1')
     if (options.mechanism === 'SCRAM-SHA-256-PLUS') {
       const data = options.channelBindingData
@@ -262,6 +275,14 @@ export class ScramClient {
   /** True only after the server's signature has been verified. */
   get isComplete(): boolean {
     return this.state === 'complete'
+  }
+
+  /**
+   * True only after a verified SCRAM-SHA-256-PLUS exchange: the server proved it knows the password
+   * over this very TLS connection (libpq: scram_channel_bound in fe-auth-scram.c).
+   */
+  get isChannelBound(): boolean {
+    return this.isComplete && this.mechanism === 'SCRAM-SHA-256-PLUS'
   }
 
   private advance(from: State, to: State): void {

@@ -63,7 +63,7 @@ function channelBindingHash(certDer: Buffer): HashName {
   if (noHash) {
     throw new ChannelBindingError(
       `channel binding is not supported for ${noHash} certificates: RFC 5929 defines no hash for them ` +
-        '(PostgreSQL refuses SCRAM-SHA-256-PLUS too); use channel_binding=prefer or an RSA/ECDSA certificate',
+        '(libpq fails the login too); use an RSA or ECDSA server certificate, or channel_binding disable',
     )
   }
   throw new ChannelBindingError(`channel binding is not supported for certificate signature algorithm ${oid}`)

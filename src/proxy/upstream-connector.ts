@@ -5,11 +5,24 @@ import { decodeErrorFields, encodeMessage, type ErrorFields } from '../pgwire/ba
 import { AuthCode, BackendCode, MAX_STARTUP_PACKET_BODY, type TransactionStatus } from '../pgwire/codes.js'
 import { encodeStartupMessage } from '../pgwire/frontend-messages.js'
 import { md5PasswordResponse } from '../pgwire/md5-password.js'
-import { ConnectionClosedError, FramingError, MessageReader, describeCode } from '../pgwire/message-reader.js'
+import {
+  ConnectionClosedError,
+  FramingError,
+  MessageReader,
+  MessageTooLongError,
+  describeCode,
+  type TypedMessage,
+} from '../pgwire/message-reader.js'
 import { quoteIdent } from '../pgwire/sql-text.js'
-import { ScramClient, ScramError, ScramKeyCache, chooseScramMechanism } from '../pgwire/scram-client.js'
+import {
+  ScramClient,
+  ScramError,
+  ScramKeyCache,
+  chooseScramMechanism,
+  type ChannelBindingMode,
+} from '../pgwire/scram-client.js'
 import type { StartupParameter } from '../pgwire/startup-packet.js'
-import { tlsServerEndPointHash } from '../pgwire/tls-server-end-point.js'
+import { ChannelBindingError, tlsServerEndPointHash } from '../pgwire/tls-server-end-point.js'
 import type { DbCredential } from '../vault/credential-source.js'
 import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
 import type { UpstreamEndpoint } from './upstream-endpoint.js'
@@ -32,12 +45,17 @@ export interface UpstreamSession {
 
 export interface UpstreamLoginOptions {
   connectTimeoutMs: number
-  channelBinding: 'disable' | 'prefer' | 'require'
+  channelBinding: ChannelBindingMode
   allowCleartextPassword: boolean
 }
 
-/** Startup-phase messages from the upstream are small; this bounds what a hostile server can make us hold. */
-const MAX_STARTUP_MESSAGE = 1 << 20
+/**
+ * Everything the upstream may send during login, in total: the authentication exchange,
+ * ParameterStatus, NoticeResponse, BackendKeyData. PostgreSQL sends a few kilobytes (a notice from
+ * a login event trigger or an extension may add some); the cap bounds what a hostile or broken
+ * server can make one login hold or parse.
+ */
+export const MAX_LOGIN_BYTES = 1 << 20
 const CANCEL_TIMEOUT_MS = 5_000
 
 /**
@@ -184,20 +202,23 @@ export class UpstreamConnector {
     let authMethod = 'trust'
     let processId: number | undefined
     let secretKey: Buffer | undefined
+    let received = 0
 
     for (;;) {
-      const { code, body } = await reader.readMessage(MAX_STARTUP_MESSAGE)
+      const { code, body } = await this.readLoginMessage(reader, received)
+      received += 5 + body.length
       switch (code) {
         case BackendCode.Authentication: {
           if (body.length < 4) throw this.protocolError('truncated authentication request')
           const request = body.readInt32BE(0)
+          if (authenticated) throw this.protocolError('authentication request after AuthenticationOk')
+          this.checkChannelBinding(request, scram)
           if (request === AuthCode.Ok) {
             if (scram && !scram.isComplete)
               throw this.protocolError('the server ended SCRAM authentication without proving it knows the password')
             authenticated = true
             break
           }
-          if (authenticated) throw this.protocolError('authentication request after AuthenticationOk')
           authMethod =
             (await this.answerAuthentication(request, body, socket, credential, isTls, scram, (s) => (scram = s))) ??
             authMethod
@@ -248,6 +269,54 @@ export class UpstreamConnector {
     }
   }
 
+  /** The next login message, if it fits in what is left of MAX_LOGIN_BYTES (a 5-byte header and its body). */
+  private async readLoginMessage(reader: MessageReader, received: number): Promise<TypedMessage> {
+    const room = MAX_LOGIN_BYTES - received - 5
+    if (room < 0) throw this.loginTooLarge()
+    try {
+      return await reader.readMessage(room)
+    } catch (err) {
+      // A length no login message could have is a broken server; one that only overflows the total is a flood.
+      if (err instanceof MessageTooLongError && err.length - 4 <= MAX_LOGIN_BYTES) throw this.loginTooLarge()
+      throw err
+    }
+  }
+
+  private loginTooLarge(): ProxyError {
+    return new ProxyError('upstream_login_too_large', {
+      sqlState: '08001',
+      message: `pg-vault-proxy: the upstream server at ${this.endpoint.address} sent more than ${MAX_LOGIN_BYTES} bytes during login (parameter status messages, notices), more than any PostgreSQL server sends; the login was abandoned`,
+      hint: 'Check that upstream.host and upstream.port point at a PostgreSQL server, and what it sends at login (login event triggers, extensions).',
+    })
+  }
+
+  /**
+   * channel_binding=require, as libpq (fe-auth.c, check_expected_areq): only SASL requests are
+   * answered, and AuthenticationOk counts only after a verified SCRAM-SHA-256-PLUS exchange. A
+   * spoofed server can answer anything else without knowing the password, and must learn nothing
+   * from us.
+   */
+  private checkChannelBinding(request: number, scram: ScramClient | undefined): void {
+    if (this.options.channelBinding !== 'require') return
+    switch (request) {
+      case AuthCode.SASL:
+      case AuthCode.SASLContinue:
+      case AuthCode.SASLFinal:
+        return
+      case AuthCode.Ok:
+        if (scram?.isChannelBound) return
+        throw this.channelBindingRefused(
+          scram
+            ? 'the server accepted the login before completing SCRAM-SHA-256-PLUS'
+            : 'the server accepted the login without any authentication exchange',
+        )
+      default:
+        throw this.channelBindingRefused(
+          `the server asked for ${authName(request)} authentication, which cannot bind to the TLS connection`,
+        )
+    }
+  }
+
   private async answerAuthentication(
     request: number,
     body: Buffer,
@@ -278,14 +347,14 @@ export class UpstreamConnector {
           .toString('utf8', 4)
           .split('\0')
           .filter((m) => m !== '')
-        const bindingData = isTls ? this.channelBindingData(socket as TLSSocket) : undefined
-        const mechanism = this.guardScram(() =>
-          chooseScramMechanism(mechanisms, bindingData, this.options.channelBinding),
-        )
+        const { channelBinding } = this.options
+        const mechanism = this.guardScram(() => chooseScramMechanism(mechanisms, isTls, channelBinding))
         const client = new ScramClient({
           password,
           mechanism,
-          channelBindingData: bindingData,
+          channelBindingData:
+            mechanism === 'SCRAM-SHA-256-PLUS' ? this.channelBindingData(socket as TLSSocket) : undefined,
+          bindingSupported: isTls && channelBinding !== 'disable',
           keyCache: this.keyCache,
         })
         setScram(client)
@@ -311,11 +380,13 @@ export class UpstreamConnector {
     }
   }
 
-  private channelBindingData(socket: TLSSocket): Buffer | undefined {
+  /** As libpq, a certificate whose hash cannot be computed (e.g. Ed25519) fails the login, never falls back. */
+  private channelBindingData(socket: TLSSocket): Buffer {
     try {
       return tlsServerEndPointHash(socket.getPeerCertificate().raw)
-    } catch {
-      return undefined // e.g. an Ed25519 certificate: no hash is defined, so no channel binding
+    } catch (err) {
+      if (err instanceof ChannelBindingError) throw this.scramFailed(new ScramError(err.message, { cause: err }))
+      throw err
     }
   }
 
@@ -338,6 +409,7 @@ export class UpstreamConnector {
   }
 
   private scramFailed(err: ScramError): ProxyError {
+    if (this.options.channelBinding === 'require') return this.channelBindingRefused(err.message, err)
     return new ProxyError(
       'upstream_scram_failed',
       {
@@ -346,6 +418,18 @@ export class UpstreamConnector {
         hint: 'The upstream may not be the server you expect; check upstream.host and upstream.channel_binding.',
       },
       { cause: err },
+    )
+  }
+
+  private channelBindingRefused(why: string, cause?: Error): ProxyError {
+    return new ProxyError(
+      'upstream_channel_binding_failed',
+      {
+        sqlState: '08001',
+        message: `pg-vault-proxy: channel binding is required (upstream.channel_binding: require), but the upstream server at ${this.endpoint.address} did not complete SCRAM-SHA-256-PLUS: ${why}`,
+        hint: 'A server that cannot prove it knows the password over this TLS connection may not be the server you expect. The real one needs TLS and scram-sha-256 in pg_hba.conf for the login user; lower upstream.channel_binding only if you accept an unauthenticated server.',
+      },
+      { cause },
     )
   }
 
@@ -396,6 +480,10 @@ function authName(request: number): string {
   switch (request) {
     case AuthCode.KerberosV5:
       return 'Kerberos V5'
+    case AuthCode.CleartextPassword:
+      return 'cleartext password'
+    case AuthCode.MD5Password:
+      return 'MD5 password'
     case AuthCode.GSS:
     case AuthCode.GSSContinue:
       return 'GSSAPI'

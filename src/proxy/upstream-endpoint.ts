@@ -1,13 +1,14 @@
 import { readFileSync } from 'node:fs'
 import { connect as netConnect, type Socket } from 'node:net'
 import { rootCertificates, type ConnectionOptions } from 'node:tls'
-import type { SslMode } from '../config/schema.js'
+import { defaultSslMode, type SslMode } from '../config/schema.js'
 import { ProxyError } from './proxy-error.js'
 
 export interface UpstreamEndpointOptions {
   host: string
   port: number
-  sslmode: SslMode
+  /** Unset: libpq's default for this sslrootcert. */
+  sslmode?: SslMode | undefined
   sslrootcert?: string | undefined
   sslcert?: string | undefined
   sslkey?: string | undefined
@@ -28,7 +29,7 @@ export class UpstreamEndpoint {
   constructor(options: UpstreamEndpointOptions) {
     this.host = options.host
     this.port = options.port
-    this.sslmode = options.sslmode
+    this.sslmode = options.sslmode ?? defaultSslMode(options.sslrootcert)
     this.socketPath = options.host.startsWith('/') ? `${options.host}/.s.PGSQL.${options.port}` : undefined
     // Read once at start: a missing file is a configuration error, reported before any client arrives.
     this.tlsFiles = {

@@ -216,3 +216,37 @@ void t.test('upstream over a Unix socket', async (t) => {
   const client = await proxy.client()
   t.equal((await client.query<{ u: string }>('select current_user as u')).rows[0]?.u, 'app_owner')
 })
+
+void t.test(
+  'channel_binding require against the real server: SCRAM-SHA-256-PLUS works; md5 and cert logins are refused',
+  async (t) => {
+    const proxy = await startProxy(t, cluster, { upstream: { sslmode: 'require', channel_binding: 'require' } })
+    t.same(await sessionInfo(proxy), { user: 'scram_user', current: 'app_owner', ssl: true })
+    t.equal(authOfLastSession(proxy), 'SCRAM-SHA-256-PLUS')
+
+    // The real server asks md5_user for an MD5 hash: no channel binding is possible, so libpq refuses.
+    const md5 = await startProxy(t, cluster, {
+      ...loginAs(cluster.users.md5),
+      upstream: { sslmode: 'require', channel_binding: 'require' },
+    })
+    const md5Err = (await md5.client().catch((e: unknown) => e)) as Record<string, string>
+    t.equal(md5Err.code, '08001')
+    t.match(md5Err.message, /channel binding is required .* asked for MD5 password authentication/)
+
+    // Certificate authentication ends in AuthenticationOk without any SASL exchange.
+    const cert = await startProxy(t, cluster, {
+      credentials: { static: { username: cluster.users.cert.user, password: '' } },
+      upstream: {
+        host: 'localhost',
+        sslmode: 'verify-full',
+        sslrootcert: cluster.tls.caFile,
+        sslcert: cluster.tls.clientCertFile,
+        sslkey: cluster.tls.clientKeyFile,
+        channel_binding: 'require',
+      },
+    })
+    const certErr = (await cert.client().catch((e: unknown) => e)) as Record<string, string>
+    t.equal(certErr.code, '08001')
+    t.match(certErr.message, /channel binding is required .* without any authentication exchange/)
+  },
+)

@@ -119,8 +119,56 @@ void t.test('SCRAM-SHA-256-PLUS encodes the GS2 header and channel binding data 
   t.throws(() => client({ mechanism: 'SCRAM-SHA-256-PLUS', channelBindingData: Buffer.alloc(0) }), {
     name: 'ScramError',
   })
-  const plain = client({ channelBindingData: cbind }) // binding data is ignored without PLUS: never "y,,"
+  const plain = client({ channelBindingData: cbind }) // binding data is ignored without PLUS
   t.equal(plain.clientFirstMessage().toString(), `n,,n=,r=${NONCE}`)
+})
+
+void t.test(
+  "the GS2 flag is libpq's: y when the client could bind but the server offered no PLUS, n otherwise",
+  async (t) => {
+    // c= carries the GS2 header too (RFC 5802 §7): "biws" is base64("n,,"), "eSws" is base64("y,,").
+    for (const [bindingSupported, header, c] of [
+      [true, 'y,,', 'eSws'],
+      [false, 'n,,', 'biws'],
+      [undefined, 'n,,', 'biws'],
+    ] as const) {
+      const scram = client({ bindingSupported })
+      const first = scram.clientFirstMessage()
+      t.equal(first.toString(), `${header}n=,r=${NONCE}`, `bindingSupported ${bindingSupported}: client-first`)
+      const sFirst = serverFirst()
+      const final = await scram.clientFinalMessage(sFirst)
+      t.match(final.toString(), new RegExp(`^c=${c},r=`), `bindingSupported ${bindingSupported}: c=`)
+      // The proof covers the header: the server verifies it with the same AuthMessage.
+      scram.verifyServerFinal(Buffer.from(serverVerify('secret', first, sFirst, final)))
+      t.ok(scram.isComplete)
+      t.notOk(scram.isChannelBound, 'plain SCRAM never counts as channel bound')
+    }
+    const plus = client({
+      mechanism: 'SCRAM-SHA-256-PLUS',
+      channelBindingData: randomBytes(32),
+      bindingSupported: true,
+    })
+    t.match(plus.clientFirstMessage().toString(), /^p=tls-server-end-point,,/, 'PLUS ignores bindingSupported')
+  },
+)
+
+void t.test('isChannelBound only after a verified SCRAM-SHA-256-PLUS exchange', async (t) => {
+  const plus = client({ mechanism: 'SCRAM-SHA-256-PLUS', channelBindingData: randomBytes(32) })
+  const first = plus.clientFirstMessage()
+  t.notOk(plus.isChannelBound, 'not after client-first')
+  const sFirst = serverFirst()
+  const final = await plus.clientFinalMessage(sFirst)
+  t.notOk(plus.isChannelBound, 'not before the server signature')
+  plus.verifyServerFinal(Buffer.from(serverVerify('secret', first, sFirst, final)))
+  t.ok(plus.isChannelBound, 'after the server signature verified')
+
+  const forged = client({ mechanism: 'SCRAM-SHA-256-PLUS', channelBindingData: randomBytes(32) })
+  forged.clientFirstMessage()
+  await forged.clientFinalMessage(serverFirst())
+  t.throws(() => forged.verifyServerFinal(Buffer.from(`v=${randomBytes(32).toString('base64')}`)), {
+    name: 'ScramError',
+  })
+  t.notOk(forged.isChannelBound, 'not after a wrong server signature')
 })
 
 void t.test(
@@ -311,33 +359,33 @@ void t.test('key cache: bounded, least recently used evicted first', async (t) =
   t.equal(cache.derivationCount, 4, 'b was evicted')
 })
 
-void t.test('chooseScramMechanism', (t) => {
+void t.test('chooseScramMechanism follows libpq (pg_SASL_init)', (t) => {
   const both = ['SCRAM-SHA-256-PLUS', 'SCRAM-SHA-256']
   const plainOnly = ['SCRAM-SHA-256']
   const plusOnly = ['SCRAM-SHA-256-PLUS']
-  const cb = randomBytes(32)
-  const matrix: [string[], Buffer | undefined, 'prefer' | 'require' | 'disable', ScramMechanism | RegExp][] = [
-    [both, cb, 'prefer', 'SCRAM-SHA-256-PLUS'],
-    [both, cb, 'require', 'SCRAM-SHA-256-PLUS'],
-    [both, cb, 'disable', 'SCRAM-SHA-256'],
-    [both, undefined, 'prefer', 'SCRAM-SHA-256'],
-    [both, Buffer.alloc(0), 'prefer', 'SCRAM-SHA-256'],
-    [both, undefined, 'require', /no channel binding data/],
-    [both, undefined, 'disable', 'SCRAM-SHA-256'],
-    [plainOnly, cb, 'prefer', 'SCRAM-SHA-256'],
-    [plainOnly, cb, 'require', /did not offer SCRAM-SHA-256-PLUS/],
-    [plainOnly, cb, 'disable', 'SCRAM-SHA-256'],
-    [plainOnly, undefined, 'prefer', 'SCRAM-SHA-256'],
-    [plusOnly, cb, 'prefer', 'SCRAM-SHA-256-PLUS'],
-    [plusOnly, cb, 'disable', /channel binding is disabled/],
-    [plusOnly, undefined, 'prefer', /no channel binding data/],
-    [['OAUTHBEARER'], cb, 'prefer', /no supported SASL mechanism \(offered: OAUTHBEARER\)/],
-    [[], undefined, 'prefer', /offered: none/],
+  const matrix: [string[], boolean, 'prefer' | 'require' | 'disable', ScramMechanism | RegExp][] = [
+    [both, true, 'prefer', 'SCRAM-SHA-256-PLUS'],
+    [both, true, 'require', 'SCRAM-SHA-256-PLUS'],
+    [both, true, 'disable', 'SCRAM-SHA-256'],
+    // PostgreSQL offers PLUS only over TLS: an offer without TLS means TLS was stripped on the way.
+    [both, false, 'prefer', /SCRAM-SHA-256-PLUS authentication over a connection without TLS/],
+    [both, false, 'disable', /SCRAM-SHA-256-PLUS authentication over a connection without TLS/],
+    [both, false, 'require', /SCRAM-SHA-256-PLUS authentication over a connection without TLS/],
+    [plainOnly, true, 'prefer', 'SCRAM-SHA-256'],
+    [plainOnly, true, 'require', /channel binding is required, but the server did not offer SCRAM-SHA-256-PLUS/],
+    [plainOnly, true, 'disable', 'SCRAM-SHA-256'],
+    [plainOnly, false, 'prefer', 'SCRAM-SHA-256'],
+    [plainOnly, false, 'require', /channel binding is required, but the connection does not use TLS/],
+    [plusOnly, true, 'prefer', 'SCRAM-SHA-256-PLUS'],
+    [plusOnly, true, 'disable', /channel binding is disabled/],
+    [['OAUTHBEARER'], true, 'prefer', /no supported SASL mechanism \(offered: OAUTHBEARER\)/],
+    [['OAUTHBEARER'], true, 'require', /channel binding is required/],
+    [[], false, 'prefer', /offered: none/],
   ]
-  for (const [offered, data, mode, expected] of matrix) {
-    const name = `${offered.join('+') || 'nothing'}, ${data?.length ? 'TLS' : 'no TLS'}, ${mode}`
-    if (typeof expected === 'string') t.equal(chooseScramMechanism(offered, data, mode), expected, name)
-    else t.throws(() => chooseScramMechanism(offered, data, mode), { name: 'ScramError', message: expected }, name)
+  for (const [offered, tls, mode, expected] of matrix) {
+    const name = `${offered.join('+') || 'nothing'}, ${tls ? 'TLS' : 'no TLS'}, ${mode}`
+    if (typeof expected === 'string') t.equal(chooseScramMechanism(offered, tls, mode), expected, name)
+    else t.throws(() => chooseScramMechanism(offered, tls, mode), { name: 'ScramError', message: expected }, name)
   }
   t.ok(new ScramError('x') instanceof Error)
   t.end()
