@@ -93,7 +93,7 @@ export class MountTable {
 }
 
 export function normalizeMountPath(path: string): string {
-  return `${path.replace(/^\/+|\/+$/g, '')}/`
+  return `${trimSlashes(path)}/`
 }
 
 function effectiveConfig(tune: MountConfig): MountConfig {
@@ -101,4 +101,13 @@ function effectiveConfig(tune: MountConfig): MountConfig {
     defaultLeaseTtlSeconds: tune.defaultLeaseTtlSeconds || SYSTEM_DEFAULT_TTL_SECONDS,
     maxLeaseTtlSeconds: tune.maxLeaseTtlSeconds || SYSTEM_MAX_TTL_SECONDS,
   }
+}
+
+/** The path without the slashes at either end, in linear time (/\/+$/ is quadratic on a run of slashes). */
+export function trimSlashes(path: string): string {
+  let start = 0
+  let end = path.length
+  while (start < end && path[start] === '/') start++
+  while (end > start && path[end - 1] === '/') end--
+  return path.slice(start, end)
 }
