@@ -10,7 +10,7 @@
 /** Words that can change session state from inside any statement (a SELECT of set_config, pg_advisory_lock...). */
 const STATE_SUBSTRINGS = ['set_config', 'advisory', 'pg_temp']
 /** ... and whole words that can (CREATE TEMP TABLE; DECLARE ... WITH HOLD). */
-const STATE_WHOLE_WORDS = new Set(['temp', 'temporary', 'hold'])
+const STATE_WHOLE_WORDS = ['temp', 'temporary', 'hold']
 /** Statements that may change session state by their first word; a SELECT only with INTO. */
 const STATE_VERBS = new Set([
   'set',
@@ -217,7 +217,8 @@ function topLevelStatements(sql: string): Statement[] {
     current.end = token.end
     if (token.kind === Kind.Comment) return false
     tokens++
-    if (tokens === 1) isPrepare = token.kind === Kind.Word && token.end - token.start === 7 && wordAt(sql, token) === 'prepare'
+    if (tokens === 1)
+      isPrepare = token.kind === Kind.Word && token.end - token.start === 7 && wordAt(sql, token) === 'prepare'
     else if (tokens === 2 && isPrepare && isIdentifier(sql, token)) current.prepares = identifierValue(sql, token)
     return false
   })
@@ -254,10 +255,8 @@ interface Token {
   escapes: boolean
 }
 
-const TAB = 9
 const LINE_FEED = 10
 const CARRIAGE_RETURN = 13
-const SPACE = 32
 const DOUBLE_QUOTE = 34
 const DOLLAR = 36
 const SINGLE_QUOTE = 39
@@ -269,27 +268,30 @@ const SLASH = 47
 const SEMICOLON = 59
 const BACKSLASH = 92
 
-/** PostgreSQL's whitespace (`space` in src/backend/parser/scan.l), vertical tab included. */
-function isSpace(c: number): boolean {
-  return c === SPACE || (c >= TAB && c <= CARRIAGE_RETURN)
+// Character classes as in src/backend/parser/scan.l: `space` (vertical tab included), ident_start
+// (ASCII letters, _ and every non-ASCII character), ident_cont (ident_start, digits and $).
+const SPACE = 1
+const IDENT_START = 2
+const IDENT_CONT = 4
+const DIGIT = 8
+/** An ASCII word character, as \w in a JavaScript regular expression. */
+const ASCII_WORD = 16
+const ASCII_CLASSES = new Uint8Array(128)
+for (let c = 0; c < 128; c++) {
+  const letter = (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || c === 95
+  const digit = c >= 48 && c <= 57
+  ASCII_CLASSES[c] =
+    (c === 32 || (c >= 9 && c <= 13) ? SPACE : 0) |
+    (letter ? IDENT_START | IDENT_CONT | ASCII_WORD : 0) |
+    (digit ? DIGIT | IDENT_CONT | ASCII_WORD : 0) |
+    (c === DOLLAR ? IDENT_CONT : 0)
 }
+const NON_ASCII = IDENT_START | IDENT_CONT
 
-function isDigit(c: number): boolean {
-  return c >= 48 && c <= 57
-}
-
-/** scan.l's ident_start: ASCII letters, underscore, and every non-ASCII character. */
-function isIdentStart(c: number): boolean {
-  return (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || c === 95 || c >= 128
-}
-
-/** scan.l's ident_cont: ident_start, digits and $. */
-function isIdentCont(c: number): boolean {
-  return isIdentStart(c) || isDigit(c) || c === DOLLAR
-}
-
-function isAsciiWordChar(c: number): boolean {
-  return (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || isDigit(c) || c === 95
+/** The classes of the character at i (callers keep i inside the text). */
+function classAt(sql: string, i: number): number {
+  const c = sql.charCodeAt(i)
+  return c < 128 ? (ASCII_CLASSES[c] as number) : NON_ASCII
 }
 
 function asciiLowerCode(c: number): number {
@@ -305,187 +307,182 @@ function asciiLowerCode(c: number): number {
 function lex(sql: string, visit: (token: Token) => boolean): void {
   const n = sql.length
   const token: Token = { kind: Kind.Other, start: 0, end: 0, depth: 0, dollar: false, escapes: false }
-  /** The open dollar quote's tag, e.g. "$fn$", and where it started. */
-  let tag: string | undefined
-  let tagStart = 0
+  /** Where the current region ends: the text's end, or the open dollar quote's closing tag. */
+  let limit = n
+  let depth: 0 | 1 = 0
+  /** The open dollar-quoted string, closing tag included. */
+  let quoteStart = 0
+  let quoteEnd = 0
   let work = 0
-
-  /** Does the open dollar quote's closing tag start at i? Examines only the characters that match. */
-  const closesAt = (i: number): boolean => {
-    if (tag === undefined || sql.charCodeAt(i) !== DOLLAR) return false
-    for (let k = 1; k < tag.length; k++) {
-      work++
-      if (sql.charCodeAt(i + k) !== tag.charCodeAt(k)) return false
+  let i = 0
+  for (;;) {
+    if (i >= limit) {
+      if (depth === 0) break
+      // The dollar-quoted string, as one token, after the tokens of its body.
+      depth = 0
+      limit = n
+      i = quoteEnd
+      token.kind = Kind.String
+      token.start = quoteStart
+      token.end = quoteEnd
+      token.depth = 0
+      token.dollar = true
+      token.escapes = false
+      if (visit(token)) break
+      continue
     }
-    return true
-  }
-  /** Where a scan inside the text must stop: its end, or the open dollar quote's end. */
-  const stops = (i: number): boolean => i >= n || closesAt(i)
-  const emit = (kind: Kind, start: number, end: number, depth: 0 | 1 = tag === undefined ? 0 : 1): boolean => {
+    work++
+    const c = sql.charCodeAt(i)
+    const classes = c < 128 ? (ASCII_CLASSES[c] as number) : NON_ASCII
+    if (classes & SPACE) {
+      i++
+      continue
+    }
+    let kind: Kind = Kind.Other
+    let end = i + 1
+    let escapes = false
+    if (classes & IDENT_START) {
+      while (end < limit && classAt(sql, end) & IDENT_CONT) end++
+      kind = Kind.Word
+      // A one-letter prefix glued to a quote: E'...' (backslash escapes), B'', X'', N''.
+      const prefix = end - i === 1 && end < limit && sql.charCodeAt(end) === SINGLE_QUOTE ? asciiLowerCode(c) : 0
+      if (prefix === 101 || prefix === 98 || prefix === 120 || prefix === 110) {
+        escapes = prefix === 101
+        kind = Kind.String
+        end = escapes ? skipEscapeString(sql, end, limit) : skipQuoted(sql, end, limit, "'")
+      }
+    } else if (classes & DIGIT) {
+      while (end < limit && classAt(sql, end) & ASCII_WORD) end++
+      kind = Kind.Word
+    } else if (c === SINGLE_QUOTE) {
+      kind = Kind.String
+      end = skipQuoted(sql, i, limit, "'")
+    } else if (c === DOUBLE_QUOTE) {
+      kind = Kind.QuotedIdent
+      end = skipQuoted(sql, i, limit, '"')
+    } else if (c === DASH && sql.charCodeAt(i + 1) === DASH && i + 1 < limit) {
+      kind = Kind.Comment
+      end = i + 2
+      while (end < limit) {
+        const d = sql.charCodeAt(end)
+        if (d === LINE_FEED || d === CARRIAGE_RETURN) break
+        end++
+      }
+    } else if (c === SLASH && sql.charCodeAt(i + 1) === ASTERISK && i + 1 < limit) {
+      kind = Kind.Comment
+      end = skipBlockComment(sql, i, limit)
+    } else if (c === SEMICOLON) {
+      kind = Kind.Semicolon
+    } else if (c === DOLLAR && depth === 0) {
+      const tagEnd = dollarTagEnd(sql, i, limit)
+      if (tagEnd > 0) {
+        // Inside, another tag is only text to PostgreSQL's lexer: the body is read as SQL.
+        const close = sql.indexOf(sql.slice(i, tagEnd), tagEnd)
+        quoteStart = i
+        quoteEnd = close < 0 ? n : close + (tagEnd - i)
+        limit = close < 0 ? n : close
+        depth = 1
+        work += (close < 0 ? n : quoteEnd) - i
+        i = tagEnd
+        continue
+      }
+    }
+    work += end - i
     token.kind = kind
-    token.start = start
+    token.start = i
     token.end = end
     token.depth = depth
     token.dollar = false
-    token.escapes = false
-    return visit(token)
-  }
-
-  let i = 0
-  while (i < n) {
-    work++
-    const c = sql.charCodeAt(i)
-    if (tag !== undefined && closesAt(i)) {
-      i += tag.length
-      tag = undefined
-      if (emitString(tagStart, i, true, false)) break
-      continue
-    }
-    if (isSpace(c)) {
-      i++
-      continue
-    }
-    const start = i
-    const tagEnd = c === DOLLAR && tag === undefined ? dollarTagEnd(i) : 0
-    let stop: boolean
-    if (isIdentStart(c)) {
-      do {
-        i++
-        work++
-      } while (i < n && isIdentCont(sql.charCodeAt(i)) && !stops(i))
-      // A one-letter prefix glued to a quote: E'...' (backslash escapes), B'', X'', N''.
-      const prefix = i - start === 1 ? asciiLowerCode(c) : 0
-      if (sql.charCodeAt(i) === SINGLE_QUOTE && (prefix === 101 || prefix === 98 || prefix === 120 || prefix === 110)) {
-        i = skipQuoted(i, SINGLE_QUOTE, prefix === 101)
-        stop = emitString(start, i, false, prefix === 101)
-      } else stop = emit(Kind.Word, start, i)
-    } else if (isDigit(c)) {
-      do {
-        i++
-        work++
-      } while (i < n && isAsciiWordChar(sql.charCodeAt(i)))
-      stop = emit(Kind.Word, start, i)
-    } else if (c === SINGLE_QUOTE) {
-      i = skipQuoted(i, SINGLE_QUOTE, false)
-      stop = emitString(start, i, false, false)
-    } else if (c === DOUBLE_QUOTE) {
-      i = skipQuoted(i, DOUBLE_QUOTE, false)
-      stop = emit(Kind.QuotedIdent, start, i)
-    } else if (c === DASH && sql.charCodeAt(i + 1) === DASH) {
-      i += 2
-      while (!stops(i) && sql.charCodeAt(i) !== LINE_FEED && sql.charCodeAt(i) !== CARRIAGE_RETURN) {
-        i++
-        work++
-      }
-      stop = emit(Kind.Comment, start, i)
-    } else if (c === SLASH && sql.charCodeAt(i + 1) === ASTERISK) {
-      i = skipBlockComment(i)
-      stop = emit(Kind.Comment, start, i)
-    } else if (tagEnd > 0) {
-      // Inside a dollar quote another tag is only text to PostgreSQL's lexer: it is read as SQL.
-      tag = sql.slice(i, tagEnd)
-      tagStart = i
-      i = tagEnd
-      continue
-    } else {
-      i++
-      stop = emit(c === SEMICOLON ? Kind.Semicolon : Kind.Other, start, i)
-    }
-    if (stop) {
-      examined += work
-      return
-    }
-  }
-  if (tag !== undefined) emitString(tagStart, n, true, false)
-  examined += work
-
-  function emitString(start: number, end: number, dollar: boolean, escapes: boolean): boolean {
-    token.kind = Kind.String
-    token.start = start
-    token.end = end
-    token.depth = dollar ? 0 : tag === undefined ? 0 : 1
-    token.dollar = dollar
     token.escapes = escapes
-    return visit(token)
+    i = end
+    if (visit(token)) break
   }
+  examined += work
+}
 
-  /** From an opening quote to just past its closing one; a doubled quote is part of the text. */
-  function skipQuoted(open: number, quote: number, escapes: boolean): number {
-    let j = open + 1
-    while (!stops(j)) {
-      work++
-      const c = sql.charCodeAt(j)
-      if (escapes && c === BACKSLASH) j += 2
-      else if (c === quote) {
-        if (sql.charCodeAt(j + 1) !== quote) return j + 1
-        j += 2
-      } else j++
+/**
+ * From an opening quote to just past its closing one (or `limit`); a doubled quote is part of the
+ * text. Each search starts at an occurrence of the quote and finds the next one, so the searches
+ * over a whole text never overlap.
+ */
+function skipQuoted(sql: string, open: number, limit: number, quote: string): number {
+  let j = open + 1
+  for (;;) {
+    const close = sql.indexOf(quote, j)
+    examined += (close < 0 ? sql.length : close) - j + 1
+    if (close < 0 || close >= limit) return limit
+    if (close + 1 < limit && sql[close + 1] === quote) j = close + 2
+    else return close + 1
+  }
+}
+
+/** An E'' string: a backslash escapes the next character. */
+function skipEscapeString(sql: string, open: number, limit: number): number {
+  let j = open + 1
+  while (j < limit) {
+    const c = sql.charCodeAt(j)
+    if (c === BACKSLASH) j += 2
+    else if (c !== SINGLE_QUOTE) j++
+    else if (j + 1 < limit && sql.charCodeAt(j + 1) === SINGLE_QUOTE) j += 2
+    else {
+      examined += j - open
+      return j + 1
     }
-    return Math.min(j, n)
   }
+  examined += limit - open
+  return limit
+}
 
-  /** Block comments nest in PostgreSQL. */
-  function skipBlockComment(open: number): number {
-    let depth = 0
-    let j = open
-    while (!stops(j)) {
-      work++
-      const c = sql.charCodeAt(j)
-      if (c === SLASH && sql.charCodeAt(j + 1) === ASTERISK) {
-        depth++
-        j += 2
-      } else if (c === ASTERISK && sql.charCodeAt(j + 1) === SLASH) {
-        depth--
-        j += 2
-        if (depth === 0) return j
-      } else j++
-    }
-    return Math.min(j, n)
+/** Block comments nest in PostgreSQL. */
+function skipBlockComment(sql: string, open: number, limit: number): number {
+  let depth = 0
+  let j = open
+  while (j < limit) {
+    const c = sql.charCodeAt(j)
+    if (c === SLASH && sql.charCodeAt(j + 1) === ASTERISK) {
+      depth++
+      j += 2
+    } else if (c === ASTERISK && sql.charCodeAt(j + 1) === SLASH) {
+      depth--
+      j += 2
+      if (depth === 0) break
+    } else j++
   }
+  examined += j - open
+  return Math.min(j, limit)
+}
 
-  /** Past the closing $ of a dollar-quote tag ($$ or $name$) starting at i, or 0 if there is none. */
-  function dollarTagEnd(at: number): number {
-    let j = at + 1
-    if (sql.charCodeAt(j) === DOLLAR) return j + 1
-    if (!isIdentStart(sql.charCodeAt(j))) return 0
-    do {
-      j++
-      work++
-    } while (j < n && isIdentCont(sql.charCodeAt(j)) && sql.charCodeAt(j) !== DOLLAR)
-    return sql.charCodeAt(j) === DOLLAR ? j + 1 : 0
-  }
+/** Past the closing $ of a dollar-quote tag ($$ or $name$) starting at `at`, or 0 if there is none. */
+function dollarTagEnd(sql: string, at: number, limit: number): number {
+  let j = at + 1
+  if (j < limit && sql.charCodeAt(j) === DOLLAR) return j + 1
+  if (j >= limit || !(classAt(sql, j) & IDENT_START)) return 0
+  do j++
+  while (j < limit && classAt(sql, j) & IDENT_CONT && sql.charCodeAt(j) !== DOLLAR)
+  examined += j - at
+  return j < limit && sql.charCodeAt(j) === DOLLAR ? j + 1 : 0
 }
 
 /**
  * Is one of STATE_SUBSTRINGS inside a word, or one of STATE_WHOLE_WORDS a word, anywhere in the
  * text (comments and strings included: a false positive costs a probe)? Words are runs of ASCII
- * letters, digits and underscores. One pass; each comparison is bounded by the longest word sought.
+ * letters, digits and underscores. Native searches, each linear in the text.
  */
 function hasStateWord(sql: string): boolean {
-  const n = sql.length
-  let work = 0
-  let wordStart = -1
-  let found = false
-  for (let i = 0; i <= n && !found; i++) {
-    work++
-    const c = i < n ? sql.charCodeAt(i) : SPACE
-    if (!isAsciiWordChar(c)) {
-      if (wordStart >= 0 && i - wordStart <= 9) found = STATE_WHOLE_WORDS.has(asciiLower(sql.slice(wordStart, i)))
-      wordStart = -1
-      continue
+  const lower = sql.toLowerCase()
+  examined += lower.length * (1 + STATE_SUBSTRINGS.length)
+  if (STATE_SUBSTRINGS.some((wanted) => lower.includes(wanted))) return true
+  for (const word of STATE_WHOLE_WORDS) {
+    // Each search starts past the last occurrence: together they read the text once per word.
+    for (let at = lower.indexOf(word); at >= 0; at = lower.indexOf(word, at + 1)) {
+      examined += word.length
+      if (at > 0 && classAt(lower, at - 1) & ASCII_WORD) continue
+      const end = at + word.length
+      if (end >= lower.length || !(classAt(lower, end) & ASCII_WORD)) return true
     }
-    if (wordStart < 0) wordStart = i
-    const lower = asciiLowerCode(c)
-    for (const wanted of STATE_SUBSTRINGS) {
-      if (lower !== wanted.charCodeAt(0)) continue
-      let k = 1
-      while (k < wanted.length && asciiLowerCode(sql.charCodeAt(i + k)) === wanted.charCodeAt(k)) k++
-      work += k
-      if (k === wanted.length) found = true
-    }
+    examined += lower.length
   }
-  examined += work
-  return found
+  return false
 }
 
 /** A Word token's text, ASCII letters folded to lower case. */
@@ -495,8 +492,10 @@ function wordAt(sql: string, token: Token): string {
 
 /** A token that names something: an unquoted identifier, or a quoted one with something in it. */
 function isIdentifier(sql: string, token: Token): boolean {
-  if (token.kind === Kind.Word) return isIdentStart(sql.charCodeAt(token.start))
-  return token.kind === Kind.QuotedIdent && token.end - token.start > 2 && sql.charCodeAt(token.end - 1) === DOUBLE_QUOTE
+  if (token.kind === Kind.Word) return (classAt(sql, token.start) & IDENT_START) !== 0
+  return (
+    token.kind === Kind.QuotedIdent && token.end - token.start > 2 && sql.charCodeAt(token.end - 1) === DOUBLE_QUOTE
+  )
 }
 
 /** The name PostgreSQL makes of an identifier: quoted ones kept as written, others folded to lower case. */
@@ -510,7 +509,8 @@ function stringValue(sql: string, token: Token): string {
   const open = sql.indexOf("'", token.start)
   const close = token.end - 1 > open && sql.charCodeAt(token.end - 1) === SINGLE_QUOTE ? token.end - 1 : token.end
   let text = sql.slice(open + 1, close).replaceAll("''", "'")
-  if (token.escapes && text.includes('\\')) text = Array.from(text.split('\\\\'), (part) => part.replaceAll('\\', '')).join('\\')
+  if (token.escapes && text.includes('\\'))
+    text = Array.from(text.split('\\\\'), (part) => part.replaceAll('\\', '')).join('\\')
   return text
 }
 
