@@ -149,6 +149,12 @@ export class ClientSession {
           upstream.session.socket.end(TERMINATE)
           throw shuttingDown()
         }
+        if (socket.readableEnded || socket.destroyed) {
+          // The client left while the session logged in: its 'end' and 'close' are past, and a
+          // relay started now would wait for them forever, holding the upstream connection.
+          upstream.session.socket.end(TERMINATE)
+          throw new ConnectionClosedError('the client left during the upstream login')
+        }
         this.startRelay(upstream, startup, packet.minorVersion, reader.detach())
         this.context.metrics.sessionStarted()
         const result = await (this.relay as Relay).done

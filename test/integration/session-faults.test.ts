@@ -1,8 +1,12 @@
+import { connect } from 'node:net'
+import { serialize } from 'pg-protocol'
 import t from 'tap'
 import { opsGet } from '../support/ops-probe.js'
 import { clusterFor } from '../support/pg-cluster.js'
 import { FAULT_QUERIES } from '../support/inject-session-faults.js'
 import { startProxyProcess } from '../support/proxy-process.js'
+import { eventually } from '../support/vault-target.js'
+import { startupMessage } from '../support/wire-builder.js'
 
 // A bug in one session's code (injected by test/support/inject-session-faults.ts) ends that
 // session with FATAL XX000 and a log line; the process and every other session go on.
@@ -47,4 +51,41 @@ void t.test('an unexpected error ends its own session only: thrown, rejected, or
   )
   const fresh = await proxy.client()
   t.same((await fresh.query<{ one: number }>('select 1 as one')).rows, [{ one: 1 }], 'new sessions work')
+})
+
+void t.test('a client that leaves while its session logs in upstream leaves nothing behind', async (t) => {
+  // Found by the fuzzer: the client's end came while the proxy logged in, and the relay started
+  // afterwards waited for it forever, holding an upstream connection.
+  const proxy = await startProxyProcess(t, cluster)
+  for (const delayMs of [0, 1, 2, 5]) {
+    await Promise.all(
+      Array.from(
+        { length: 10 },
+        () =>
+          new Promise<void>((resolve) => {
+            const socket = connect({ host: '127.0.0.1', port: proxy.port })
+            socket.on('error', () => {})
+            socket.on('connect', () => {
+              socket.write(
+                Buffer.concat([
+                  startupMessage({ user: 'gone', database: cluster.database }),
+                  serialize.query('select 1'),
+                ]),
+              )
+              setTimeout(() => {
+                socket.destroy()
+                resolve()
+              }, delayMs)
+            })
+          }),
+      ),
+    )
+  }
+  const connections = (): Promise<number | undefined> => proxy.metric('pg_vault_proxy_client_connections')
+  t.ok(await eventually(10, async () => (await connections()) === 0), `no session left (${await connections()} open)`)
+  const upstream = await cluster.query<{ n: string }>(
+    "select count(*) as n from pg_stat_activity where application_name = '' and usename = $1",
+    [cluster.users.scram.user],
+  )
+  t.equal(Number(upstream[0]?.n), 0, 'and no upstream connection')
 })
