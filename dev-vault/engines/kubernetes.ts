@@ -56,14 +56,28 @@ function serviceAccountOf(claims: Record<string, unknown>): ServiceAccount {
 
 /** strutil.StrListContainsGlob: `*` anywhere in an allowed value matches any run of characters. */
 export function matchesGlobList(patterns: readonly string[], value: string): boolean {
-  return patterns.some((p) => {
-    const re = new RegExp(`^${p.split('*').map(escapeRegExp).join('.*')}$`)
-    return re.test(value)
-  })
+  return patterns.some((p) => matchesGlob(p, value))
 }
 
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+/**
+ * One glob with `*` only, without a regular expression (`^a.*b.*c$` backtracks polynomially): the
+ * first piece is a prefix, the last a suffix, and each middle piece is taken at its earliest place,
+ * which is always a right choice when the only wildcard is `*`.
+ */
+function matchesGlob(pattern: string, value: string): boolean {
+  const pieces = pattern.split('*')
+  const first = pieces[0] ?? ''
+  if (pieces.length === 1) return value === first
+  const last = pieces[pieces.length - 1] ?? ''
+  if (value.length < first.length + last.length || !value.startsWith(first) || !value.endsWith(last)) return false
+  let at = first.length
+  const end = value.length - last.length
+  for (const piece of pieces.slice(1, -1)) {
+    const found = value.indexOf(piece, at)
+    if (found < 0 || found + piece.length > end) return false
+    at = found + piece.length
+  }
+  return true
 }
 
 export function kubernetesBackend(core: VaultCore, _mount: Mount): Backend {
