@@ -274,10 +274,10 @@ async function scrape(opsPort: number, saveTo?: string): Promise<Scrape> {
   const samples: Scrape = new Map()
   for (const line of text.split('\n')) {
     if (!line.startsWith('pg_vault_proxy_')) continue
-    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line)
+    const match = /^([a-z_:][\w:]*)(?:\{(.*)\})? (\S+)$/i.exec(line)
     if (!match?.[1] || match[3] === undefined) continue
     const labels: Record<string, string> = {}
-    for (const [, key, value] of (match[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
+    for (const [, key, value] of (match[2] ?? '').matchAll(/\b(\w+)="((?:[^"\\]|\\.)*)"/g)) {
       if (key !== undefined && value !== undefined) labels[key] = value
     }
     samples.set(`${match[1]}{${match[2] ?? ''}}`, { name: match[1], labels, value: Number(match[3]) })
@@ -386,7 +386,7 @@ function sizeOf(file: string): number {
 function serverErrors(log: string): Record<string, number> {
   const out: Record<string, number> = {}
   for (const line of log.split('\n')) {
-    const match = /\b(ERROR|FATAL|PANIC):\s+(.*)$/.exec(line)
+    const match = /\b(ERROR|FATAL|PANIC):\s+(\S.*)$/.exec(line)
     if (!match) continue
     const key = `${match[1]}: ${match[2]}`.replace(/"v-[^"]*"/g, '"v-…"')
     out[key] = (out[key] ?? 0) + 1
@@ -472,7 +472,7 @@ function parsePgbench(
   for (const line of `${stderr}\n${stdout}`.split('\n')) {
     const abort = /\bclient (\d+) (?:script \d+ )?aborted\b/.exec(line)
     if (abort?.[1] !== undefined) aborted.add(abort[1])
-    if (abort || /\b(error|FATAL|ERROR):/.test(line)) {
+    if (abort || /\b(?:error|FATAL|ERROR):/.test(line)) {
       const key = line.replace(/\bclient \d+/, 'client N').trim()
       errors[key] = (errors[key] ?? 0) + 1
     }

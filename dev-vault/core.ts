@@ -421,7 +421,7 @@ export class VaultCore {
 
   /** X-Vault-Token, or Authorization: Bearer. 403 without one, or with one Vault does not know. */
   private authenticate(request: IncomingRequest): TokenEntry {
-    const bearer = /^Bearer\s+(.+)$/i.exec(header(request, 'authorization') ?? '')?.[1]
+    const bearer = /^Bearer\s+(\S.*)$/i.exec(header(request, 'authorization') ?? '')?.[1]
     const id = header(request, 'x-vault-token') ?? bearer
     if (id === undefined || id === '') throw respondError('permission denied', 403)
     const entry = this.tokens.lookup(id)

@@ -171,7 +171,7 @@ function parseRequest(data: Buffer, remoteAddress: string, clientCertificate: Bu
     return { kind: 'incomplete', expectsContinue: false }
   }
   const [requestLine = '', ...headerLines] = data.subarray(0, headEnd).toString('latin1').split('\r\n')
-  const match = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP\/1\.[01]$/.exec(requestLine)
+  const match = /^([!#$%&'*+.^\w`|~-]+) (\S+) HTTP\/1\.[01]$/.exec(requestLine)
   if (!match) throw new BadRequest(400, 'malformed request line')
   const headers: Record<string, string> = {}
   for (const line of headerLines) {

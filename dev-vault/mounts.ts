@@ -150,5 +150,14 @@ export class MountTable {
 }
 
 export function normalizeMountPath(path: string): string {
-  return `${path.replace(/^\/+|\/+$/g, '')}/`
+  return `${trimSlashes(path)}/`
+}
+
+/** The path without the slashes at either end, in linear time (/\/+$/ is quadratic on a run of slashes). */
+export function trimSlashes(path: string): string {
+  let start = 0
+  let end = path.length
+  while (start < end && path[start] === '/') start++
+  while (end > start && path[end - 1] === '/') end--
+  return path.slice(start, end)
 }

@@ -156,7 +156,7 @@ interface Token {
 function tokenize(text: string): Token[] {
   const tokens: Token[] = []
   const pattern =
-    /(\s+)|(#[^\n]*|\/\/[^\n]*|\/\*[\s\S]*?\*\/)|("(?:[^"\\\n]|\\.)*")|(-?\d+(?:\.\d+)?)|([A-Za-z_][\w.-]*)|([{}[\]=,])|(.)/y
+    /(\s+)|(#[^\n]*|\/\/[^\n]*|\/\*[\s\S]*?\*\/)|("(?:[^"\\\n]|\\.)*")|(-?\d+(?:\.\d+)?)|([A-Z_][\w.-]*)|([{}[\]=,])|(.)/iy
   let line = 1
   for (let m = pattern.exec(text); m !== null && m.index < text.length; m = pattern.exec(text)) {
     const [whole, space, comment, str, num, ident, punct, bad] = m

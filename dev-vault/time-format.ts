@@ -6,7 +6,10 @@
 /** Go's time.RFC3339Nano for a UTC time: fraction without trailing zeros, "Z" suffix. */
 export function rfc3339Nano(ms: number): string {
   const iso = new Date(ms).toISOString() // 2025-01-31T12:00:00.120Z
-  return iso.replace(/\.(\d*?)0*Z$/, (_, digits: string) => (digits === '' ? 'Z' : `.${digits}Z`))
+  const dot = iso.lastIndexOf('.')
+  let end = iso.length - 1 // the Z
+  while (end > dot + 1 && iso[end - 1] === '0') end--
+  return end === dot + 1 ? `${iso.slice(0, dot)}Z` : `${iso.slice(0, end)}Z`
 }
 
 /** The PostgreSQL plugin's {{expiration}}: Go layout "2006-01-02 15:04:05-0700". */

@@ -129,7 +129,7 @@ export function parseDurationSeconds(input: unknown): number | undefined {
   if (rest === '') return undefined
   let total = 0
   while (rest.length > 0) {
-    const part = /^(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/.exec(rest)
+    const part = /^(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|[smh])/.exec(rest)
     if (!part) return undefined
     total += Number(part[1]) * (UNIT_SECONDS[part[2]!] ?? 0)
     rest = rest.slice(part[0].length)

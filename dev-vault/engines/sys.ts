@@ -76,7 +76,7 @@ function mountListing(flavor: Flavor, mounts: MountEntry[]): Record<string, unkn
 /** sys/mounts/<path> and sys/auth/<path>: the path may itself contain slashes, and may end in /tune. */
 function splitTune(req: BackendRequest): { path: string; isTune: boolean } {
   const raw = req.params.path ?? ''
-  const isTune = /(^|\/)tune\/?$/.test(raw)
+  const isTune = /(?:^|\/)tune\/?$/.test(raw)
   return { path: isTune ? raw.replace(/\/?tune\/?$/, '') : raw, isTune }
 }
 
@@ -185,7 +185,7 @@ function policyHandlers(core: VaultCore, textKey: 'policy' | 'rules') {
 
 /** Vault accepts the policy text base64-encoded too. */
 function decodeIfBase64(text: string): string {
-  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(text) || text.length % 4 !== 0) return text
+  if (!/^[A-Z0-9+/]+={0,2}$/i.test(text) || text.length % 4 !== 0) return text
   return Buffer.from(text, 'base64').toString('utf8')
 }
 

@@ -122,7 +122,7 @@ export class TokenStore {
 
 /** display names: token_store.go's displayNameSanitize. */
 function sanitizeDisplayName(name: string): string {
-  return name.replace(/[^a-zA-Z0-9-]/g, '-').replace(/-$/, '')
+  return name.replace(/[^a-z0-9-]/gi, '-').replace(/-$/, '')
 }
 
 /** policyutil.SanitizePolicies: trimmed, lowercased, deduplicated, sorted; root absorbs the rest. */

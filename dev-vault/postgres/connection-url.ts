@@ -11,7 +11,7 @@ export function goPathEscape(value: string): string {
   let out = ''
   for (const byte of Buffer.from(value, 'utf8')) {
     const c = String.fromCharCode(byte)
-    if (/[A-Za-z0-9\-_.~$&+:=@]/.test(c)) out += c
+    if (/[\w\-.~$&+:=@]/.test(c)) out += c
     else out += `%${byte.toString(16).toUpperCase().padStart(2, '0')}`
   }
   return out
@@ -35,7 +35,7 @@ export function renderConnectionUrl(template: string, credentials: UrlCredential
 
 /** connutil Connection: Vault's sessions run in UTC and show application_name = 'vault'. */
 export function withVaultSessionSettings(url: string): string {
-  if (!/^postgres(ql)?:\/\//.test(url)) return url
+  if (!/^postgres(?:ql)?:\/\//.test(url)) return url
   let out = url + (url.includes('?') ? '&timezone=UTC' : '?timezone=UTC')
   if (!out.includes('application_name')) out += '&application_name=vault'
   return out
@@ -43,7 +43,7 @@ export function withVaultSessionSettings(url: string): string {
 
 /** The userinfo of a URL as Go's url.Parse sees it; undefined if there is none or Go would refuse it. */
 function userinfoOf(url: string): { start: number; end: number; text: string } | undefined {
-  const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(url)
+  const scheme = /^[A-Z][A-Z0-9+.-]*:\/\//i.exec(url)
   if (!scheme) return undefined
   const authorityEnd = url.slice(scheme[0].length).search(/[/?#]/)
   const authority =
@@ -52,7 +52,7 @@ function userinfoOf(url: string): { start: number; end: number; text: string } |
   if (at === -1) return undefined
   const text = authority.slice(0, at)
   // net/url's validUserinfo: template braces, spaces etc. make url.Parse fail.
-  if (!/^[A-Za-z0-9\-._:~!$&'()*+,;=%@]*$/.test(text)) return undefined
+  if (!/^[\w\-.:~!$&'()*+,;=%@]*$/.test(text)) return undefined
   return { start: scheme[0].length, end: scheme[0].length + at, text }
 }
 

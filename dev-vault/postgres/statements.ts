@@ -23,7 +23,7 @@ export function parseArbitraryStringSlice(input: string, separator: string): str
 
 /** Go's base64.StdEncoding accepts only canonical, padded input. */
 function isStrictBase64(text: string): boolean {
-  return text.length > 0 && text.length % 4 === 0 && /^[A-Za-z0-9+/]*={0,2}$/.test(text)
+  return text.length > 0 && text.length % 4 === 0 && /^[A-Z0-9+/]*={0,2}$/i.test(text)
 }
 
 /**
@@ -32,7 +32,7 @@ function isStrictBase64(text: string): boolean {
  * (its loop overwrites the result each time), so keep END out of quotes when you mean it.
  */
 export function containsMultilineStatement(statement: string): boolean {
-  const quoted = [...(statement.match(/(".*?")/g) ?? []), ...(statement.match(/('.*?')/g) ?? [])]
+  const quoted = [...(statement.match(/".*?"/g) ?? []), ...(statement.match(/'.*?'/g) ?? [])]
   let withoutLiterals = statement
   for (const literal of quoted) withoutLiterals = statement.replaceAll(literal, '')
   return /\bEND\b/.test(withoutLiterals)

@@ -204,7 +204,7 @@ function parseTemplate(source: string): Node[] {
 
 function tokenizeAction(action: string): string[] {
   const tokens: string[] = []
-  const pattern = /\s+|("(?:[^"\\]|\\.)*"|`[^`]*`|\||\(|\)|[^\s|()]+)/y
+  const pattern = /\s+|("(?:[^"\\]|\\.)*"|`[^`]*`|[|()]|[^\s|()]+)/y
   for (let m = pattern.exec(action); m !== null && m.index < action.length; m = pattern.exec(action)) {
     if (m[1] !== undefined) tokens.push(m[1])
   }
@@ -245,6 +245,6 @@ function parseTerm(token: string): Term {
   if (token.startsWith('`')) return { kind: 'literal', value: token.slice(1, -1) }
   if (/^-?\d+$/.test(token)) return { kind: 'literal', value: Number(token) }
   if (token.startsWith('.')) return { kind: 'field', name: token.slice(1) }
-  if (/^[A-Za-z_]\w*$/.test(token)) return { kind: 'ident', name: token }
+  if (/^[A-Z_]\w*$/i.test(token)) return { kind: 'ident', name: token }
   throw new Error(`unexpected "${token}" in command`)
 }

@@ -1,6 +1,6 @@
 import { ConfigError, loadConfig, type Config } from '../config/load-config.js'
 import { ConfigReloader } from '../ops/config-reload.js'
-import { handleSignals } from '../ops/lifecycle.js'
+import { handleSignals, handleUncaughtErrors } from '../ops/lifecycle.js'
 import { createLogger } from '../ops/logger.js'
 import { startOpsServer } from '../ops/ops-server.js'
 import { createProxyServer } from '../proxy/create-proxy-server.js'
@@ -36,6 +36,7 @@ function loggerFor(config: Config, overrides: { level?: string } = {}): ReturnTy
 async function run(flags: ConfigFlags): Promise<void> {
   const config = await configFrom(flags)
   const logger = loggerFor(config)
+  handleUncaughtErrors({ logger, exit: (code) => process.exit(code) })
   let server, ops
   try {
     server = createProxyServer(config, logger)

@@ -23,7 +23,7 @@ const ROUTE_KEYS = ['listen', 'socket_dir', 'owner_role', 'upstream', 'credentia
 
 const routeEntrySchema = z
   .object({
-    name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected a name of letters, digits, "_", "." or "-"'),
+    name: z.string().regex(/^[\w.-]+$/, 'expected a name of letters, digits, "_", "." or "-"'),
     users: z.array(z.string().min(1)).min(1).optional(),
     listen: z.unknown().optional(),
     socket_dir: z.unknown().optional(),
@@ -188,8 +188,8 @@ export function fromEnvironment(env: NodeJS.ProcessEnv): { values: Record<string
       value = Number(text)
       if (!Number.isFinite(value)) problems.push(`${key.env} (${key.path}): expected a number, got "${text}"`)
     } else if (key.kind === 'boolean') {
-      if (/^(1|true|yes|on)$/i.test(text)) value = true
-      else if (/^(0|false|no|off)$/i.test(text)) value = false
+      if (/^(?:1|true|yes|on)$/i.test(text)) value = true
+      else if (/^(?:0|false|no|off)$/i.test(text)) value = false
       else problems.push(`${key.env} (${key.path}): expected true or false, got "${text}"`)
     }
     setPath(values, key.path, value)

@@ -28,7 +28,8 @@ export const listenAddress = z.union([port, z.string().min(1)]).transform((value
 })
 
 export function parseListenAddress(value: string): { host: string; port: number } | undefined {
-  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value) ?? /^()()(\d{1,5})$/.exec(value)
+  // host:port, [ipv6]:port, or a bare port.
+  const match = /^(?:(?:\[([^\]]+)\]|([^:]*)):)?(\d{1,5})$/.exec(value)
   if (!match) return undefined
   const portNumber = Number(match[3])
   if (portNumber < 0 || portNumber > 65535) return undefined

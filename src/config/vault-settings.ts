@@ -30,7 +30,7 @@ export function resolveVaultSettings(
     clientCert: vault?.client_cert ?? (env.VAULT_CLIENT_CERT || undefined),
     clientKey: vault?.client_key ?? (env.VAULT_CLIENT_KEY || undefined),
     // Unlike node-vault, "false" and "0" mean false.
-    skipVerify: vault?.skip_verify || /^(1|t|true|yes|on)$/i.test(env.VAULT_SKIP_VERIFY ?? ''),
+    skipVerify: vault?.skip_verify || /^(?:1|t|true|yes|on)$/i.test(env.VAULT_SKIP_VERIFY ?? ''),
     timeoutMs: vault?.timeout_ms ?? 10_000,
   }
   switch (auth.method) {

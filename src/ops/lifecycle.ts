@@ -1,5 +1,6 @@
 import type { Logger } from 'pino'
 import type { ProxyServer } from '../proxy/proxy-server.js'
+import { SessionBoundary } from '../proxy/session-boundary.js'
 import type { ConfigReloader } from './config-reload.js'
 import type { OpsServer } from './ops-server.js'
 
@@ -15,6 +16,8 @@ export interface LifecycleOptions {
 
 /** Exit code when a second SIGTERM/SIGINT cuts the drain short. */
 export const EXIT_INTERRUPTED = 1
+/** Exit code after an error nobody handled outside any client session (sysexits.h EX_SOFTWARE). */
+export const EXIT_INTERNAL_ERROR = 70
 
 /**
  * SIGTERM and SIGINT drain and exit 0: no new sessions, open ones end at their next idle point or
@@ -59,4 +62,34 @@ export function handleSignals(options: LifecycleOptions): void {
     logger.info({ signal: 'SIGHUP' }, 'reloading the configuration')
     void reloader.reload()
   })
+}
+
+/**
+ * Errors nobody handled. One raised by a client session's code, or by a timer or promise that code
+ * started, ends that session alone with FATAL XX000 (src/proxy/session-boundary.ts): a bug one
+ * client can reach must not take every other session down. Any other is a bug outside the
+ * sessions, where the process state cannot be trusted: it is logged and the process exits 70, for
+ * its supervisor to restart it (Node.js would exit too, with less said).
+ */
+export function handleUncaughtErrors(options: {
+  logger: Logger
+  exit: (code: number) => void
+  /** The process itself outside tests. */
+  events?: NodeJS.EventEmitter
+}): void {
+  const { logger, exit } = options
+  const events = options.events ?? process
+  const handler =
+    (kind: string) =>
+    (err: unknown): void => {
+      const session = SessionBoundary.current()
+      if (session) {
+        session.fault(err)
+        return
+      }
+      logger.fatal({ err }, `${kind} outside any client session; exiting`)
+      exit(EXIT_INTERNAL_ERROR)
+    }
+  events.on('uncaughtException', handler('uncaught exception'))
+  events.on('unhandledRejection', handler('unhandled promise rejection'))
 }

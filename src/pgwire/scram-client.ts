@@ -45,9 +45,9 @@ const GS2_PLUS = 'p=tls-server-end-point,,'
 const GS2_BINDING_SUPPORTED = 'y,,'
 const GS2_NO_BINDING = 'n,,'
 const PRINTABLE = /^[\x21-\x2b\x2d-\x7e]+$/ // RFC 5802 "printable": ASCII graphic characters except ','
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
-const ITERATION_COUNT = /^[1-9][0-9]{0,9}$/
-const EXTENSION = /^[A-Za-z]=[^,]+$/
+const BASE64 = /^(?:[A-Z0-9+/]{4})*(?:[A-Z0-9+/]{2}==|[A-Z0-9+/]{3}=)?$/i
+const ITERATION_COUNT = /^[1-9]\d{0,9}$/
+const EXTENSION = /^[A-Z]=[^,]+$/i
 const COMMA = Buffer.from(',')
 
 const pbkdf2Key = (password: string, salt: Buffer, iterations: number): Promise<Buffer> =>

@@ -18,6 +18,7 @@ import type { CancelRegistry } from './cancel-registry.js'
 import { readClientGreeting, startupRefusal } from './client-handshake.js'
 import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
 import { Relay } from './relay.js'
+import { SessionBoundary } from './session-boundary.js'
 import { SessionMover, type RotationSettings, type UpstreamLogin } from './session-mover.js'
 import { SessionState } from './session-state.js'
 import { splitClientStartup, type ClientStartup } from './startup-parameters.js'
@@ -82,6 +83,13 @@ export class ClientSession {
   /** Chosen by client user name once the startup packet is read. */
   private route: SessionRoute | undefined
   private idleTimer: NodeJS.Timeout | undefined
+  /** The client was answered before the relay (refused, or failed): the one audit line is written. */
+  private refused = false
+  /** An error nobody handled in this session's code ends this session only. */
+  private readonly boundary = new SessionBoundary(
+    (err) => this.fail(err),
+    (err) => this.log.error({ err }, 'another internal error in a failed session'),
+  )
 
   constructor(
     private readonly socket: Socket,
@@ -89,6 +97,7 @@ export class ClientSession {
     readonly id: number,
   ) {
     this.log = context.logger.child({ session: id, client: describePeer(socket) })
+    this.boundary.enclose(socket)
   }
 
   /** The session's route; only used after it was chosen. */
@@ -102,7 +111,12 @@ export class ClientSession {
     return this.route?.name
   }
 
-  async run(): Promise<void> {
+  /** Serves the client to the end, inside the session's boundary. */
+  run(): Promise<void> {
+    return this.boundary.run(() => this.serve())
+  }
+
+  private async serve(): Promise<void> {
     const { socket } = this
     socket.on('error', (err: NodeJS.ErrnoException) => this.log.debug({ err: err.code }, 'client socket error'))
     // PostgreSQL closes silently when the startup packet does not arrive in time.
@@ -130,10 +144,16 @@ export class ClientSession {
       const upstream = await this.loginUpstream(startup)
       // The credential stays held until the session ends (or moves), so its lease is never revoked under it.
       try {
-        if (this.draining) {
-          // Shutdown began during the login: the client never got AuthenticationOk, so it can be refused.
+        if (this.draining || this.refused) {
+          // Shutdown began (or the session failed) during the login: the client never got AuthenticationOk, so it can be refused.
           upstream.session.socket.end(TERMINATE)
           throw shuttingDown()
+        }
+        if (socket.readableEnded || socket.destroyed) {
+          // The client left while the session logged in: its 'end' and 'close' are past, and a
+          // relay started now would wait for them forever, holding the upstream connection.
+          upstream.session.socket.end(TERMINATE)
+          throw new ConnectionClosedError('the client left during the upstream login')
         }
         this.startRelay(upstream, startup, packet.minorVersion, reader.detach())
         this.context.metrics.sessionStarted()
@@ -201,6 +221,7 @@ export class ClientSession {
     const hold = this.chosen.credentials.use(credential)
     try {
       const session = await this.chosen.connector.connect(this.upstreamParameters(startup, credential), credential)
+      this.boundary.enclose(session.socket)
       return { session, credential, hold }
     } catch (err) {
       hold.release()
@@ -332,9 +353,32 @@ export class ClientSession {
     this.idleTimer = undefined
   }
 
+  /**
+   * The session's boundary caught an error nobody handled (a throw in a message handler, a rejected
+   * promise of its own): this session ends with FATAL XX000, the others go on.
+   */
+  private fail(err: unknown): void {
+    this.log.error({ err }, 'internal error in session')
+    const { relay } = this
+    if (relay && !relay.isFinished) {
+      try {
+        // serve() then records and audits the end (reason internal_error).
+        relay.stop('internal_error', internalErrorFields(this.id))
+      } catch (stopErr) {
+        this.log.error({ err: stopErr }, 'could not end a failed session cleanly')
+        this.socket.destroy()
+      }
+    } else if (!relay) this.refuse(err)
+  }
+
   /** Every failure before the relay: one reply to the client (or silence), one audit line. */
   private refuse(err: unknown): void {
     const { socket } = this
+    if (this.refused) {
+      socket.destroy()
+      return
+    }
+    this.refused = true
     if (err instanceof StartupPacketError) {
       const reply = startupRefusal(err)
       this.audit('debug', { reason: 'bad_startup_packet', detail: err.message })
@@ -360,17 +404,9 @@ export class ClientSession {
       return
     }
     this.context.metrics.sessionRefused('internal_error')
-    this.log.error({ err }, 'internal error in session')
+    if (!this.boundary.hasFaulted) this.log.error({ err }, 'internal error in session')
     this.audit('error', { reason: 'internal_error' })
-    socket.end(
-      encodeErrorResponse(
-        errorFields({
-          severity: 'FATAL',
-          sqlState: 'XX000',
-          message: `pg-vault-proxy internal error (session ${this.id}); see the proxy log`,
-        }),
-      ),
-    )
+    socket.end(encodeErrorResponse(internalErrorFields(this.id)))
   }
 
   /**
@@ -407,6 +443,16 @@ export function shuttingDown(): ProxyError {
     sqlState: '57P03',
     message: 'the database system is shutting down (pg-vault-proxy is draining and accepts no new sessions)',
     hint: 'Connect again in a moment, to this proxy once it has restarted or to another instance.',
+  })
+}
+
+/** What a client is told when its session failed inside the proxy; the error itself is only in the log. */
+function internalErrorFields(sessionId: number): ReturnType<typeof errorFields> {
+  return errorFields({
+    severity: 'FATAL',
+    sqlState: 'XX000',
+    message: `pg-vault-proxy internal error (session ${sessionId}); see the proxy log`,
+    hint: 'Reconnect. Other sessions are not affected; please report the log line to the proxy maintainers.',
   })
 }
 

@@ -81,6 +81,8 @@ export type RelayEndReason =
   | 'upstream_lost'
   /** The session's credential ended and it could not move to a new one. */
   | 'credential_expired'
+  /** The proxy failed in this session's code (src/proxy/session-boundary.ts). */
+  | 'internal_error'
 
 export interface RelayResult {
   reason: RelayEndReason
@@ -350,7 +352,7 @@ export class Relay {
 
   /** Ends the session from outside: the client is told why (unless mid-message), the upstream gets Terminate. */
   stop(
-    reason: 'shutdown' | 'idle_timeout' | 'upstream_lost' | 'credential_expired' = 'shutdown',
+    reason: 'shutdown' | 'idle_timeout' | 'upstream_lost' | 'credential_expired' | 'internal_error' = 'shutdown',
     fields = errorFields({
       severity: 'FATAL',
       sqlState: '57P01',

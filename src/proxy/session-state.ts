@@ -2,6 +2,7 @@ import { serialize } from 'pg-protocol'
 import { FrontendCode } from '../pgwire/codes.js'
 import {
   customSettingNames,
+  hasStatementStartingWith,
   mayChangeSessionState,
   prepareStatementFor,
   quoteIdent,
@@ -129,7 +130,7 @@ export class SessionState {
 
   private onSql(sql: string): void {
     // EXECUTE of a SQL prepared statement may run anything it was prepared with.
-    const executes = this.snapshot.prepared.some((p) => p.fromSql) && /(?:^|;)\s*execute\b/i.test(sql)
+    const executes = this.snapshot.prepared.some((p) => p.fromSql) && hasStatementStartingWith(sql, 'execute')
     if (!executes && !mayChangeSessionState(sql)) return
     this.dirty = true
     for (const name of customSettingNames(sql)) this.customSettings.add(name)

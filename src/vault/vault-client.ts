@@ -54,7 +54,7 @@ export class VaultClient {
     options: VaultClientOptions,
     private readonly metrics: VaultRequestMetrics = noMetrics,
   ) {
-    this.address = options.address.replace(/\/+$/, '')
+    this.address = withoutTrailingSlashes(options.address)
     const tls: Record<string, Buffer> = {}
     if (options.caCert) tls.ca = readFileSync(options.caCert)
     if (options.clientCert) tls.cert = readFileSync(options.clientCert)
@@ -153,4 +153,11 @@ function authOf(path: string, envelope: Envelope | undefined): VaultAuth {
     renewable: auth.renewable,
     policies: auth.policies ?? [],
   }
+}
+
+/** The text without the slashes at its end (one pass back from the end; a regex here could take quadratic time). */
+function withoutTrailingSlashes(text: string): string {
+  let end = text.length
+  while (end > 0 && text[end - 1] === '/') end--
+  return text.slice(0, end)
 }

@@ -47,7 +47,7 @@ function publishedPort(entry: unknown): { hostIp: string | undefined; published:
       target: String(long.target),
     }
   }
-  let rest = String(entry).replace(/\/(tcp|udp|sctp)$/, '')
+  let rest = String(entry).replace(/\/(?:tcp|udp|sctp)$/, '')
   let hostIp: string | undefined
   if (rest.startsWith('[')) {
     const end = rest.indexOf(']')

@@ -32,7 +32,9 @@ function parseDockerfile(text: string): Stage[] {
     .filter((line) => line !== '')
   const stages: Stage[] = []
   for (const line of logical) {
-    const [, keyword = '', args = ''] = /^(\S+)\s*(.*)$/.exec(line) ?? []
+    // Lines are trimmed: the keyword, then its arguments after the first run of whitespace.
+    const [keyword = '', ...rest] = line.split(/(\s+)/)
+    const args = rest.slice(1).join('')
     if (keyword.toUpperCase() === 'FROM') {
       const [, from = '', name] = /^(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?$/i.exec(args) ?? []
       stages.push({ from, name, instructions: [] })

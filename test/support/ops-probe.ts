@@ -17,10 +17,10 @@ export async function opsGet(port: number, path: string, method = 'GET'): Promis
  */
 export function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   for (const line of text.split('\n')) {
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line)
+    const match = /^([a-z_:][\w:]*)(?:\{(.*)\})? (\S+)$/i.exec(line)
     if (!match || match[1] !== name) continue
     const found = new Map<string, string>()
-    for (const m of (match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g))
+    for (const m of (match[2] ?? '').matchAll(/\b([a-z_]\w*)="((?:[^"\\]|\\.)*)"/gi))
       found.set(m[1] ?? '', m[2] ?? '')
     if (Object.entries(labels).every(([k, v]) => found.get(k) === v)) return Number(match[3])
   }

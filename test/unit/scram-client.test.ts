@@ -58,7 +58,7 @@ function serverVerify(preparedPassword: string, clientFirst: Buffer, first: Buff
   const storedKey = createHash('sha256').update(clientKey).digest()
   const finalText = clientFinal.toString()
   const proofAt = finalText.lastIndexOf(',p=')
-  const bare = clientFirst.toString().replace(/^(n|y|p=[^,]*),[^,]*,/, '')
+  const bare = clientFirst.toString().replace(/^(?:n|y|p=[^,]*),[^,]*,/, '')
   const authMessage = `${bare},${first.toString()},${finalText.slice(0, proofAt)}`
   const proof = Buffer.from(finalText.slice(proofAt + 3), 'base64')
   const signature = hmac(storedKey, authMessage)

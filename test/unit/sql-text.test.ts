@@ -1,6 +1,8 @@
 import t from 'tap'
 import {
+  charactersExamined,
   customSettingNames,
+  hasStatementStartingWith,
   mayChangeSessionState,
   prepareStatementFor,
   splitStatements,
@@ -225,4 +227,101 @@ void t.test('customSettingNames: names PostgreSQL accepts that a naive split get
   // Only ASCII letters fold: with UTF-8, SET app.Äb names app.Äb, which current_setting('app.äb') does not find.
   t.same(customSettingNames('SET app.Äb = 1'), ['app.Äb'])
   t.same(customSettingNames("select set_config('App.Äb', '1', false)"), ['app.Äb'])
+})
+
+void t.test('customSettingNames: SET SESSION, strings and dollar-quoted bodies', async (t) => {
+  t.same(customSettingNames('SET session.x = 1'), ['session.x'], '"session" as the first part')
+  t.same(customSettingNames('SET SESSION session.x = 1'), ['session.x'])
+  t.same(customSettingNames('SET LOCAL app.x = 1'), [], 'SET LOCAL ends with the transaction')
+  t.same(customSettingNames("select set_config(E'app.\\\\x', '1', false)"), ['app.\\x'], 'E string: a backslash escapes')
+  t.same(customSettingNames("select set_config(E'app\\.y', '1', false)"), ['app.y'])
+  t.same(customSettingNames("select set_config('a''b.c', '1', false)"), ["a'b.c"])
+  t.same(customSettingNames("select set_config('.x', '1', false), set_config('x.', '1', false)"), [])
+  t.same(customSettingNames('DO $fn$ BEGIN SET app.in_body = 1; END $fn$; SET app.after = 2'), ['app.in_body', 'app.after'])
+  // The body ends at its closing tag even inside what looks like a string in it, as in PostgreSQL.
+  t.same(customSettingNames("DO $$ BEGIN RAISE NOTICE 'x$$; SET app.out = 1"), ['app.out'])
+  t.same(customSettingNames("select 'set app.in_string = 1' -- set app.in_comment = 1"), [])
+})
+
+void t.test('mayChangeSessionState: INTO only as a word of the SELECT itself', async (t) => {
+  t.ok(mayChangeSessionState('select 1 as a into t'))
+  t.notOk(mayChangeSessionState("select 'into'"))
+  t.notOk(mayChangeSessionState('select "into" from t'))
+  t.notOk(mayChangeSessionState('insert into t values (1)'))
+  // Words that change state still count anywhere, comments included (a false positive costs one probe).
+  t.ok(mayChangeSessionState("select 1 -- set_config('"))
+})
+
+void t.test('hasStatementStartingWith: the first word of any statement, after comments', async (t) => {
+  t.ok(hasStatementStartingWith('EXECUTE p(1)', 'execute'))
+  t.ok(hasStatementStartingWith('select 1; execute p', 'execute'))
+  t.ok(hasStatementStartingWith('/* c */ -- d\n  ExEcUtE p', 'execute'))
+  t.notOk(hasStatementStartingWith("select 'execute p'", 'execute'))
+  t.notOk(hasStatementStartingWith('select execute_it()', 'execute'))
+  t.notOk(hasStatementStartingWith('explain execute p', 'execute'))
+  t.notOk(hasStatementStartingWith('select $$; execute p$$', 'execute'))
+  t.notOk(hasStatementStartingWith('executes p', 'execute'))
+})
+
+// Worst cases for the regular expressions these functions replaced, and for the scanner itself:
+// unterminated quotes, comments and dollar quotes, almost-tags, deep comment nesting, long words.
+const ADVERSARIAL: Record<string, (size: number) => string> = {
+  'set_config dots (the reported case)': (size) => "select 1 -- set_config('" + '.'.repeat(size),
+  'set_config dots, no comment': (size) => "set_config('" + 'a.'.repeat(size / 2),
+  'many set words': (size) => 'set '.repeat(size / 4),
+  'many set "': (size) => 'set "'.repeat(size / 5),
+  'many set session': (size) => 'set session '.repeat(size / 12),
+  'a long dotted name': (size) => 'set a' + ' . a'.repeat(size / 4),
+  'many set_config(': (size) => "set_config('".repeat(size / 12),
+  'single quotes': (size) => "'".repeat(size),
+  'double quotes': (size) => '"'.repeat(size),
+  'E strings and backslashes': (size) => "e'\\".repeat(size / 3),
+  'dollars': (size) => '$'.repeat(size),
+  'almost dollar tags': (size) => '$abc'.repeat(size / 4),
+  'dollar tags': (size) => '$a$'.repeat(size / 3),
+  'a long tag and near misses': (size) =>
+    `$${'t'.repeat(size / 4)}$` + `$${'t'.repeat(size / 4 - 1)}x`.repeat(2) + '$t'.repeat(size / 8),
+  'many ;execute': (size) => ';execute'.repeat(size / 8),
+  'semicolons and whitespace': (size) => '; \t\n'.repeat(size / 4),
+  'nested comment openers': (size) => '/*'.repeat(size / 2),
+  'line comments': (size) => '--'.repeat(size / 2),
+  'prepare statements': (size) => ';prepare "p'.repeat(size / 11),
+  'one long word': (size) => 'settemporary'.repeat(size / 12),
+}
+const SCANNERS: Record<string, (sql: string) => unknown> = {
+  mayChangeSessionState,
+  customSettingNames,
+  splitStatements,
+  prepareStatementFor: (sql) => prepareStatementFor(sql, 'p'),
+  hasStatementStartingWith: (sql) => hasStatementStartingWith(sql, 'execute'),
+}
+
+void t.test('every scanner examines each character of a 1 MB adversarial text a bounded number of times', async (t) => {
+  const MB = 1 << 20
+  const examinedFor = (scan: (sql: string) => unknown, sql: string): number => {
+    const before = charactersExamined()
+    scan(sql)
+    return charactersExamined() - before
+  }
+  for (const [scannerName, scan] of Object.entries(SCANNERS)) {
+    for (const [inputName, make] of Object.entries(ADVERSARIAL)) {
+      const one = make(MB)
+      const two = make(2 * MB)
+      const steps = examinedFor(scan, one)
+      const doubled = examinedFor(scan, two)
+      // At most a few dozen looks per character, and twice the text costs twice the work: a
+      // quadratic scan would need about 10^12 steps here.
+      t.ok(steps <= 40 * one.length, `${scannerName}, ${inputName}: ${steps} steps for ${one.length} characters`)
+      t.ok(doubled <= 2.1 * steps + 64, `${scannerName}, ${inputName}: ${doubled} steps for twice the text`)
+    }
+  }
+})
+
+void t.test('the step count is honest: it grows with the text', async (t) => {
+  const before = charactersExamined()
+  splitStatements('select 1; select 2')
+  const small = charactersExamined() - before
+  splitStatements('select 1; select 2'.repeat(100))
+  t.ok(small >= 'select 1; select 2'.length, 'at least one step per character')
+  t.ok(charactersExamined() - before - small >= 100 * 'select 1; select 2'.length, 'and so for a hundred times the text')
 })
