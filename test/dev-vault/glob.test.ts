@@ -1,5 +1,5 @@
 import t from 'tap'
-import { matchesGlobList } from '../../dev-vault/engines/kubernetes.js'
+import { matchesGlobList } from '../../dev-vault/glob.js'
 
 void t.test('bound service account globs: * matches any run, nothing else is special', async (t) => {
   const cases: Array<[string, string, boolean]> = [
