@@ -120,8 +120,8 @@ Connect without a password, from another terminal:
 The tour in README.md starts with:
   export PGHOST=127.0.0.1 PGPORT=${port} PGDATABASE=${cluster.database} PGUSER=anyone
 The proxy's configuration, to try check and exec with:
-  ${cmd} check --config ${configFile}
-  ${cmd} exec --config ${configFile} -- psql -c 'select current_user'
+  ${cmd} check --config ${configFile} --database ${cluster.database}
+  ${cmd} exec --config ${configFile} --database ${cluster.database} -- psql -c 'select current_user'
 Metrics: http://127.0.0.1:${opsPort}/metrics   Ctrl-C here stops everything; the proxy revokes its lease first.
 
 `,

@@ -5,11 +5,20 @@ interface Teardown {
   teardown(fn: () => unknown): void
 }
 
+/** What the demo's banner says, line by line where a reader would paste it. */
+export interface Banner {
+  port: number
+  psqlLine: string
+  exportLine: string
+  checkLine: string
+  execLine: string
+}
+
 export interface DemoProcess {
   /** Everything the demo and the proxy wrote, stdout and stderr. */
   output(): string
   /** Resolves once the banner is out (the proxy is ready), with the port and files it names. */
-  banner(): Promise<{ port: number; configFile: string; cli: string; exportLine: string; psqlLine: string }>
+  banner(): Promise<Banner>
   /** Ctrl-C in the demo's terminal: SIGINT to its whole process group. */
   interrupt(): void
   exit: Promise<number | null>
@@ -44,12 +53,14 @@ export function startDemo(t: Teardown, env: Record<string, string | undefined> =
     exit,
     async banner() {
       for (let i = 0; i < 1200; i++) {
-        const match = /^ {2}(node .*) check --config (\S+)$/m.exec(output)
-        const exportLine = /^ {2}(export PGHOST=.*)$/m.exec(output)?.[1]
-        const psqlLine = /^ {2}(psql ".*")$/m.exec(output)?.[1]
-        const port = /is listening on 127\.0\.0\.1:(\d+)/.exec(output)?.[1]
-        if (match && exportLine && psqlLine && port)
-          return { port: Number(port), cli: match[1] ?? '', configFile: match[2] ?? '', exportLine, psqlLine }
+        const line = (pattern: RegExp): string | undefined => pattern.exec(output)?.[1]
+        const port = line(/is listening on 127\.0\.0\.1:(\d+)/)
+        const psqlLine = line(/^ {2}(psql ".*")$/m)
+        const exportLine = line(/^ {2}(export PGHOST=.*)$/m)
+        const checkLine = line(/^ {2}(node .* check --config .*)$/m)
+        const execLine = line(/^ {2}(node .* exec --config .*)$/m)
+        if (port && psqlLine && exportLine && checkLine && execLine)
+          return { port: Number(port), psqlLine, exportLine, checkLine, execLine }
         if (demo.exitCode !== null) break
         await new Promise((r) => setTimeout(r, 100))
       }
