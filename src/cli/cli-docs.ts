@@ -1,5 +1,5 @@
-import { CONFIG_KEYS } from '../config/load-config.js'
 import type { Command } from 'commander'
+import { CONFIG_KEYS } from '../config/load-config.js'
 import { buildProgram } from './program.js'
 
 /**
@@ -7,13 +7,6 @@ import { buildProgram } from './program.js'
  * environment variables), so the manual cannot drift from the code. `npm run docs:cli` writes it;
  * a test fails when it is stale.
  */
-/** What `--help` prints, with the text added before and after the generated part (examples, notes). */
-function helpText(command: Command): string {
-  let text = ''
-  command.configureOutput({ writeOut: (chunk) => (text += chunk) }).outputHelp()
-  return text.trimEnd()
-}
-
 export function renderCliDocs(): string {
   const noop = (): Promise<void> => Promise.resolve()
   const program = buildProgram({ run: noop, check: noop, exec: noop }).configureHelp({ helpWidth: 100 })
@@ -53,4 +46,11 @@ export function renderCliDocs(): string {
     '',
   )
   return sections.join('\n')
+}
+
+/** What `--help` prints, with the text added before and after the generated part (examples, notes). */
+function helpText(command: Command): string {
+  let text = ''
+  command.configureOutput({ writeOut: (chunk) => (text += chunk) }).outputHelp()
+  return text.trimEnd()
 }
