@@ -142,6 +142,9 @@ void t.test('exec runs a command against a private proxy, passes its exit status
   t.equal(failing.code, 7, "the command's exit status")
   const missing = await cli(['exec', '--config', config, '--', 'no-such-command-xyz'], { VAULT_TOKEN: token })
   t.equal(missing.code, 127)
+  const noRoute = await cli(['exec', '--config', config, '--route', 'nope', '--', 'true'], { VAULT_TOKEN: token })
+  t.equal(noRoute.code, 1, 'bad usage')
+  t.equal(noRoute.stderr, 'pg-vault-proxy: exec: no route named "nope" (the configuration has "default")\n')
   t.ok(
     await (async () => {
       for (let i = 0; i < 50 && (await vaultUsers()) > 0; i++) await new Promise((r) => setTimeout(r, 100))
