@@ -6,6 +6,7 @@ import { startOpsServer } from '../ops/ops-server.js'
 import { createProxyServer } from '../proxy/create-proxy-server.js'
 import { CheckFailure, runCheck } from './check-command.js'
 import { runExec } from './exec-command.js'
+import { ExecRouteError } from './exec-config.js'
 import { buildProgram, type CheckFlags, type ConfigFlags, type ExecFlags } from './program.js'
 
 // Exit codes: 0 clean stop, 1 bad usage or configuration, 2 failure at start or in a check step.
@@ -72,7 +73,13 @@ async function check(flags: CheckFlags): Promise<void> {
 async function exec(command: string[], flags: ExecFlags): Promise<void> {
   const config = await configFrom(flags)
   const logger = loggerFor(config, { level: flags.logLevel ?? 'warn' })
-  process.exit(await runExec(config, command, flags.database, logger))
+  try {
+    process.exit(await runExec(config, command, { database: flags.database, route: flags.route }, logger))
+  } catch (err) {
+    if (!(err instanceof ExecRouteError)) throw err
+    process.stderr.write(`pg-vault-proxy: ${err.message}\n`)
+    process.exit(EXIT_CONFIG)
+  }
 }
 
 buildProgram({ run, check, exec })

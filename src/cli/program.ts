@@ -15,8 +15,9 @@ export interface CheckFlags extends ConfigFlags {
   database?: string
 }
 
-export interface ExecFlags extends ConfigFlags {
+export interface ExecFlags extends Omit<ConfigFlags, 'listen'> {
   database?: string
+  route?: string
 }
 
 export interface ProgramActions {
@@ -25,13 +26,14 @@ export interface ProgramActions {
   exec(command: string[], flags: ExecFlags): Promise<void>
 }
 
-function configOptions(command: Command): Command {
+/** `listen: false` for a command that ignores the configured listen address (exec). */
+function configOptions(command: Command, { listen = true } = {}): Command {
+  command.option(
+    '-c, --config <file>',
+    'YAML configuration file (see docs/configuration.md); PGVP_* variables and these flags override it',
+  )
+  if (listen) command.option('-l, --listen <host:port>', 'TCP address to listen on (overrides `listen`)')
   return command
-    .option(
-      '-c, --config <file>',
-      'YAML configuration file (see docs/configuration.md); PGVP_* variables and these flags override it',
-    )
-    .option('-l, --listen <host:port>', 'TCP address to listen on (overrides `listen`)')
     .addOption(
       new Option('--log-level <level>', 'overrides log.level').choices([
         'trace',
@@ -65,6 +67,11 @@ and flags, in that order of increasing precedence; Vault's VAULT_ADDR, VAULT_TOK
     .addHelpText(
       'after',
       `
+Signals: SIGTERM or SIGINT drains (no new sessions; open ones end at their next idle point or
+after shutdown_grace_ms), revokes the leases and exits 0. Another SIGTERM/SIGINT within 1 s is the
+same request (a terminal's Ctrl-C can arrive twice, e.g. under npm start); one after that exits at
+once, without waiting for sessions or revoking leases (exit 1). SIGHUP reloads the configuration.
+
 Examples:
   pg-vault-proxy run --config proxy.yaml
   PGVP_LOG_LEVEL=debug pg-vault-proxy run --config proxy.yaml --listen 127.0.0.1:6432
@@ -87,14 +94,31 @@ Examples:
     program
       .command('exec')
       .description(
-        'start the proxy on a private port, run a command with PGHOST, PGPORT, PGDATABASE, PGUSER and DATABASE_URL pointing at it, exit with its status and revoke the lease (for migrations and one-off jobs)',
+        'start the proxy on a private port, run a command with PGHOST, PGPORT, PGDATABASE, PGUSER, PGSSLMODE and DATABASE_URL pointing at it, exit with its status and revoke the lease (for migrations and one-off jobs)',
       )
       .argument('<command...>', 'the command and its arguments, after --'),
+    { listen: false },
   )
     .option('-d, --database <name>', 'PGDATABASE for the command (default: upstream.database, else postgres)')
+    .option('-r, --route <name>', 'the route to serve when the configuration has `routes` (default: the first)')
     .addHelpText(
       'after',
-      '\nExamples:\n  pg-vault-proxy exec --config proxy.yaml -- npx prisma migrate deploy\n  pg-vault-proxy exec --config proxy.yaml -- psql -c "select current_user"',
+      `
+exec's proxy listens only on a free port on 127.0.0.1 and in a private socket directory (mode
+0700, removed afterwards), with no ops server, whatever listen, socket_dir, routes and ops say,
+so exec works beside a running \`run\` of the same file.
+
+The command inherits exec's environment except PGVP_*, VAULT_*, PGPASSWORD, PGPASSFILE,
+PGSERVICEFILE, PGSERVICE and PGHOSTADDR: the proxy's secrets stay with the proxy, and nothing
+steers libpq away from the private proxy.
+
+Signals: Ctrl-C (SIGINT) and SIGQUIT reach the command from the terminal and are not passed on
+again; SIGTERM and SIGHUP are passed on to the command. Either way exec waits for the command,
+revokes the lease and exits with the command's status (130 when SIGINT killed it).
+
+Examples:
+  pg-vault-proxy exec --config proxy.yaml -- npx prisma migrate deploy
+  pg-vault-proxy exec --config proxy.yaml -- psql -c "select current_user"`,
     )
     .action((command: string[], flags: ExecFlags) => actions.exec(command, flags))
 

@@ -12,6 +12,8 @@ export interface LifecycleOptions {
   exit: (code: number) => void
   /** Where signals arrive; the process itself outside tests. */
   signals?: NodeJS.EventEmitter
+  /** The clock that tells a repeated signal from a second request; Date.now outside tests. */
+  now?: () => number
 }
 
 /** Exit code when a second SIGTERM/SIGINT cuts the drain short. */
@@ -20,22 +22,36 @@ export const EXIT_INTERRUPTED = 1
 export const EXIT_INTERNAL_ERROR = 70
 
 /**
+ * SIGTERM/SIGINT arriving within this long of the first are the same request to stop. A terminal
+ * sends Ctrl-C's SIGINT to its whole foreground process group, so a proxy started by a wrapper
+ * that passes signals on (npm run, a script) gets the same keypress twice, a few milliseconds apart.
+ */
+export const SAME_REQUEST_MS = 1000
+
+/**
  * SIGTERM and SIGINT drain and exit 0: no new sessions, open ones end at their next idle point or
- * when shutdown_grace_ms runs out, leases are revoked. A second one exits at once. SIGHUP reloads
- * the configuration for new sessions.
+ * when shutdown_grace_ms runs out, leases are revoked. Another one within SAME_REQUEST_MS is the
+ * same request; one after that exits at once. SIGHUP reloads the configuration for new sessions.
  */
 export function handleSignals(options: LifecycleOptions): void {
   const { server, ops, reloader, logger, exit } = options
   const signals = options.signals ?? process
+  const now = options.now ?? Date.now
   let stopping = false
+  let firstAt = 0
 
   const stop = (signal: NodeJS.Signals): void => {
+    if (stopping && now() - firstAt < SAME_REQUEST_MS) {
+      logger.info({ signal }, 'signal repeated within 1 s: the same request to stop')
+      return
+    }
     if (stopping) {
       logger.warn({ signal }, 'second signal: exiting at once, without waiting for sessions or revoking leases')
       exit(EXIT_INTERRUPTED)
       return
     }
     stopping = true
+    firstAt = now()
     const graceMs = reloader.config.shutdown_grace_ms
     logger.info({ signal, graceMs }, 'shutting down')
     server

@@ -5,6 +5,7 @@ import { createConnection } from 'node:net'
 import { join } from 'node:path'
 import pg from 'pg'
 import t, { type Test } from 'tap'
+import { SAME_REQUEST_MS } from '../../src/ops/lifecycle.js'
 import { freePort } from '../support/free-port.js'
 import { opsGet, sample } from '../support/ops-probe.js'
 import { clusterFor } from '../support/pg-cluster.js'
@@ -146,12 +147,16 @@ void t.test('the grace period runs out: a session still in its transaction gets 
   t.match(await proxy.logged('shutdown grace period over; ending the sessions still busy'), { sessions: 1 })
 })
 
-void t.test('a second signal exits at once', async (t) => {
+void t.test('a signal repeated within 1 s is the same request; a second one after that exits at once', async (t) => {
   const proxy = await start(t, 'twice', ['shutdown_grace_ms: 600000'])
   const client = await proxy.client()
   await client.query('begin')
+  // What a terminal's Ctrl-C under `npm start` looks like: npm passes the keypress on again.
   proxy.kill('SIGTERM')
+  proxy.kill('SIGINT')
   await proxy.logged('shutting down')
+  await proxy.logged('signal repeated within 1 s: the same request to stop')
+  await new Promise((r) => setTimeout(r, SAME_REQUEST_MS))
   proxy.kill('SIGINT')
   t.equal(await proxy.exit, 1, 'exit 1, without waiting for the open transaction')
   t.match(await proxy.logged('second signal: exiting at once, without waiting for sessions or revoking leases'), {
