@@ -8,7 +8,9 @@ import { buildProgram } from './program.js'
  */
 export function renderCliDocs(): string {
   const noop = (): Promise<void> => Promise.resolve()
-  const program = buildProgram({ run: noop, check: noop, exec: noop }).configureHelp({ helpWidth: 100 })
+  const program = buildProgram({ run: noop, check: noop, exec: noop, healthcheck: noop }).configureHelp({
+    helpWidth: 100,
+  })
   const sections = [
     '# pg-vault-proxy command line',
     '',
@@ -45,8 +47,8 @@ export function renderCliDocs(): string {
     '',
     '| code | meaning |',
     '| --- | --- |',
-    '| 0 | clean stop (`run`), every step passed (`check`) |',
-    '| 1 | bad usage or configuration; a second SIGTERM/SIGINT during shutdown |',
+    '| 0 | clean stop (`run`), every step passed (`check`), healthy (`healthcheck`) |',
+    '| 1 | bad usage or configuration; a second SIGTERM/SIGINT during shutdown; not healthy (`healthcheck`) |',
     '| 2 | failure at start (a listener could not be opened), or a failed `check` step |',
     "| other | `exec`: the command's own exit status (127 when it could not be started) |",
     '',
