@@ -177,3 +177,20 @@ void t.test('docs/operations.md lists every refusal reason the proxy counts, and
   )
   t.same([...documented].filter((r) => !reasons.has(r)).sort(), [], 'documented refusal reasons the code does not have')
 })
+
+void t.test('every configuration key a docs page names exists', async (t) => {
+  const keys = CONFIG_KEYS.map((k) => k.path)
+  // A section (`credentials.vault`) or a wildcard (`ops.*`) names the keys under it.
+  const exists = (name: string): boolean => {
+    const stem = name.replace(/\.\*$/, '')
+    return keys.some((key) => key === stem || key.startsWith(`${stem}.`))
+  }
+  const sections = [...new Set(keys.filter((k) => k.includes('.')).map((k) => k.split('.')[0]))].join('|')
+  const mention = new RegExp(`\`((?:${sections})\\.[a-z_.*]+)(?::[^\`]*)?\``, 'g')
+  const pages = (await readdir(new URL('../../docs/', import.meta.url))).filter((f) => f.endsWith('.md'))
+  for (const page of pages) {
+    const text = await read(`docs/${page}`)
+    const unknown = [...new Set([...text.matchAll(mention)].map((m) => m[1] ?? ''))].filter((name) => !exists(name))
+    t.same(unknown, [], `docs/${page} names only configuration keys that exist`)
+  }
+})
