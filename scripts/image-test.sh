@@ -32,6 +32,8 @@ cleanup() {
   if [ -n "$engine_pid" ]; then bash scripts/docker-engine.sh stop "$engine_pid" || true; fi
 }
 trap cleanup EXIT
+# A test runner that gives up sends TERM: exit through the EXIT trap, which cleans up.
+trap 'exit 143' TERM INT
 
 ok() { echo "ok - $1"; }
 not_ok() {
@@ -46,6 +48,9 @@ status=$?
 set -e
 [ "$status" -eq 0 ] || exit "$status"
 [ -z "$engine_pid" ] || echo "# started dockerd (pid $engine_pid); it is stopped at the end"
+# Containers an interrupted run left behind (stopped with the engine, never removed).
+stale=$($DOCKER ps -aq --filter name=pgvp-image-test- --filter status=exited)
+[ -z "$stale" ] || $DOCKER rm $stale >/dev/null
 
 t0=$SECONDS
 bash scripts/container-base.sh | sed 's/^/# /'

@@ -30,6 +30,10 @@ const result = await new Promise<{ code: number | null; stdout: string; stderr: 
       IMAGE_TEST_OWNER_ROLE: cluster.ownerRole,
     },
   })
+  // If this test is given up on, the script still cleans up: it exits through its EXIT trap on TERM.
+  t.teardown(() => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM')
+  })
   let stdout = ''
   let stderr = ''
   proc.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
