@@ -164,6 +164,26 @@ else
   ok "the root filesystem is read-only"
 fi
 
+# SIGTERM drains: a statement running when the container is told to stop completes, and only then
+# does the process exit. Started on a, and seen as an active session on a's ops server first.
+statement_out="$work/statement.out"
+(
+  set +e
+  env -i PATH="$PATH" PGCONNECT_TIMEOUT=10 psql -X -At \
+    "host=127.0.0.1 port=$proxy_port_a dbname=$IMAGE_TEST_PGDATABASE user=anyone" \
+    -c 'select 42 from pg_sleep(3)' >"$statement_out" 2>&1
+  echo "psql exit $?" >>"$statement_out"
+) &
+statement=$!
+active_sessions() {
+  node -e 'fetch(process.argv[1]).then((r) => r.text()).then((t) => console.log(/^pg_vault_proxy_sessions_active (\d+)/m.exec(t)?.[1] ?? "?"), () => console.log("?"))' \
+    "http://127.0.0.1:$ops_port_a/metrics"
+}
+for _ in $(seq 1 50); do
+  [ "$(active_sessions)" = 1 ] && break
+  sleep 0.2
+done
+
 for name in "$a" "$b"; do
   t0=$SECONDS
   $DOCKER stop -t "$STOP_TIMEOUT" "$name" >/dev/null
@@ -172,6 +192,14 @@ for name in "$a" "$b"; do
     ok "docker stop -t $STOP_TIMEOUT $name: exit code 0 ($(elapsed "$t0"))"
   else
     not_ok "docker stop -t $STOP_TIMEOUT $name: exit code 0" "exit code $code; log: $($DOCKER logs "$name" 2>&1 | tail -n 3 | tr '\n' ' ')"
+  fi
+  if [ "$name" = "$a" ]; then
+    wait "$statement" || true
+    if [ "$(cat "$statement_out")" = "$(printf '42\npsql exit 0')" ]; then
+      ok "a statement running at docker stop completes before the container exits"
+    else
+      not_ok "a statement running at docker stop completes" "psql: $(tr '\n' ' ' <"$statement_out")"
+    fi
   fi
   if $DOCKER logs "$name" 2>&1 | grep -qF "$IMAGE_TEST_PGPASSWORD"; then
     not_ok "the log of $name holds no password" "the password appears in it"

@@ -69,6 +69,7 @@ if (result.code === NO_ENGINE) {
     ['non-root, no capabilities', /^ok - the proxy runs as uid 1000, with no capabilities and no_new_privs/],
     ['read-only root', /^ok - the root filesystem is read-only/],
     ['docker stop exits 0 (first container)', /^ok - docker stop -t 45 pgvp-image-test-a-\d+: exit code 0/],
+    ['docker stop drains: a running statement completes first', /^ok - a statement running at docker stop completes/],
     ['docker stop exits 0 (second container)', /^ok - docker stop -t 45 pgvp-image-test-b-\d+: exit code 0/],
     ['no password in the first log', /^ok - the log of pgvp-image-test-a-\d+ holds no password/],
     ['no password in the second log', /^ok - the log of pgvp-image-test-b-\d+ holds no password/],
