@@ -109,7 +109,7 @@ Examples:
     program
       .command('healthcheck')
       .description(
-        'probe the proxy this configuration describes, for a container HEALTHCHECK: GET /readyz on ops.listen, or when ops.enabled is false an SSLRequest to each listener; exits 0 when healthy, 1 when not',
+        'probe the proxy this configuration describes, for a container HEALTHCHECK: GET /readyz on ops.listen, or when ops.enabled is false an SSLRequest to each TCP listener; exits 0 when healthy, 1 when not',
       ),
   )
     .option('--timeout <ms>', 'give up on an answer after this long', '2000')
