@@ -53,7 +53,12 @@ stale=$($DOCKER ps -aq --filter name=pgvp-image-test- --filter status=exited)
 [ -z "$stale" ] || $DOCKER rm $stale >/dev/null
 
 t0=$SECONDS
-bash scripts/container-base.sh | sed 's/^/# /'
+if ! bash scripts/container-base.sh >"$work/base.log" 2>&1; then
+  sed 's/^/# /' "$work/base.log"
+  not_ok "the base image node:20-bookworm-slim" "neither pulled nor built (scripts/container-base.sh)"
+  exit 1
+fi
+sed 's/^/# /' "$work/base.log"
 echo "# base image: $(elapsed "$t0")"
 t0=$SECONDS
 # The classic builder: it needs no buildx plugin, and the Dockerfile keeps to what it supports.
