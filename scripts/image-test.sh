@@ -184,10 +184,13 @@ active_sessions() {
   node -e 'fetch(process.argv[1]).then((r) => r.text()).then((t) => console.log(/^pg_vault_proxy_sessions_active (\d+)/m.exec(t)?.[1] ?? "?"), () => console.log("?"))' \
     "http://127.0.0.1:$ops_port_a/metrics"
 }
+active=?
 for _ in $(seq 1 50); do
-  [ "$(active_sessions)" = 1 ] && break
+  active=$(active_sessions)
+  [ "$active" = 1 ] && break
   sleep 0.2
 done
+echo "# sessions active on $a before the stop: $active"
 
 for name in "$a" "$b"; do
   t0=$SECONDS
@@ -199,7 +202,15 @@ for name in "$a" "$b"; do
     not_ok "docker stop -t $STOP_TIMEOUT $name: exit code 0" "exit code $code; log: $($DOCKER logs "$name" 2>&1 | tail -n 3 | tr '\n' ' ')"
   fi
   if [ "$name" = "$a" ]; then
-    wait "$statement" || true
+    # Read its outcome from the file, not from `wait` alone: the file is complete once the last
+    # line is there.
+    for _ in $(seq 1 150); do
+      grep -q '^psql exit' "$statement_out" && break
+      sleep 0.2
+    done
+    status=0
+    wait "$statement" || status=$?
+    echo "# the statement's psql ended (wait status $status)"
     if [ "$(cat "$statement_out")" = "$(printf '42\npsql exit 0')" ]; then
       ok "a statement running at docker stop completes before the container exits"
     else
