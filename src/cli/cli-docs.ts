@@ -9,7 +9,9 @@ import { buildProgram } from './program.js'
  */
 export function renderCliDocs(): string {
   const noop = (): Promise<void> => Promise.resolve()
-  const program = buildProgram({ run: noop, check: noop, exec: noop }).configureHelp({ helpWidth: 100 })
+  const program = buildProgram({ run: noop, check: noop, exec: noop, healthcheck: noop }).configureHelp({
+    helpWidth: 100,
+  })
   const sections = [
     '# pg-vault-proxy command line',
     '',
@@ -39,8 +41,8 @@ export function renderCliDocs(): string {
     '',
     '| code | meaning |',
     '| --- | --- |',
-    '| 0 | clean stop (`run`), every step passed (`check`) |',
-    '| 1 | bad usage or configuration; a second SIGTERM/SIGINT during shutdown, 1 s or more after the first (one within 1 s is the same request) |',
+    '| 0 | clean stop (`run`), every step passed (`check`), healthy (`healthcheck`) |',
+    '| 1 | bad usage or configuration; a second SIGTERM/SIGINT during shutdown, 1 s or more after the first (one within 1 s is the same request); not healthy (`healthcheck`) |',
     '| 2 | failure at start (a listener could not be opened), or a failed `check` step |',
     "| other | `exec`: the command's own exit status; 128 + the signal's number when a signal ended it (130 for SIGINT); 127 when it could not be started |",
     '',

@@ -7,7 +7,14 @@ import { createProxyServer } from '../proxy/create-proxy-server.js'
 import { CheckFailure, runCheck } from './check-command.js'
 import { runExec } from './exec-command.js'
 import { ExecRouteError } from './exec-config.js'
-import { buildProgram, type CheckFlags, type ConfigFlags, type ExecFlags } from './program.js'
+import { runHealthcheck } from './healthcheck-command.js'
+import {
+  buildProgram,
+  type CheckFlags,
+  type ConfigFlags,
+  type ExecFlags,
+  type HealthcheckFlags,
+} from './program.js'
 
 // Exit codes: 0 clean stop, 1 bad usage or configuration, 2 failure at start or in a check step.
 const EXIT_CONFIG = 1
@@ -82,7 +89,22 @@ async function exec(command: string[], flags: ExecFlags): Promise<void> {
   }
 }
 
-buildProgram({ run, check, exec })
+/** Docker reads exit 0 as healthy and 1 as unhealthy (2 is reserved), so every failure here is 1. */
+async function healthcheck(flags: HealthcheckFlags): Promise<void> {
+  const config = await configFrom(flags)
+  const timeoutMs = Number(flags.timeout)
+  if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) {
+    process.stderr.write(
+      `pg-vault-proxy: --timeout: expected a positive number of milliseconds, got "${flags.timeout}"\n`,
+    )
+    process.exit(EXIT_CONFIG)
+  }
+  const result = await runHealthcheck(config, timeoutMs)
+  process.stdout.write(`${result.healthy ? 'healthy' : 'unhealthy'}: ${result.detail}\n`)
+  process.exit(result.healthy ? 0 : 1)
+}
+
+buildProgram({ run, check, exec, healthcheck })
   .parseAsync(process.argv)
   .catch((err: unknown) => {
     process.stderr.write(`pg-vault-proxy: ${err instanceof Error ? err.message : String(err)}\n`)

@@ -20,17 +20,24 @@ export interface ExecFlags extends Omit<ConfigFlags, 'listen'> {
   route?: string
 }
 
+export interface HealthcheckFlags extends ConfigFlags {
+  timeout: string
+}
+
 export interface ProgramActions {
   run(flags: ConfigFlags): Promise<void>
   check(flags: CheckFlags): Promise<void>
   exec(command: string[], flags: ExecFlags): Promise<void>
+  healthcheck(flags: HealthcheckFlags): Promise<void>
 }
 
 /** `listen: false` for a command that ignores the configured listen address (exec). */
 function configOptions(command: Command, { listen = true } = {}): Command {
-  command.option(
-    '-c, --config <file>',
-    'YAML configuration file (see docs/configuration.md); PGVP_* variables and these flags override it',
+  command.addOption(
+    new Option(
+      '-c, --config <file>',
+      'YAML configuration file (see docs/configuration.md); PGVP_* variables and these flags override it',
+    ).env('PGVP_CONFIG'),
   )
   if (listen) command.option('-l, --listen <host:port>', 'TCP address to listen on (overrides `listen`)')
   return command
@@ -121,6 +128,17 @@ Examples:
   pg-vault-proxy exec --config proxy.yaml -- psql -c "select current_user"`,
     )
     .action((command: string[], flags: ExecFlags) => actions.exec(command, flags))
+
+  configOptions(
+    program
+      .command('healthcheck')
+      .description(
+        'probe the proxy this configuration describes, for a container HEALTHCHECK: GET /readyz on ops.listen, or when ops.enabled is false an SSLRequest to each TCP listener; exits 0 when healthy, 1 when not',
+      ),
+  )
+    .option('--timeout <ms>', 'give up on an answer after this long', '2000')
+    .addHelpText('after', '\nExample:\n  PGVP_CONFIG=/etc/pg-vault-proxy/proxy.yaml pg-vault-proxy healthcheck')
+    .action((flags: HealthcheckFlags) => actions.healthcheck(flags))
 
   program
     .command('version')

@@ -19,9 +19,9 @@ export type Config = Readonly<ParsedConfig> & { readonly routes: readonly RouteC
 export { ConfigError }
 
 /** The keys a `routes` entry may set; everything else is global. */
-const ROUTE_KEYS = ['listen', 'socket_dir', 'owner_role', 'upstream', 'credentials'] as const
+export const ROUTE_KEYS = ['listen', 'socket_dir', 'owner_role', 'upstream', 'credentials'] as const
 
-const routeEntrySchema = z
+export const routeEntrySchema = z
   .object({
     name: z.string().regex(/^[\w.-]+$/, 'expected a name of letters, digits, "_", "." or "-"'),
     users: z.array(z.string().min(1)).min(1).optional(),

@@ -169,6 +169,41 @@ if (probe.missing) {
     )
   })
 
+  void t.test('the recommended commands work with docker-compose v1 and Compose v2', async (t) => {
+    // `up --exit-code-from` implies --abort-on-container-exit: v1 then stops the stack when the
+    // one-shot vault-init exits. `run --rm client` starts the dependencies in order (both versions
+    // honour depends_on conditions there) and exits with the client's status.
+    const header = (await readFile(composeFile, 'utf8')).split('\n').filter((l) => l.startsWith('#'))
+    const commands = header.map((l) => l.replace(/^#\s*/, '')).filter((l) => /^docker-compose\s/.test(l))
+    t.same(
+      commands.map((c) => c.replace(/\s+#.*$/, '')),
+      ['docker-compose build', 'docker-compose run --rm client', 'docker-compose down -v'],
+      'docker-compose.yml recommends build, run --rm client, down -v',
+    )
+    const deployment = await readFile(new URL('../../docs/deployment.md', import.meta.url), 'utf8')
+    t.match(deployment, /^docker compose run --rm client\b/m, 'docs/deployment.md gives the same command')
+    for (const [name, text] of [
+      ['docker-compose.yml', commands.join('\n')],
+      [
+        'docs/deployment.md',
+        deployment
+          .split('\n')
+          .filter((l) => /^docker[ -]compose /.test(l))
+          .join('\n'),
+      ],
+    ] as const) {
+      t.notMatch(
+        text,
+        /--exit-code-from|--abort-on-container-exit/,
+        `${name} suggests no command that aborts on vault-init`,
+      )
+    }
+    const result = compose(['config'])
+    const services = (parseYaml(result.stdout) as { services: Record<string, Service & { restart?: string }> }).services
+    t.equal(services['vault-init']?.restart, 'no', 'vault-init is a one-shot service')
+    t.equal(services.client?.restart, 'no', 'the client is a one-shot service')
+  })
+
   void t.test('the port parser reads both output forms', async (t) => {
     t.same(publishedPort('127.0.0.1:6432:6432/tcp'), { hostIp: '127.0.0.1', published: '6432', target: '6432' })
     t.same(publishedPort('6432:6432/tcp'), { hostIp: undefined, published: '6432', target: '6432' })

@@ -62,22 +62,30 @@ void t.test('Dockerfile: multi-stage, slim, non-root, HEALTHCHECK', async (t) =>
   for (const stage of stages) t.ok(stage.name, `FROM ${stage.from} AS <name>`)
   t.same(
     stages.map((s) => s.name),
-    ['build', 'prod-deps', 'runtime'],
+    ['deps', 'build', 'prod-deps', 'runtime'],
   )
-  const [build, , runtime] = stages as [Stage, Stage, Stage]
-  t.match(build.from, /^node:20-(bookworm-)?slim$/)
+  const [deps, build, prodDeps, runtime] = stages as [Stage, Stage, Stage, Stage]
+  t.match(deps.from, /^node:20-(bookworm-)?slim$/)
   t.match(runtime.from, /^node:20-(bookworm-)?slim$/, 'a slim runtime base')
+  // Both branch off the dependencies, so a change to src/ rebuilds neither npm ci nor the prune.
+  t.equal(build.from, 'deps')
+  t.equal(prodDeps.from, 'deps')
   const runs = (stage: Stage): string[] => stage.instructions.filter((i) => i.keyword === 'RUN').map((i) => i.args)
   t.ok(
-    runs(build).some((r) => /npm ci\b/.test(r)),
-    'build: npm ci',
+    runs(deps).some((r) => /npm ci\b/.test(r)),
+    'deps: npm ci',
+  )
+  t.same(
+    deps.instructions.filter((i) => i.keyword === 'COPY').map((i) => i.args),
+    ['package.json package-lock.json ./'],
+    'deps: only the package files, so the npm ci layer is cached until they change',
   )
   t.ok(
     runs(build).some((r) => /npm run build\b/.test(r)),
     'build: npm run build',
   )
   t.ok(
-    runs(stages[1]!).some((r) => /npm prune --omit=dev\b/.test(r)),
+    runs(prodDeps).some((r) => /npm prune --omit=dev\b/.test(r)),
     'prod-deps: npm prune --omit=dev',
   )
   t.ok(
@@ -91,9 +99,14 @@ void t.test('Dockerfile: multi-stage, slim, non-root, HEALTHCHECK', async (t) =>
   t.ok(user, 'the runtime stage sets USER')
   t.notMatch(user ?? '', /^(root|0)(:|$)/, 'USER is not root')
   t.match(user ?? '', /^\d+(:\d+)?$/, 'USER is numeric (Kubernetes runAsNonRoot can verify it)')
-  t.match(last('HEALTHCHECK') ?? '', /CMD .*127\.0\.0\.1:9187\/readyz/, 'HEALTHCHECK asks the ops server for /readyz')
+  // The HEALTHCHECK reads the proxy's own configuration (scripts/image-test.sh runs it for real).
+  const healthcheck = /^(.*?)\s*CMD\s+(\[.*\])$/.exec(last('HEALTHCHECK') ?? '')
+  t.same(JSON.parse(healthcheck?.[2] ?? 'null'), ['node', '/app/bin/pg-vault-proxy.js', 'healthcheck'])
+  const probeTimeout = /--timeout=(\d+)s/.exec(healthcheck?.[1] ?? '')?.[1]
+  t.ok(Number(probeTimeout) > 2, 'Docker waits longer than the probe itself (2 s) plus Node starting')
   t.same(JSON.parse(last('ENTRYPOINT') ?? 'null'), ['node', '/app/bin/pg-vault-proxy.js'])
-  t.same(JSON.parse(last('CMD') ?? 'null'), ['run', '--config', '/etc/pg-vault-proxy/proxy.yaml'])
+  t.same(JSON.parse(last('CMD') ?? 'null'), ['run'])
+  t.equal(last('ENV'), 'PGVP_CONFIG=/etc/pg-vault-proxy/proxy.yaml', 'run and healthcheck read the same file')
   t.match(last('EXPOSE') ?? '', /\b6432\b/)
 
   // The runtime gets the pruned node_modules and the compiled code, nothing from the build tree else.
@@ -139,7 +152,7 @@ void t.test("the compose stack's proxy configuration is valid", async (t) => {
   t.equal(config.vault?.auth.method, 'approle')
   t.equal(config.vault?.auth.secret_id_file, '/etc/pg-vault-proxy/secret-id')
   t.equal(config.credentials.vault?.role, 'app-rw')
-  t.same(config.ops.listen, { host: '127.0.0.1', port: 9187 }, "the ops server where the image's HEALTHCHECK asks")
+  t.equal(config.ops.enabled, true, "the image's HEALTHCHECK asks its ops server for /readyz")
 
   const script = await read('deploy/compose/vault-init.sh')
   t.match(script, /--dynamic-role app-rw\b/, 'the role the config names is the one vault-init creates')

@@ -1,6 +1,6 @@
 -- Run once by the postgres image on its first start (/docker-entrypoint-initdb.d), as the superuser.
--- The roles of docs/vault.md §1 (vault-api.md §3.6). Passwords here are for the local compose
--- stack only.
+-- The roles of docs/vault.md, section 1 ("PostgreSQL, once, as a superuser"). Passwords here are
+-- for the local compose stack only.
 
 -- Owns the database and everything sessions create; every proxied session acts as it.
 CREATE ROLE app_owner NOLOGIN;
