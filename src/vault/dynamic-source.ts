@@ -1,5 +1,6 @@
 import type { Logger } from 'pino'
 import type { CredentialHold, CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
+import { setLongTimeout, type LongTimer } from './long-timer.js'
 import { RefusalBackoff } from './refusal-backoff.js'
 import { credentialUnavailable, type VaultSession } from './vault-session.js'
 import type { VaultSecret } from './vault-client.js'
@@ -27,7 +28,7 @@ interface Lease {
   renewable: boolean
   sessions: number
   retired: boolean
-  timer?: NodeJS.Timeout | undefined
+  timer?: LongTimer | undefined
   /** Sessions' onChange listeners: told when the lease is renewed or replaced. */
   listeners: Set<() => void>
 }
@@ -172,7 +173,7 @@ export class DynamicCredentialSource implements CredentialSource {
       await Promise.race([this.fetching.catch(() => undefined), waited])
       clearTimeout(timer)
     }
-    for (const lease of this.leases.values()) clearTimeout(lease.timer)
+    for (const lease of this.leases.values()) lease.timer?.clear()
     if (this.options.revokeOnShutdown) await Promise.all([...this.leases.values()].map((lease) => this.revoke(lease)))
     this.vault.stop()
   }
@@ -233,7 +234,7 @@ export class DynamicCredentialSource implements CredentialSource {
   /** Plans the lease's next step: a renewal at 2/3 of the TTL, or the next credential at 85%. */
   private schedule(lease: Lease, ttlSeconds: number): void {
     if (this.closed || lease.retired) return
-    clearTimeout(lease.timer)
+    lease.timer?.clear()
     const ttlMs = ttlSeconds * 1000
     const canRenew = lease.renewable && ttlSeconds >= lease.ttlSeconds
     const swapLeadMs = this.options.swapBeforeEndMs ?? 0
@@ -245,8 +246,7 @@ export class DynamicCredentialSource implements CredentialSource {
     const delay = canRenew
       ? Math.max(ttlMs / 2, Math.min(ttlMs * RENEW_AT, ttlMs - swapLeadMs))
       : Math.max(earliest, Math.min(ttlMs * REFETCH_AT, ttlMs - minRemainingMs(lease) * 1.5, ttlMs - swapLeadMs))
-    lease.timer = setTimeout(() => void (canRenew ? this.renew(lease) : this.replace(lease)), Math.max(0, delay))
-    lease.timer.unref()
+    lease.timer = setLongTimeout(() => void (canRenew ? this.renew(lease) : this.replace(lease)), delay)
   }
 
   private async renew(lease: Lease): Promise<void> {
@@ -285,15 +285,14 @@ export class DynamicCredentialSource implements CredentialSource {
         'could not fetch the next credential',
       )
       if (remaining > 0) {
-        lease.timer = setTimeout(() => void this.replace(lease), Math.min(5_000, Math.max(250, remaining / 4)))
-        lease.timer.unref()
+        lease.timer = setLongTimeout(() => void this.replace(lease), Math.min(5_000, Math.max(250, remaining / 4)))
       }
     }
   }
 
   private retire(lease: Lease): void {
     lease.retired = true
-    clearTimeout(lease.timer)
+    lease.timer?.clear()
     if (this.current === lease) this.current = undefined
     if (lease.sessions === 0) void this.revoke(lease)
     else this.changed(lease)
@@ -306,7 +305,7 @@ export class DynamicCredentialSource implements CredentialSource {
 
   private async revoke(lease: Lease): Promise<void> {
     if (!this.leases.delete(lease.leaseId)) return
-    clearTimeout(lease.timer)
+    lease.timer?.clear()
     try {
       await this.vault.call('sys/leases/revoke', (client) => client.revokeLease(lease.leaseId))
       this.vault.metrics.leaseRevocation('revoked')
