@@ -57,6 +57,8 @@ export class DynamicCredentialSource implements CredentialSource {
   private fetching: Promise<Lease> | undefined
   private readonly leases = new Map<string, Lease>()
   private readonly backoff = new RefusalBackoff()
+  /** Any session can make the server terminate its siblings (pg_terminate_backend): bounded churn. */
+  private readonly distrustBackoff = new RefusalBackoff()
   private readonly log: Logger
   private closed = false
 
@@ -111,6 +113,14 @@ export class DynamicCredentialSource implements CredentialSource {
   distrust(credential: DbCredential): void {
     const lease = this.current
     if (!lease || lease.credential !== credential) return
+    if (!this.distrustBackoff.allow()) {
+      // A credential really being revoked is refused at the next login, and invalidate() acts then.
+      this.log.warn(
+        { leaseId: lease.leaseId, retryInMs: this.distrustBackoff.remainingMs },
+        'the server keeps terminating sessions of fresh credentials; keeping this one for now',
+      )
+      return
+    }
     this.log.info(
       { leaseId: lease.leaseId, user: credential.username },
       'the server terminated sessions of this credential (it may be being revoked); fetching a new one',
