@@ -28,6 +28,7 @@ import { healthReply, sealStatusReply, sysBackend } from './engines/sys.js'
 import { sanitizePolicies, TokenStore, tokenBackend } from './engines/token.js'
 import type { TokenEntry } from './engines/token.js'
 import { Fields } from './fields.js'
+import type { Flavor } from './flavor.js'
 import { newUuid } from './ids.js'
 import type { MountSpec } from './mounts.js'
 import { MountTable, normalizeMountPath } from './mounts.js'
@@ -51,6 +52,8 @@ export interface Reply {
 
 export interface CoreOptions {
   rootToken: string
+  /** Which server's texts and fields to answer with (flavor.ts). */
+  flavor: Flavor
   /** How often the reaper looks for expired tokens and leases. */
   reaperIntervalMs: number
   /** Base of the backoff between failed revocation attempts (Vault: 10 s). */
@@ -97,6 +100,7 @@ export class VaultCore {
       now: () => this.now(),
       backendFor: (path) => this.mounts.get(path),
       revokeRetryBaseMs: options.revokeRetryBaseMs,
+      leaseLookupHasPath: () => options.flavor.leaseLookupHasPath,
       onRevokeError: (lease, err) => options.log(`revoking ${lease.id} failed: ${err.message}`),
     })
     this.tokens = new TokenStore(
@@ -144,6 +148,10 @@ export class VaultCore {
 
   now(): number {
     return Date.now()
+  }
+
+  get flavor(): Flavor {
+    return this.options.flavor
   }
 
   /** Reports a background problem (a failed revocation or rotation): nobody else would see it. */
@@ -362,12 +370,19 @@ export class VaultCore {
     const id = header(request, 'x-vault-token') ?? bearer
     if (id === undefined || id === '') throw respondError('permission denied', 403)
     const entry = this.tokens.lookup(id)
-    if (entry === undefined) throw new VaultError(403, [multierrorText(['permission denied', 'invalid token'])])
+    if (entry === undefined) {
+      // One message goes out as it is (logical.ErrorResponse(ctErr.Error())); Vault ≥1.17 joins
+      // ErrInvalidToken to ErrPermissionDenied, which go-multierror then formats.
+      const messages = this.options.flavor.invalidTokenMessages
+      throw new VaultError(403, [messages.length === 1 ? messages[0]! : multierrorText(messages)])
+    }
     return entry
   }
 
   private reply(req: BackendRequest, requestId: string, result: BackendResponse | undefined): Reply {
-    const mountType = req.mount.type
+    // OpenBao's envelope has no mount_type at all; Vault's is empty for RespondWithStatusCode.
+    const hasMountType = this.options.flavor.hasMountType
+    const mountType = hasMountType ? req.mount.type : undefined
     if (result === undefined) {
       if (req.operation === 'read' || req.operation === 'list') return errorReply(notFound())
       return { status: 204, headers: { 'Cache-Control': 'no-store' }, body: '' }
@@ -376,7 +391,14 @@ export class VaultCore {
       // logical.RespondWithStatusCode: the envelope (mount_type unset) or nothing, via json.Marshal.
       const hasBody = result.data !== undefined || result.warnings !== undefined
       const body = hasBody
-        ? marshalJson(envelope({ requestId, data: result.data, warnings: result.warnings, mountType: '' }))
+        ? marshalJson(
+            envelope({
+              requestId,
+              data: result.data,
+              warnings: result.warnings,
+              mountType: hasMountType ? '' : undefined,
+            }),
+          )
         : ''
       return jsonReply(result.status, body)
     }

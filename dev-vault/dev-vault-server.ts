@@ -12,6 +12,8 @@ import { setTimeout as delay } from 'node:timers/promises'
 import { VaultCore } from './core.js'
 import { encodeJson, errorBody, goStruct, multierrorText } from './envelope.js'
 import type { Faults } from './faults.js'
+import { DEFAULT_FLAVOR, flavorNamed } from './flavor.js'
+import type { FlavorName } from './flavor.js'
 import { noFaults, parseFaultChanges } from './faults.js'
 import { Http1Server } from './http1-server.js'
 import type { HttpRequest, HttpResponse } from './http1-server.js'
@@ -21,6 +23,8 @@ export interface DevVaultOptions {
   rootToken?: string
   /** Default 127.0.0.1. */
   host?: string
+  /** Whose texts and fields to answer with: `vault-1.17` (the default), `vault-1.16` or `openbao` (flavor.ts). */
+  flavor?: FlavorName
   /** How often expired leases and tokens are looked for. Default 250 ms. */
   reaperIntervalMs?: number
   /** Base of the backoff between failed revocations. Default 10 s, as in Vault. */
@@ -48,6 +52,7 @@ export class DevVault {
     this.host = options.host ?? '127.0.0.1'
     this.core = new VaultCore({
       rootToken: this.rootToken,
+      flavor: flavorNamed(options.flavor ?? DEFAULT_FLAVOR),
       reaperIntervalMs: options.reaperIntervalMs ?? 250,
       revokeRetryBaseMs: options.revokeRetryBaseMs ?? 10_000,
       rotationTickMs: options.rotationTickMs ?? 5_000,
@@ -66,6 +71,10 @@ export class DevVault {
     clearTimeout(this.reopenTimer)
     await this.http.close()
     await this.core.close()
+  }
+
+  get flavor(): FlavorName {
+    return this.core.flavor.name
   }
 
   get address(): string {

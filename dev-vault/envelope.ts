@@ -60,8 +60,8 @@ export interface EnvelopeFields {
   data?: Record<string, unknown> | null
   warnings?: readonly string[]
   auth?: HttpAuth | null
-  /** Vault only (OpenBao has no such field): the type of the mount that answered. */
-  mountType: string
+  /** Vault only: the type of the mount that answered; undefined leaves the field out (OpenBao). */
+  mountType: string | undefined
 }
 
 /** The success body of every logical endpoint, in logical.HTTPResponse field order. */

@@ -1,25 +1,28 @@
 /**
- * `npm run dev-vault -- [--port 8200] [--host 127.0.0.1] [--root-token root]`: runs the dev Vault
- * alone, like `vault server -dev`, until Ctrl-C. Everything else is configured through its HTTP
- * API, as on a real Vault (e.g. with dev-vault/setup-database.ts).
+ * `npm run dev-vault -- [--port 8200] [--host 127.0.0.1] [--root-token root] [--flavor vault-1.17]`:
+ * runs the dev Vault alone, like `vault server -dev`, until Ctrl-C. Everything else is configured
+ * through its HTTP API, as on a real Vault (e.g. with dev-vault/setup-database.ts).
+ * DEV_VAULT_FLAVOR sets the flavor when --flavor is not given.
  */
 import { parseArgs } from 'node:util'
 import { DevVault } from './dev-vault-server.js'
+import { DEFAULT_FLAVOR, FLAVOR_NAMES, isFlavorName } from './flavor.js'
 
 function usage(problem: string): never {
   process.stderr.write(
-    `dev-vault: ${problem}\nusage: npm run dev-vault -- [--port N] [--host ADDR] [--root-token TOKEN]\n`,
+    `dev-vault: ${problem}\nusage: npm run dev-vault -- [--port N] [--host ADDR] [--root-token TOKEN] [--flavor ${FLAVOR_NAMES.join('|')}]\n`,
   )
   process.exit(1)
 }
 
-let values: { port?: string; host?: string; 'root-token'?: string; help?: boolean }
+let values: { port?: string; host?: string; 'root-token'?: string; flavor?: string; help?: boolean }
 try {
   ;({ values } = parseArgs({
     options: {
       port: { type: 'string', default: '8200' },
       host: { type: 'string', default: '127.0.0.1' },
       'root-token': { type: 'string', default: 'root' },
+      flavor: { type: 'string', default: process.env.DEV_VAULT_FLAVOR || DEFAULT_FLAVOR },
       help: { type: 'boolean', short: 'h' },
     },
   }))
@@ -29,8 +32,11 @@ try {
 if (values.help) usage('runs a Vault-API-compatible dev server (see docs/dev-vault.md)')
 const port = Number(values.port)
 if (!Number.isInteger(port) || port < 0 || port > 65535) usage(`--port must be a port number, not ${values.port}`)
+const flavor = values.flavor ?? DEFAULT_FLAVOR
+if (!isFlavorName(flavor)) usage(`--flavor must be one of ${FLAVOR_NAMES.join(', ')}, not ${flavor}`)
 
 const vault = new DevVault({
+  flavor,
   host: values.host,
   rootToken: values['root-token'],
   log: (line) => process.stderr.write(`dev-vault: ${line}\n`),
@@ -43,6 +49,7 @@ try {
 }
 process.stdout.write(
   `Dev Vault (a Vault API emulator for tests and demos; in-memory, nothing persists)\n` +
+    `Flavor: ${vault.flavor}\n` +
     `Api Address: ${vault.address}\n` +
     `Root Token: ${vault.rootToken}\n\n` +
     `    export VAULT_ADDR='${vault.address}'\n` +

@@ -39,6 +39,8 @@ interface ExpirationDeps {
   backendFor(mountPath: string): { backend: Backend; config: MountConfig } | undefined
   /** Base of the revocation retry backoff (Vault: 10 s). */
   revokeRetryBaseMs: number
+  /** Whether lookups show the lease's path (OpenBao does). */
+  leaseLookupHasPath(): boolean
   /** Reports background revocation failures (the reaper has no caller to tell). */
   onRevokeError(lease: Lease, err: Error): void
 }
@@ -198,6 +200,7 @@ export class ExpirationManager {
       renewable: this.whyNotRenewable(lease) === undefined,
       ttl: Math.trunc((lease.expireTimeMs - this.deps.now()) / 1000),
     }
+    if (this.deps.leaseLookupHasPath()) data.path = lease.path
     if (lease.revokeError !== undefined && this.isIrrevocable(lease)) data.revoke_error = lease.revokeError
     return data
   }
@@ -233,12 +236,16 @@ export function addLeaseRoutes(router: BackendRouter, core: VaultCore): void {
   router
     .add('leases/renew', { write: (req) => renew(core, req) })
     .add('leases/renew/*leaseId', { write: (req) => renew(core, req) })
-    .add('renew', { write: (req) => renew(core, req) })
-    .add('renew/*leaseId', { write: (req) => renew(core, req) })
     .add('leases/revoke', { write: (req) => revoke(core, req) })
     .add('leases/revoke/*leaseId', { write: (req) => revoke(core, req) })
-    .add('revoke', { write: (req) => revoke(core, req) })
-    .add('revoke/*leaseId', { write: (req) => revoke(core, req) })
+  if (core.flavor.hasLegacyLeasePaths) {
+    router
+      .add('renew', { write: (req) => renew(core, req) })
+      .add('renew/*leaseId', { write: (req) => renew(core, req) })
+      .add('revoke', { write: (req) => revoke(core, req) })
+      .add('revoke/*leaseId', { write: (req) => revoke(core, req) })
+  }
+  router
     .add('leases/revoke-prefix/*prefix', {
       write: async (req) => {
         await core.leases.revokePrefix(req.params.prefix ?? '')

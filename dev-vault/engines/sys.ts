@@ -7,23 +7,21 @@ import type { Backend, BackendRequest, BackendResult } from '../backend.js'
 import type { VaultCore } from '../core.js'
 import { encodeJson, goStruct, respondError, VaultError } from '../envelope.js'
 import { Fields } from '../fields.js'
+import type { Flavor } from '../flavor.js'
 import type { MountEntry } from '../mounts.js'
 import { normalizeMountPath } from '../mounts.js'
 import { Router } from '../router.js'
 import { addLeaseRoutes } from './leases.js'
 
-/** The Vault release whose API the dev Vault follows; sys/health reports it. */
-export const VAULT_VERSION = '1.19.0'
-
 export function sysBackend(core: VaultCore): Backend {
   const router = new Router<BackendRequest, BackendResult>()
-    .add('mounts', { read: () => ({ data: mountListing(core.mounts.list('secret')) }) })
+    .add('mounts', { read: () => ({ data: mountListing(core.flavor, core.mounts.list('secret')) }) })
     .add('mounts/*path', {
       read: (req) => readMount(core, req, 'secret'),
       write: (req) => writeMount(core, req, 'secret'),
       delete: (req) => disableMount(core, req, 'secret'),
     })
-    .add('auth', { read: () => ({ data: mountListing(core.mounts.list('auth')) }) })
+    .add('auth', { read: () => ({ data: mountListing(core.flavor, core.mounts.list('auth')) }) })
     .add('auth/*path', {
       read: (req) => readMount(core, req, 'auth'),
       write: (req) => writeMount(core, req, 'auth'),
@@ -43,7 +41,7 @@ export function sysBackend(core: VaultCore): Backend {
 // ---------------------------------------------------------------------------
 // Mounts
 
-function mountInfo(mount: MountEntry): Record<string, unknown> {
+function mountInfo(flavor: Flavor, mount: MountEntry): Record<string, unknown> {
   const config: Record<string, unknown> = {
     default_lease_ttl: mount.tune.defaultLeaseTtlSeconds,
     force_no_cache: false,
@@ -59,7 +57,7 @@ function mountInfo(mount: MountEntry): Record<string, unknown> {
     local: false,
     options: mount.options,
     plugin_version: '',
-    running_plugin_version: `v${VAULT_VERSION}+builtin.vault`,
+    running_plugin_version: `v${flavor.version}${flavor.builtinSuffix}`,
     running_sha256: '',
     seal_wrap: false,
     type: mount.type,
@@ -67,9 +65,9 @@ function mountInfo(mount: MountEntry): Record<string, unknown> {
   }
 }
 
-function mountListing(mounts: MountEntry[]): Record<string, unknown> {
+function mountListing(flavor: Flavor, mounts: MountEntry[]): Record<string, unknown> {
   return Object.fromEntries(
-    mounts.map((m) => [m.kind === 'auth' ? m.path.replace(/^auth\//, '') : m.path, mountInfo(m)]),
+    mounts.map((m) => [m.kind === 'auth' ? m.path.replace(/^auth\//, '') : m.path, mountInfo(flavor, m)]),
   )
 }
 
@@ -94,7 +92,7 @@ function readMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth'
         : `No secret engine mount at ${normalizeMountPath(path)}`,
     )
   }
-  if (!isTune) return { data: mountInfo(mount) }
+  if (!isTune) return { data: mountInfo(core.flavor, mount) }
   return {
     data: {
       default_lease_ttl: mount.config.defaultLeaseTtlSeconds,
@@ -173,6 +171,7 @@ function decodeIfBase64(text: string): string {
 // Health and seal status: plain JSON bodies, not envelopes, served even when sealed.
 
 export interface HealthState {
+  flavor: Flavor
   sealed: boolean
   standby: boolean
   clusterName: string
@@ -220,6 +219,21 @@ export function healthReply(state: HealthState, query: URLSearchParams, isHead: 
   if (state.sealed) status = codes.sealedcode!
   else if (state.standby && !flags.standbyok) status = codes.standbycode!
 
+  if (state.flavor.healthBody === 'openbao') {
+    // internal/http/sys_health.go HealthResponse: no performance standby, enterprise or HA timings.
+    const body = goStruct({
+      initialized: true,
+      sealed: state.sealed,
+      standby: state.standby,
+      replication_performance_mode: 'disabled',
+      replication_dr_mode: 'disabled',
+      server_time_utc: Math.floor(state.now() / 1000),
+      version: state.flavor.version,
+      cluster_name: state.sealed ? undefined : state.clusterName,
+      cluster_id: state.sealed ? undefined : state.clusterId,
+    })
+    return { status, body: isHead ? '' : encodeJson(body) }
+  }
   const body = goStruct({
     initialized: true,
     sealed: state.sealed,
@@ -228,7 +242,7 @@ export function healthReply(state: HealthState, query: URLSearchParams, isHead: 
     replication_performance_mode: 'disabled',
     replication_dr_mode: 'disabled',
     server_time_utc: Math.floor(state.now() / 1000),
-    version: VAULT_VERSION,
+    version: state.flavor.version,
     enterprise: false,
     // A sealed Vault does not know its cluster.
     cluster_name: state.sealed ? undefined : state.clusterName,
@@ -250,7 +264,7 @@ export function sealStatusReply(state: HealthState): PlainReply {
     n: 1,
     progress: 0,
     nonce: '',
-    version: VAULT_VERSION,
+    version: state.flavor.version,
     build_date: '2025-03-04T17:40:20Z',
     migration: false,
     cluster_name: state.sealed ? undefined : state.clusterName,

@@ -14,6 +14,7 @@ import pg from 'pg'
 import type { Test } from 'tap'
 import { DevVault } from '../../dev-vault/dev-vault-server.js'
 import type { Faults } from '../../dev-vault/faults.js'
+import type { FlavorName } from '../../dev-vault/flavor.js'
 import {
   createAppRole,
   createDynamicRole,
@@ -103,14 +104,20 @@ export const ENVELOPE_KEYS = [
 
 const runId = randomBytes(3).toString('hex')
 
+export interface VaultForOptions {
+  /** The dev Vault's flavor (default vault-1.17); against a real Vault, whatever that Vault is. */
+  flavor?: FlavorName
+}
+
 /** A Vault for one test: started now, stopped (or cleaned up) in t's teardown. The cluster is needed for database(). */
-export async function vaultFor(t: Test, cluster?: PgCluster): Promise<VaultTarget> {
+export async function vaultFor(t: Test, cluster?: PgCluster, options: VaultForOptions = {}): Promise<VaultTarget> {
   let dev: DevVault | undefined
   let access: VaultAccess
   if (REAL_VAULT) {
     access = REAL_VAULT
   } else {
     dev = new DevVault({
+      flavor: options.flavor,
       reaperIntervalMs: 100,
       // Vault retries a failed revocation after 10 s and more; tests need not wait that long.
       revokeRetryBaseMs: 2000,
