@@ -2,6 +2,7 @@ import type { Logger } from 'pino'
 import type { CredentialHold, CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
 import { setLongTimeout, type LongTimer } from './long-timer.js'
 import { RefusalBackoff } from './refusal-backoff.js'
+import { VaultError } from './vault-error.js'
 import { credentialUnavailable, type VaultSession } from './vault-session.js'
 import type { VaultSecret } from './vault-client.js'
 
@@ -295,7 +296,10 @@ export class DynamicCredentialSource implements CredentialSource {
         'could not fetch the next credential',
       )
       if (remaining > 0) {
-        lease.timer = setLongTimeout(() => void this.replace(lease), Math.min(5_000, Math.max(250, remaining / 4)))
+        // A rate-limited Vault said when to come back (Retry-After): not sooner, if the lease allows.
+        const asked = err instanceof VaultError ? (err.retryAfterMs ?? 0) : 0
+        const delay = Math.max(Math.min(5_000, Math.max(250, remaining / 4)), Math.min(asked, remaining / 2))
+        lease.timer = setLongTimeout(() => void this.replace(lease), delay)
       }
     }
   }

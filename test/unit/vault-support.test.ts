@@ -168,4 +168,8 @@ void t.test('credential source and auth settings are validated with key paths', 
     problems({ ...base, vault: { address: 'not a url' }, credentials: { vault: { role: 'r' } } }),
     /vault\.address/,
   )
+  t.match(
+    problems({ ...base, vault: { address: 'http://v', timeout_ms: 2 ** 31 }, credentials: { vault: { role: 'r' } } }),
+    /vault\.timeout_ms/,
+  )
 })
