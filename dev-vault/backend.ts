@@ -14,6 +14,9 @@ export interface MountConfig {
   maxLeaseTtlSeconds: number
 }
 
+/** An auth mount's token_type setting (logical.TokenType); routing/router.go applies it to every login. */
+export type TokenTypeSetting = 'default-service' | 'default-batch' | 'service' | 'batch'
+
 export interface Mount {
   /** With a trailing slash; auth mounts include the `auth/` prefix: "database/", "auth/approle/". */
   path: string
@@ -24,6 +27,8 @@ export interface Mount {
   uuid: string
   config: MountConfig
   options: Record<string, string> | null
+  /** Auth mounts: which tokens logins get; secrets engines keep the default. */
+  tokenType: TokenTypeSetting
   backend: Backend
 }
 
@@ -39,6 +44,12 @@ export interface BackendRequest {
   /** The authenticated token; undefined on unauthenticated paths (logins, health). */
   caller: TokenEntry | undefined
   mount: Mount
+  /** logical.Connection: who is asking, and the client certificate when over TLS. */
+  connection: {
+    remoteAddress: string
+    /** undefined without TLS; null over TLS without a client certificate; else its DER. */
+    clientCertificate: Buffer | null | undefined
+  }
 }
 
 /** A secret the core should lease (logical.Secret). */
@@ -64,6 +75,8 @@ export interface LoginSpec {
   periodSeconds: number
   explicitMaxTtlSeconds: number
   numUses: number
+  /** The role's token_type; the auth mount's token_type setting decides with it (routing/router.go). */
+  tokenType?: 'default' | 'service' | 'batch'
   /** Names the identity the login maps to: one entity_id per (mount, alias). */
   aliasName: string
   /** Kept with the token for renewal (the role name), never shown. */

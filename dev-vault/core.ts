@@ -4,7 +4,15 @@
  * to the mount's backend, then registers leases, issues login tokens and builds the envelope.
  * It also owns the stores (tokens, policies, leases, mounts) and the reaper that expires them.
  */
-import type { Backend, BackendRequest, BackendResponse, LoginSpec, Mount } from './backend.js'
+import type {
+  Backend,
+  BackendRequest,
+  BackendResponse,
+  LoginSpec,
+  Mount,
+  MountConfig,
+  TokenTypeSetting,
+} from './backend.js'
 import {
   encodeJson,
   envelope,
@@ -19,6 +27,7 @@ import {
 } from './envelope.js'
 import type { EnvelopeFields, HttpAuth } from './envelope.js'
 import { approleBackend } from './engines/approle.js'
+import { certBackend } from './engines/cert.js'
 import { databaseBackend } from './engines/database.js'
 import { jwtBackend } from './engines/jwt.js'
 import { kubernetesBackend } from './engines/kubernetes.js'
@@ -26,13 +35,14 @@ import { kvBackend } from './engines/kv.js'
 import { ExpirationManager } from './engines/leases.js'
 import { healthReply, sealStatusReply, sysBackend } from './engines/sys.js'
 import { sanitizePolicies, TokenStore, tokenBackend } from './engines/token.js'
-import type { TokenEntry } from './engines/token.js'
+import type { TokenEntry, TokenType } from './engines/token.js'
 import { Fields } from './fields.js'
 import type { Flavor } from './flavor.js'
 import { newUuid } from './ids.js'
 import type { MountSpec } from './mounts.js'
 import { MountTable, normalizeMountPath } from './mounts.js'
 import { PolicyStore } from './policies.js'
+import { RateLimitQuotas } from './rate-limit-quotas.js'
 import type { Operation, RouteHandlers } from './router.js'
 import { calculateTtl } from './ttl.js'
 
@@ -42,6 +52,10 @@ export interface IncomingRequest {
   url: string
   headers: Readonly<Record<string, string | string[] | undefined>>
   body: string
+  /** The client's IP address: rate-limit quotas count per address. */
+  remoteAddress?: string
+  /** undefined without TLS; over TLS the client's certificate (DER), or null without one. */
+  clientCertificate?: Buffer | null
 }
 
 export interface Reply {
@@ -54,6 +68,8 @@ export interface CoreOptions {
   rootToken: string
   /** Which server's texts and fields to answer with (flavor.ts). */
   flavor: Flavor
+  /** The server's default_lease_ttl and max_lease_ttl: what mounts without their own use. */
+  systemTtls: MountConfig
   /** How often the reaper looks for expired tokens and leases. */
   reaperIntervalMs: number
   /** Base of the backoff between failed revocation attempts (Vault: 10 s). */
@@ -72,6 +88,7 @@ const SECRET_ENGINES: Record<string, EngineFactory> = {
 
 const AUTH_METHODS: Record<string, EngineFactory> = {
   approle: approleBackend,
+  cert: certBackend,
   kubernetes: kubernetesBackend,
   jwt: jwtBackend,
   // The same plugin serves both names in Vault.
@@ -83,11 +100,16 @@ const INJECT_DATA_INTO_TOP = [/^sys\/(mounts|auth|policy)(\/.*)?$/]
 
 export class VaultCore {
   readonly policies = new PolicyStore()
-  readonly mounts = new MountTable()
+  readonly mounts: MountTable
   readonly tokens: TokenStore
   readonly leases: ExpirationManager
+  readonly rateLimits = new RateLimitQuotas(() => this.now())
   sealed = false
   standby = false
+  /** A standby forwards requests (and so serves them here); false: it redirects them. */
+  standbyForwarding = true
+  /** The active node's API address a standby redirects to; "" = no active node known. */
+  activeAddress = ''
   readonly clusterName = `vault-cluster-${newUuid().slice(0, 8)}`
   readonly clusterId = newUuid()
   /** entity_id per (auth mount accessor, alias name), as the identity store would keep them. */
@@ -96,6 +118,7 @@ export class VaultCore {
   private reaping: Promise<void> | undefined
 
   constructor(readonly options: CoreOptions) {
+    this.mounts = new MountTable(options.systemTtls)
     this.leases = new ExpirationManager({
       now: () => this.now(),
       backendFor: (path) => this.mounts.get(path),
@@ -213,8 +236,9 @@ export class VaultCore {
     return id
   }
 
-  /** request_handling.go handleLoginRequest: a login becomes an orphan service token. */
+  /** request_handling.go handleLoginRequest: a login becomes an orphan token, service or batch. */
   private issueLoginToken(req: BackendRequest, login: LoginSpec): { entry: TokenEntry; warnings: string[] } {
+    const type = loginTokenType(req.mount.tokenType, login.tokenType ?? 'default')
     const source = req.mount.path.replace(/^auth\//, '').replaceAll('/', '-')
     const now = this.now()
     const { ttlSeconds, warnings } = calculateTtl({
@@ -230,6 +254,7 @@ export class VaultCore {
     const policies = sanitizePolicies(login.policies, !login.noDefaultPolicy)
     if (policies.includes('root')) throw respondError('auth methods cannot create root tokens')
     const entry = this.tokens.create({
+      type,
       policies,
       path: req.fullPath,
       displayName: `${source}${login.displayName}`.replace(/-$/, ''),
@@ -247,7 +272,7 @@ export class VaultCore {
         issueTimeMs: now,
         expireTimeMs: now + ttlSeconds * 1000,
         lastRenewalMs: undefined,
-        renewable: true,
+        renewable: type === 'service',
         backendTtlSeconds: login.ttlSeconds,
         backendMaxTtlSeconds: login.maxTtlSeconds,
       },
@@ -265,7 +290,7 @@ export class VaultCore {
       lease_duration: leaseDurationSeconds,
       renewable: entry.lease?.renewable ?? false,
       entity_id: entry.entityId,
-      token_type: 'service',
+      token_type: entry.type,
       orphan: entry.parent === '',
       mfa_requirement: null,
       num_uses: entry.numUses,
@@ -286,12 +311,27 @@ export class VaultCore {
     }
     const method = request.method.toUpperCase()
 
+    // http/util.go rateLimitQuotaWrapping: before anything else, on the path after /v1/.
+    const quota = this.rateLimits.apply(path, request.remoteAddress ?? '')
+    const reply = quota.allowed
+      ? await this.handlePath(request, url, path, method)
+      : errorReply(new VaultError(429, [`request path ${JSON.stringify(path)}: rate limit quota exceeded`]))
+    Object.assign(reply.headers, quota.headers)
+    return reply
+  }
+
+  private async handlePath(request: IncomingRequest, url: URL, path: string, method: string): Promise<Reply> {
     // Served by the HTTP layer, outside the logical request flow, and also while sealed.
     if (path === 'sys/health' && (method === 'GET' || method === 'HEAD')) {
       return plainReply(healthReply(this, url.searchParams, method === 'HEAD'))
     }
     if (path === 'sys/seal-status' && method === 'GET') return plainReply(sealStatusReply(this))
     if (this.sealed) return errorReply(respondError('Vault is sealed', 503))
+    if (this.standby) {
+      // http/handler.go forwardRequest: a client can ask not to be forwarded.
+      const forwards = this.standbyForwarding && header(request, 'x-vault-no-request-forwarding') === undefined
+      if (!forwards) return this.respondStandby(url)
+    }
 
     const requestId = newUuid()
     try {
@@ -301,6 +341,17 @@ export class VaultCore {
       this.options.log(`internal error on ${method} ${path}: ${(err as Error).stack ?? String(err)}`)
       return errorReply(new VaultError(500, [multierrorText([(err as Error).message])]))
     }
+  }
+
+  /**
+   * http/handler.go respondStandby: 307 to the same path and query on the active node, with no
+   * body; 503 when no active node is known.
+   */
+  private respondStandby(url: URL): Reply {
+    if (this.activeAddress === '') return errorReply(respondError('no active Vault instance found', 503))
+    const active = new URL(this.activeAddress)
+    const location = `${active.protocol}//${active.host}${url.pathname}${url.search}`
+    return { status: 307, headers: { 'Cache-Control': 'no-store', Location: location }, body: '' }
   }
 
   private async handleLogical(
@@ -331,6 +382,10 @@ export class VaultCore {
             query: url.searchParams,
             caller,
             mount,
+            connection: {
+              remoteAddress: request.remoteAddress ?? '',
+              clientCertificate: request.clientCertificate,
+            },
           }
         : undefined
     // A write is a create when the backend says its target does not exist yet (ExistenceCheck).
@@ -417,10 +472,13 @@ export class VaultCore {
         nowMs: this.now(),
       })
       warnings.push(...capped.warnings)
-      const lease = this.leases.register(req.fullPath, req.mount.path, req.caller?.id ?? '', {
-        ...result.secret,
-        ttlSeconds: capped.ttlSeconds,
-      })
+      const lease = this.leases.register(
+        req.fullPath,
+        req.mount.path,
+        req.caller?.id ?? '',
+        { ...result.secret, ttlSeconds: capped.ttlSeconds },
+        req.caller?.type === 'batch' ? batchLeaseBinding(req.caller) : undefined,
+      )
       fields.leaseId = lease.id
       fields.renewable = result.secret.renewable
       fields.leaseDurationSeconds = capped.ttlSeconds
@@ -464,6 +522,22 @@ export class VaultCore {
 
 // ---------------------------------------------------------------------------
 
+/**
+ * routing/router.go: an auth mount's token_type of service or batch decides; default-service and
+ * default-batch give what the role asked for, or their own type when the role left it "default".
+ */
+function loginTokenType(mountSetting: TokenTypeSetting, role: 'default' | 'service' | 'batch'): TokenType {
+  switch (mountSetting) {
+    case 'service':
+    case 'batch':
+      return mountSetting
+    case 'default-service':
+      return role === 'batch' ? 'batch' : 'service'
+    case 'default-batch':
+      return role === 'service' ? 'service' : 'batch'
+  }
+}
+
 function operationOf(method: string, query: URLSearchParams): Operation {
   switch (method) {
     case 'GET': {
@@ -480,6 +554,15 @@ function operationOf(method: string, query: URLSearchParams): Operation {
     default:
       throw new VaultError(405, [])
   }
+}
+
+/**
+ * expiration.go Register: a lease created with a batch token ends when the token does (the reply
+ * still shows the TTL asked for), and is revoked with the batch token's parent, or with nothing
+ * for an orphan batch token.
+ */
+function batchLeaseBinding(token: TokenEntry): { indexToken: string; capAtMs: number | undefined } {
+  return { indexToken: token.parent, capAtMs: token.lease?.expireTimeMs }
 }
 
 function handlerFor<Req, Res>(handlers: RouteHandlers<Req, Res>, operation: Operation) {

@@ -16,7 +16,8 @@ import { DEFAULT_FLAVOR, flavorNamed } from './flavor.js'
 import type { FlavorName } from './flavor.js'
 import { noFaults, parseFaultChanges } from './faults.js'
 import { Http1Server } from './http1-server.js'
-import type { HttpRequest, HttpResponse } from './http1-server.js'
+import { SYSTEM_DEFAULT_TTL_SECONDS, SYSTEM_MAX_TTL_SECONDS } from './ttl.js'
+import type { HttpRequest, HttpResponse, TlsIdentity } from './http1-server.js'
 
 export interface DevVaultOptions {
   /** The root token's id, as `vault server -dev -dev-root-token-id`. Default "root". */
@@ -25,6 +26,22 @@ export interface DevVaultOptions {
   host?: string
   /** Whose texts and fields to answer with: `vault-1.17` (the default), `vault-1.16` or `openbao` (flavor.ts). */
   flavor?: FlavorName
+  /**
+   * The server's default_lease_ttl and max_lease_ttl in seconds, as in Vault's server config:
+   * what mounts that were not tuned use. Default 768h each, as in Vault.
+   */
+  defaultLeaseTtlSeconds?: number
+  maxLeaseTtlSeconds?: number
+  /**
+   * Answer as a Vault Agent (or Vault Proxy) listener with `require_request_header = true` does:
+   * 412 `missing "X-Vault-Request" header` unless the request has `X-Vault-Request: true`.
+   */
+  requireRequestHeader?: boolean
+  /**
+   * Listen with TLS (PEM certificate and key); `address` is then https://. Clients are asked for a
+   * certificate, as Vault's listener does, for the cert auth method.
+   */
+  tls?: TlsIdentity
   /** How often expired leases and tokens are looked for. Default 250 ms. */
   reaperIntervalMs?: number
   /** Base of the backoff between failed revocations. Default 10 s, as in Vault. */
@@ -41,6 +58,8 @@ export const FAULTS_PATH = '/v1/sys/dev/faults'
 export class DevVault {
   readonly rootToken: string
   private readonly host: string
+  private readonly requireRequestHeader: boolean
+  private readonly scheme: 'http' | 'https'
   private readonly core: VaultCore
   private readonly http: Http1Server
   private current: Faults = noFaults()
@@ -50,15 +69,28 @@ export class DevVault {
   constructor(options: DevVaultOptions = {}) {
     this.rootToken = options.rootToken ?? 'root'
     this.host = options.host ?? '127.0.0.1'
+    this.requireRequestHeader = options.requireRequestHeader ?? false
+    this.scheme = options.tls ? 'https' : 'http'
+    const systemTtls = {
+      defaultLeaseTtlSeconds: options.defaultLeaseTtlSeconds || SYSTEM_DEFAULT_TTL_SECONDS,
+      maxLeaseTtlSeconds: options.maxLeaseTtlSeconds || SYSTEM_MAX_TTL_SECONDS,
+    }
+    // vault/core.go refuses the same configuration at startup.
+    if (systemTtls.defaultLeaseTtlSeconds > systemTtls.maxLeaseTtlSeconds) {
+      throw new Error(
+        `default_lease_ttl (${systemTtls.defaultLeaseTtlSeconds} s) cannot be greater than max_lease_ttl (${systemTtls.maxLeaseTtlSeconds} s)`,
+      )
+    }
     this.core = new VaultCore({
       rootToken: this.rootToken,
       flavor: flavorNamed(options.flavor ?? DEFAULT_FLAVOR),
+      systemTtls,
       reaperIntervalMs: options.reaperIntervalMs ?? 250,
       revokeRetryBaseMs: options.revokeRetryBaseMs ?? 10_000,
       rotationTickMs: options.rotationTickMs ?? 5_000,
       log: options.log ?? (() => undefined),
     })
-    this.http = new Http1Server((request) => this.handle(request))
+    this.http = new Http1Server((request) => this.handle(request), options.tls)
   }
 
   /** Listens on `port` (0, the default, picks a free one). */
@@ -78,7 +110,7 @@ export class DevVault {
   }
 
   get address(): string {
-    return `http://${this.host}:${this.port}`
+    return `${this.scheme}://${this.host}:${this.port}`
   }
 
   get faults(): Readonly<Faults> {
@@ -96,6 +128,8 @@ export class DevVault {
     this.current = next
     this.core.sealed = next.sealed
     this.core.standby = next.standby
+    this.core.standbyForwarding = next.standbyForwarding
+    this.core.activeAddress = next.activeAddress
     return this.faults
   }
 
@@ -106,6 +140,15 @@ export class DevVault {
   private async handle(request: HttpRequest): Promise<HttpResponse> {
     const path = request.target.split('?')[0]
     if (path === FAULTS_PATH) return this.controlPath(request)
+    // command/agent.go verifyRequestHeader: one X-Vault-Request header whose value is "true"
+    // (repeated headers arrive joined, so two of them fail here too), on every path.
+    if (this.requireRequestHeader && request.headers['x-vault-request'] !== 'true') {
+      return {
+        status: 412,
+        headers: { 'Content-Type': 'application/json' },
+        body: errorBody(['missing "X-Vault-Request" header']),
+      }
+    }
 
     const faults = this.current
     if (faults.latencyMs > 0) await delay(faults.latencyMs)
@@ -123,6 +166,8 @@ export class DevVault {
       url: request.target,
       headers: request.headers,
       body: request.body.toString('utf8'),
+      remoteAddress: request.remoteAddress,
+      clientCertificate: request.clientCertificate,
     })
   }
 

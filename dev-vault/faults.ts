@@ -15,8 +15,19 @@ export interface Faults {
   refuseConnections: boolean
   /** Every path but sys/health and sys/seal-status answers 503 "Vault is sealed"; no reaping, no rotation. */
   sealed: boolean
-  /** sys/health reports a standby node (429 unless standbyok). Other paths are unaffected. */
+  /**
+   * A standby node: sys/health reports it (429 unless standbyok). Its other requests are served
+   * as if forwarded to the active node, unless standbyForwarding is off.
+   */
   standby: boolean
+  /**
+   * Whether a standby forwards requests to the active node (true, the default, as Vault does) or,
+   * as one whose forwarding fails or is refused, redirects them (307 to activeAddress) or, with no
+   * activeAddress, answers 503 "no active Vault instance found".
+   */
+  standbyForwarding: boolean
+  /** The active node's API address ("http://127.0.0.1:8200") a standby redirects to; "" = none known. */
+  activeAddress: string
 }
 
 export function noFaults(): Faults {
@@ -27,6 +38,8 @@ export function noFaults(): Faults {
     refuseConnections: false,
     sealed: false,
     standby: false,
+    standbyForwarding: true,
+    activeAddress: '',
   }
 }
 
@@ -41,7 +54,7 @@ export function parseFaultChanges(
   const problems: string[] = []
   const known = new Set([...Object.keys(noFaults()), 'refuseConnectionsMs'])
   for (const key of Object.keys(input)) if (!known.has(key)) problems.push(`unknown fault ${JSON.stringify(key)}`)
-  for (const key of ['serverErrors', 'refuseConnections', 'sealed', 'standby'] as const) {
+  for (const key of ['serverErrors', 'refuseConnections', 'sealed', 'standby', 'standbyForwarding'] as const) {
     const value = input[key]
     if (value === undefined) continue
     if (typeof value !== 'boolean') problems.push(`${key} must be true or false`)
@@ -56,6 +69,12 @@ export function parseFaultChanges(
     if (!Array.isArray(paths) || !paths.every((p) => typeof p === 'string'))
       problems.push('serverErrorPaths must be a list of strings')
     else changes.serverErrorPaths = paths
+  }
+  if (input.activeAddress !== undefined) {
+    const address = input.activeAddress
+    if (typeof address !== 'string' || (address !== '' && !/^https?:\/\/[^/]+\/?$/.test(address))) {
+      problems.push('activeAddress must be "" or an address such as http://127.0.0.1:8200')
+    } else changes.activeAddress = address
   }
   let refuseForMs = 0
   if (input.refuseConnectionsMs !== undefined) {

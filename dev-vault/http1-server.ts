@@ -9,6 +9,7 @@
  */
 import { STATUS_CODES } from 'node:http'
 import net from 'node:net'
+import tls from 'node:tls'
 
 export interface HttpRequest {
   method: string
@@ -17,6 +18,19 @@ export interface HttpRequest {
   /** Lowercased names; repeated headers joined with ", ". */
   headers: Record<string, string>
   body: Buffer
+  /** The peer's IP address. */
+  remoteAddress: string
+  /**
+   * undefined over plain TCP; over TLS the client certificate (DER) the peer presented, or null
+   * when it presented none.
+   */
+  clientCertificate?: Buffer | null
+}
+
+/** PEM certificate (chain) and key for listening with TLS. */
+export interface TlsIdentity {
+  cert: string
+  key: string
 }
 
 export interface HttpResponse {
@@ -45,7 +59,11 @@ export class Http1Server {
   private server: net.Server | undefined
   private readonly sockets = new Set<net.Socket>()
 
-  constructor(private readonly handler: HttpHandler) {}
+  /** With `tls`, listens with TLS and asks every client for a certificate (verified by no one here). */
+  constructor(
+    private readonly handler: HttpHandler,
+    private readonly tls?: TlsIdentity,
+  ) {}
 
   get isListening(): boolean {
     return this.server?.listening === true
@@ -53,7 +71,11 @@ export class Http1Server {
 
   /** Listens on host:port (0 = any free port) and returns the bound port. */
   async listen(port: number, host: string): Promise<number> {
-    const server = net.createServer((socket) => this.serve(socket))
+    // Like Vault's listener (tls.RequestClientCert): a client certificate is asked for but not
+    // required or verified at the TLS layer; the cert auth method checks it against its roles.
+    const server = this.tls
+      ? tls.createServer({ ...this.tls, requestCert: true, rejectUnauthorized: false }, (socket) => this.serve(socket))
+      : net.createServer((socket) => this.serve(socket))
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
       server.listen(port, host, () => {
@@ -84,6 +106,7 @@ export class Http1Server {
     socket.on('error', () => socket.destroy())
     // Keep-alive connections a client forgot about are closed after a while, as Go's server does.
     socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.end())
+    const clientCertificate = socket instanceof tls.TLSSocket ? peerCertificate(socket) : undefined
     let buffered = Buffer.alloc(0)
     let isBusy = false
     let sentContinue = false
@@ -94,7 +117,7 @@ export class Http1Server {
       try {
         // New data that arrives while the handler runs is picked up by the next turn of the loop.
         for (;;) {
-          const parsed = parseRequest(buffered)
+          const parsed = parseRequest(buffered, socket.remoteAddress ?? '', clientCertificate)
           if (parsed.kind === 'incomplete') {
             if (parsed.expectsContinue && !sentContinue) {
               socket.write('HTTP/1.1 100 Continue\r\n\r\n')
@@ -136,7 +159,12 @@ type ParseResult =
   { kind: 'complete'; request: HttpRequest; consumed: number } | { kind: 'incomplete'; expectsContinue: boolean }
 
 /** One complete request from the front of `data`, or what is known while bytes are missing. */
-function parseRequest(data: Buffer): ParseResult {
+function peerCertificate(socket: tls.TLSSocket): Buffer | null {
+  const cert = socket.getPeerCertificate()
+  return cert && Buffer.isBuffer(cert.raw) && cert.raw.length > 0 ? cert.raw : null
+}
+
+function parseRequest(data: Buffer, remoteAddress: string, clientCertificate: Buffer | null | undefined): ParseResult {
   const headEnd = data.indexOf('\r\n\r\n')
   if (headEnd === -1) {
     if (data.length > MAX_HEAD_BYTES) throw new BadRequest(431, 'request head too large')
@@ -173,7 +201,11 @@ function parseRequest(data: Buffer): ParseResult {
     body = data.subarray(bodyStart, bodyStart + length)
     consumed = bodyStart + length
   }
-  return { kind: 'complete', request: { method: match[1]!, target: match[2]!, headers, body }, consumed }
+  return {
+    kind: 'complete',
+    request: { method: match[1]!, target: match[2]!, headers, body, remoteAddress, clientCertificate },
+    consumed,
+  }
 }
 
 function decodeChunked(data: Buffer, start: number): { body: Buffer; consumed: number } | undefined {

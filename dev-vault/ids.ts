@@ -35,6 +35,14 @@ export function newServiceToken(): string {
   return `hvs.${randomBase62(24)}`
 }
 
+/**
+ * A batch token. Real ones are "hvb." plus the token entry, encrypted and encoded (well over 100
+ * characters); like service tokens they are opaque to clients, and batch tokens have no accessor.
+ */
+export function newBatchToken(): string {
+  return `hvb.${randomBase62(120)}`
+}
+
 /** Token and secret-id accessors. */
 export function newAccessor(): string {
   return randomBase62(24)

@@ -2,7 +2,7 @@
  * Sets up Vault for pg-vault-proxy over Vault's HTTP API, so the same steps work on the dev Vault
  * and on a real Vault or OpenBao: the database secrets engine, a connection to PostgreSQL, a
  * dynamic role (users created with VALID UNTIL and granted the owner role), a static role, and an
- * AppRole with a policy limited to what the proxy needs (vault-api.md §3.6 and §8.1).
+ * AppRole with a policy limited to what the proxy needs (docs/vault.md).
  *
  * PostgreSQL must be prepared first (as a superuser): the owner role, a management login for
  * Vault with CREATEROLE (granted the owner role WITH ADMIN OPTION and pg_signal_backend), and the
@@ -16,12 +16,18 @@
  * prints {"role_id":…,"secret_id":…} for the proxy's AppRole login.
  */
 import { realpathSync } from 'node:fs'
+import https from 'node:https'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
 export interface VaultAccess {
   address: string
   token: string
+  /**
+   * For an https:// address: the CA to trust (PEM) and, optionally, a client certificate and key
+   * to present (for the cert auth method). Without it, https uses the system's trust store.
+   */
+  tls?: { ca: string; cert?: string; key?: string }
 }
 
 export interface VaultReply {
@@ -51,15 +57,16 @@ export async function vaultRequest(
   path: string,
   options: { body?: unknown; token?: string | null; headers?: Record<string, string> } = {},
 ): Promise<VaultReply> {
-  const headers: Record<string, string> = { ...options.headers }
+  // As Vault's own Go client does on every request (api/client.go), so that a listener with
+  // require_request_header answers too; a caller's headers win.
+  const headers: Record<string, string> = { 'X-Vault-Request': 'true', ...options.headers }
   const token = options.token === undefined ? vault.token : options.token
   if (token !== null) headers['X-Vault-Token'] = token
   if (options.body !== undefined) headers['Content-Type'] = 'application/json'
-  const response = await fetch(`${vault.address.replace(/\/$/, '')}/v1/${path}`, {
-    method,
-    headers,
-    body: options.body === undefined ? undefined : JSON.stringify(options.body),
-  })
+  const url = `${vault.address.replace(/\/$/, '')}/v1/${path}`
+  const body = options.body === undefined ? undefined : JSON.stringify(options.body)
+  if (vault.tls !== undefined) return httpsRequest(url, method, headers, body, vault.tls)
+  const response = await fetch(url, { method, headers, body })
   const text = await response.text()
   return {
     status: response.status,
@@ -67,6 +74,38 @@ export async function vaultRequest(
     text,
     json: text === '' ? undefined : (JSON.parse(text) as unknown),
   }
+}
+
+/** fetch cannot be given a CA or a client certificate without undici's Agent; node:https can. */
+function httpsRequest(
+  url: string,
+  method: string,
+  headers: Record<string, string>,
+  body: string | undefined,
+  tls: NonNullable<VaultAccess['tls']>,
+): Promise<VaultReply> {
+  return new Promise((resolve, reject) => {
+    const request = https.request(url, { method, headers, ca: tls.ca, cert: tls.cert, key: tls.key }, (response) => {
+      const chunks: Buffer[] = []
+      response.on('data', (chunk: Buffer) => chunks.push(chunk))
+      response.on('error', reject)
+      response.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8')
+        const replyHeaders = new Headers()
+        for (const [name, value] of Object.entries(response.headers)) {
+          for (const v of Array.isArray(value) ? value : [value ?? '']) replyHeaders.append(name, v)
+        }
+        resolve({
+          status: response.statusCode ?? 0,
+          headers: replyHeaders,
+          text,
+          json: text === '' ? undefined : (JSON.parse(text) as unknown),
+        })
+      })
+    })
+    request.on('error', reject)
+    request.end(body)
+  })
 }
 
 /** vaultRequest that insists on a 2xx answer. */
@@ -115,7 +154,7 @@ export async function writeConnection(vault: VaultAccess, options: ConnectionOpt
   })
 }
 
-/** vault-api.md §3.6: a login user that expires with its lease and inherits the owner role. */
+/** docs/vault.md §2: a login user that expires with its lease and inherits the owner role. */
 export function ownerCreationStatements(ownerRole: string): string[] {
   return [
     `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' INHERIT;`,
@@ -123,7 +162,7 @@ export function ownerCreationStatements(ownerRole: string): string[] {
   ]
 }
 
-/** vault-api.md §3.6: end the user's sessions, then drop it, in one transaction. */
+/** docs/vault.md §2: end the user's sessions, then drop it, in one transaction. */
 export const TERMINATE_AND_DROP_STATEMENTS = [
   `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';`,
   `DROP ROLE IF EXISTS "{{name}}";`,
@@ -171,7 +210,7 @@ export async function createStaticRole(vault: VaultAccess, options: StaticRoleOp
   })
 }
 
-/** vault-api.md §8.1: what the proxy may do, and nothing else. */
+/** docs/vault.md §3: what the proxy may do, and nothing else. */
 export function proxyPolicy(mount: string, dynamicRole: string, staticRole: string): string {
   return [
     `path "${mount}/creds/${dynamicRole}" { capabilities = ["read"] }`,

@@ -58,10 +58,20 @@ export function parseTokenFields(fields: Fields, current: TokenParams): TokenPar
   if (next.maxTtlSeconds !== 0 && next.ttlSeconds > next.maxTtlSeconds) {
     throw respondError("'token_ttl' cannot be greater than 'token_max_ttl'")
   }
+  if (next.type === '') next.type = 'default'
+  if (!['default', 'service', 'batch'].includes(next.type)) {
+    throw respondError(`invalid 'token_type' value ${JSON.stringify(next.type)}`)
+  }
   if (next.numUses < 0) throw respondError("'token_num_uses' cannot be negative")
-  if (!['default', 'service', 'default-service'].includes(next.type)) {
-    // Batch tokens have no accessor and no lease; the dev Vault issues service tokens only.
-    throw respondError(`token_type ${JSON.stringify(next.type)} is not supported by the dev Vault`)
+  if (next.type === 'batch') {
+    if (next.periodSeconds !== 0) {
+      throw respondError("'token_type' cannot be 'batch' or 'default_batch' when set to generate periodic tokens")
+    }
+    if (next.numUses !== 0) {
+      throw respondError(
+        "'token_type' cannot be 'batch' or 'default_batch' when set to generate tokens with limited use count",
+      )
+    }
   }
   return next
 }
@@ -100,6 +110,7 @@ export function loginFrom(
     periodSeconds: params.periodSeconds,
     explicitMaxTtlSeconds: params.explicitMaxTtlSeconds,
     numUses: params.numUses,
+    tokenType: params.type as LoginSpec['tokenType'],
   }
 }
 

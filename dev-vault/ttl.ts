@@ -4,7 +4,7 @@
  * All durations here are whole seconds; times are epoch milliseconds.
  */
 
-/** The dev server's system (and so every mount's default) TTLs: 768h = 32 days. */
+/** Vault's default system TTLs (server config default_lease_ttl and max_lease_ttl): 768h = 32 days. */
 export const SYSTEM_DEFAULT_TTL_SECONDS = 768 * 3600
 export const SYSTEM_MAX_TTL_SECONDS = 768 * 3600
 

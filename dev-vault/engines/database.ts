@@ -15,7 +15,7 @@ import { addCollection } from '../collection-routes.js'
 import { Router } from '../router.js'
 import { rfc3339Nano } from '../time-format.js'
 import { calculateTtl } from '../ttl.js'
-import { matchesGlobList } from './kubernetes.js'
+import { matchesGlobList } from '../glob.js'
 
 const PLUGIN_NAME = 'postgresql-database-plugin'
 /** rotation.go defaultQueueTickSeconds: also the shortest rotation_period. */

@@ -11,7 +11,7 @@ import { addCollection } from '../collection-routes.js'
 import { Router } from '../router.js'
 import { defaultTokenParams, loginFrom, parseTokenFields, renewalFor, tokenData } from '../token-params.js'
 import type { TokenParams } from '../token-params.js'
-import { matchesGlobList } from './kubernetes.js'
+import { matchesGlobList } from '../glob.js'
 
 interface JwtConfig {
   validationPubkeys: string[]

@@ -15,6 +15,7 @@ import { addCollection } from '../collection-routes.js'
 import { Router } from '../router.js'
 import { defaultTokenParams, loginFrom, parseTokenFields, renewalFor, tokenData } from '../token-params.js'
 import type { TokenParams } from '../token-params.js'
+import { matchesGlobList } from '../glob.js'
 
 interface KubernetesConfig {
   kubernetesHost: string
@@ -52,18 +53,6 @@ function serviceAccountOf(claims: Record<string, unknown>): ServiceAccount {
     uid: str(projected?.serviceaccount?.uid) || str(claims['kubernetes.io/serviceaccount/service-account.uid']),
     secretName: str(claims['kubernetes.io/serviceaccount/secret.name']),
   }
-}
-
-/** strutil.StrListContainsGlob: `*` anywhere in an allowed value matches any run of characters. */
-export function matchesGlobList(patterns: readonly string[], value: string): boolean {
-  return patterns.some((p) => {
-    const re = new RegExp(`^${p.split('*').map(escapeRegExp).join('.*')}$`)
-    return re.test(value)
-  })
-}
-
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 }
 
 export function kubernetesBackend(core: VaultCore, _mount: Mount): Backend {

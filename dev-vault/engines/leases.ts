@@ -20,8 +20,12 @@ export interface Lease {
   readonly path: string
   /** The mount whose backend renews and revokes it. */
   readonly mountPath: string
-  /** The token that created it; revoking that token revokes the lease. */
+  /** The token that created it. */
   readonly clientToken: string
+  /** The token whose revocation revokes it: the creator, or a batch token's parent ("" = none). */
+  readonly indexToken: string
+  /** A lease created with a batch token cannot outlive the token: its end, in epoch ms. */
+  readonly capAtMs: number | undefined
   readonly issueTimeMs: number
   expireTimeMs: number
   lastRenewalMs: number | undefined
@@ -50,16 +54,28 @@ export class ExpirationManager {
 
   constructor(private readonly deps: ExpirationDeps) {}
 
-  /** Registers a lease for a response's secret; the TTL was already capped by the core. */
-  register(path: string, mountPath: string, clientToken: string, secret: SecretSpec): Lease {
+  /**
+   * Registers a lease for a response's secret; the TTL was already capped by the core. `batch`
+   * binds it to a batch token: it ends no later than `capAtMs` and goes with `indexToken`.
+   */
+  register(
+    path: string,
+    mountPath: string,
+    clientToken: string,
+    secret: SecretSpec,
+    batch?: { indexToken: string; capAtMs: number | undefined },
+  ): Lease {
     const now = this.deps.now()
+    const capAtMs = batch?.capAtMs
     const lease: Lease = {
       id: `${path.replace(/\/+$/, '')}/${randomBase62(24)}`,
       path,
       mountPath,
       clientToken,
+      indexToken: batch ? batch.indexToken : clientToken,
+      capAtMs,
       issueTimeMs: now,
-      expireTimeMs: now + secret.ttlSeconds * 1000,
+      expireTimeMs: Math.min(now + secret.ttlSeconds * 1000, capAtMs ?? Infinity),
       lastRenewalMs: undefined,
       secret,
       revokeAttempts: 0,
@@ -117,10 +133,20 @@ export class ExpirationManager {
       if (err instanceof PastMaxTtlError) throw respondError(err.message)
       throw err
     }
-    lease.secret = { ...lease.secret, ttlSeconds: result.ttlSeconds }
-    lease.expireTimeMs = now + result.ttlSeconds * 1000
+    let ttlSeconds = result.ttlSeconds
+    let expireTimeMs = now + ttlSeconds * 1000
+    // expiration.go Renew: a batch token's lease is cut back to the token's end.
+    if (lease.capAtMs !== undefined) {
+      if (lease.capAtMs <= now) throw respondError('cannot renew lease, no valid associated token')
+      if (expireTimeMs > lease.capAtMs) {
+        expireTimeMs = lease.capAtMs
+        ttlSeconds = Math.floor((lease.capAtMs - now) / 1000)
+      }
+    }
+    lease.secret = { ...lease.secret, ttlSeconds }
+    lease.expireTimeMs = expireTimeMs
     lease.lastRenewalMs = now
-    return { lease, ttlSeconds: result.ttlSeconds, warnings: result.warnings }
+    return { lease, ttlSeconds, warnings: result.warnings }
   }
 
   /** Revokes now, through the backend. Unknown ids succeed (revocation is idempotent). */
@@ -137,11 +163,12 @@ export class ExpirationManager {
     }
   }
 
-  /** RevokeByToken: the token's leases expire now and the reaper revokes them. */
+  /** RevokeByToken: the leases indexed under the token expire now and the reaper revokes them. */
   expireByToken(tokenId: string): void {
+    if (tokenId === '') return
     const now = this.deps.now()
     for (const lease of this.leases.values()) {
-      if (lease.clientToken === tokenId && lease.expireTimeMs > now) lease.expireTimeMs = now
+      if (lease.indexToken === tokenId && lease.expireTimeMs > now) lease.expireTimeMs = now
     }
   }
 

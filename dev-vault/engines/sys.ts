@@ -8,10 +8,11 @@ import type { VaultCore } from '../core.js'
 import { encodeJson, goStruct, respondError, VaultError } from '../envelope.js'
 import { Fields } from '../fields.js'
 import type { Flavor } from '../flavor.js'
-import type { MountEntry } from '../mounts.js'
-import { normalizeMountPath } from '../mounts.js'
+import type { MountEntry, TokenTypeSetting } from '../mounts.js'
+import { normalizeMountPath, TOKEN_TYPE_SETTINGS } from '../mounts.js'
 import { Router } from '../router.js'
 import { addLeaseRoutes } from './leases.js'
+import { addQuotaRoutes } from './quotas.js'
 
 export function sysBackend(core: VaultCore): Backend {
   const router = new Router<BackendRequest, BackendResult>()
@@ -32,6 +33,7 @@ export function sysBackend(core: VaultCore): Backend {
     .add('policy', { read: () => ({ data: { keys: core.policies.names(), policies: core.policies.names() } }) })
     .add('policy/*name', policyHandlers(core, 'rules'))
   addLeaseRoutes(router, core)
+  addQuotaRoutes(router, core)
   return {
     router,
     sudoPaths: ['auth/*', 'leases/revoke-prefix/*', 'leases/revoke-force/*', 'leases/lookup/*', 'revoke-prefix/*'],
@@ -47,7 +49,7 @@ function mountInfo(flavor: Flavor, mount: MountEntry): Record<string, unknown> {
     force_no_cache: false,
     max_lease_ttl: mount.tune.maxLeaseTtlSeconds,
   }
-  if (mount.kind === 'auth') config.token_type = 'default-service'
+  if (mount.kind === 'auth') config.token_type = mount.tokenType
   return {
     accessor: mount.accessor,
     config,
@@ -100,6 +102,7 @@ function readMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth'
       force_no_cache: false,
       max_lease_ttl: mount.config.maxLeaseTtlSeconds,
       ...(mount.options ? { options: mount.options } : {}),
+      ...(mount.kind === 'auth' ? { token_type: mount.tokenType } : {}),
     },
   }
 }
@@ -109,8 +112,9 @@ function writeMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth
   const f = req.fields
   if (isTune) {
     core.mounts.tune(tablePath(kind, path), {
-      ...(f.has('default_lease_ttl') ? { defaultLeaseTtlSeconds: f.durationSeconds('default_lease_ttl') } : {}),
-      ...(f.has('max_lease_ttl') ? { maxLeaseTtlSeconds: f.durationSeconds('max_lease_ttl') } : {}),
+      defaultLeaseTtlSeconds: tuneTtl(f, 'default_lease_ttl'),
+      maxLeaseTtlSeconds: tuneTtl(f, 'max_lease_ttl'),
+      tokenType: f.has('token_type') ? tokenTypeSetting(f.string('token_type')) : undefined,
     })
     return undefined
   }
@@ -123,12 +127,30 @@ function writeMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth
     type,
     description: f.string('description'),
     tune: {
-      defaultLeaseTtlSeconds: config.durationSeconds('default_lease_ttl'),
-      maxLeaseTtlSeconds: config.durationSeconds('max_lease_ttl'),
+      defaultLeaseTtlSeconds: tuneTtl(config, 'default_lease_ttl') ?? 0,
+      maxLeaseTtlSeconds: tuneTtl(config, 'max_lease_ttl') ?? 0,
     },
+    ...(kind === 'auth' && config.has('token_type')
+      ? { tokenType: tokenTypeSetting(config.string('token_type')) }
+      : {}),
     options: f.has('options') ? f.stringMap('options') : null,
   })
   return undefined
+}
+
+/** A tuned TTL: absent or "" keeps the value, "system" (or 0) goes back to the system's. */
+function tuneTtl(f: Fields, name: string): number | undefined {
+  const raw = f.string(name)
+  if (raw === '') return undefined
+  if (raw === 'system') return 0
+  return f.durationSeconds(name)
+}
+
+/** logical_system.go handleTuneWriteCommon: "" means default-service. */
+function tokenTypeSetting(value: string): TokenTypeSetting {
+  if (value === '') return 'default-service'
+  if (!(TOKEN_TYPE_SETTINGS as readonly string[]).includes(value)) throw respondError("invalid value for 'token_type'")
+  return value as TokenTypeSetting
 }
 
 async function disableMount(core: VaultCore, req: BackendRequest, kind: 'secret' | 'auth'): Promise<BackendResult> {

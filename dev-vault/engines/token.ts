@@ -6,7 +6,7 @@
 import type { Backend, BackendRequest, BackendResult, Mount } from '../backend.js'
 import type { VaultCore } from '../core.js'
 import { goError, respondError } from '../envelope.js'
-import { newAccessor, newServiceToken } from '../ids.js'
+import { newAccessor, newBatchToken, newServiceToken } from '../ids.js'
 import { Router } from '../router.js'
 import { rfc3339Nano, unixSeconds } from '../time-format.js'
 import { calculateTtl, PastMaxTtlError } from '../ttl.js'
@@ -21,9 +21,14 @@ export interface TokenLease {
   backendMaxTtlSeconds: number
 }
 
+/** logical.TokenType of an issued token. Batch tokens have no accessor, cannot be renewed or revoked. */
+export type TokenType = 'service' | 'batch'
+
 export interface TokenEntry {
   readonly id: string
+  /** "" for batch tokens. */
   readonly accessor: string
+  readonly type: TokenType
   readonly policies: readonly string[]
   /** The path that created it: "auth/token/create", "auth/approle/login", "auth/token/root". */
   readonly path: string
@@ -45,7 +50,12 @@ export interface TokenEntry {
   lease: TokenLease | undefined
 }
 
-export type NewToken = Omit<TokenEntry, 'id' | 'accessor' | 'lease'> & { id?: string; lease: TokenLease | undefined }
+export type NewToken = Omit<TokenEntry, 'id' | 'accessor' | 'lease' | 'type'> & {
+  id?: string
+  /** Default service. */
+  type?: TokenType
+  lease: TokenLease | undefined
+}
 
 export class TokenStore {
   private readonly tokens = new Map<string, TokenEntry>()
@@ -57,7 +67,13 @@ export class TokenStore {
   ) {}
 
   create(spec: NewToken): TokenEntry {
-    const entry: TokenEntry = { ...spec, id: spec.id ?? newServiceToken(), accessor: newAccessor() }
+    const type = spec.type ?? 'service'
+    const entry: TokenEntry = {
+      ...spec,
+      type,
+      id: spec.id ?? (type === 'batch' ? newBatchToken() : newServiceToken()),
+      accessor: type === 'batch' ? '' : newAccessor(),
+    }
     if (this.tokens.has(entry.id)) throw respondError('cannot create a token with a duplicate ID')
     this.tokens.set(entry.id, entry)
     return entry
@@ -119,6 +135,8 @@ export function sanitizePolicies(policies: readonly string[], addDefault: boolea
 
 /** The renewal flow of ExpirationManager.RenewToken, for renew and renew-self. */
 async function renewToken(core: VaultCore, entry: TokenEntry, incrementSeconds: number): Promise<BackendResult> {
+  // token_store.go handleRenew, before the expiration manager is asked.
+  if (entry.type === 'batch') throw respondError('batch tokens cannot be renewed')
   const lease = entry.lease
   if (lease === undefined) throw respondError('invalid lease ID')
   const now = core.now()
@@ -177,7 +195,7 @@ function lookupData(core: VaultCore, entry: TokenEntry): Record<string, unknown>
     ttl: 0,
     explicit_max_ttl: entry.explicitMaxTtlSeconds,
     entity_id: entry.entityId,
-    type: 'service',
+    type: entry.type,
   }
   if (entry.periodSeconds !== 0) data.period = entry.periodSeconds
   const lease = entry.lease
@@ -189,7 +207,8 @@ function lookupData(core: VaultCore, entry: TokenEntry): Record<string, unknown>
     }
     data.expire_time = rfc3339Nano(lease.expireTimeMs)
     data.ttl = Math.trunc((lease.expireTimeMs - now) / 1000)
-    data.renewable = lease.renewable && lease.expireTimeMs > now
+    // leaseEntry.renewable(): a batch token's lease times are never renewable.
+    data.renewable = entry.type === 'service' && lease.renewable && lease.expireTimeMs > now
     data.issue_time = rfc3339Nano(lease.issueTimeMs)
   }
   return data
@@ -205,13 +224,12 @@ function tokenFromBody(core: VaultCore, req: BackendRequest): TokenEntry | undef
 function createToken(core: VaultCore, req: BackendRequest, orphanPath: boolean): BackendResult {
   const parent = req.caller
   if (parent === undefined) throw respondError('parent token lookup failed: no parent found')
+  if (parent.type === 'batch') throw respondError('batch tokens cannot create more tokens')
   const f = req.fields
   const isSudo = core.policies.acl(parent.policies).allows(req.fullPath, 'update', true)
   const noDefaultPolicy = f.bool('no_default_policy', false)
 
-  if (!['service', 'default'].includes(f.string('type', 'service'))) {
-    throw respondError('the dev Vault issues service tokens only')
-  }
+  const type = createdTokenType(f)
   const numUses = f.int('num_uses')
   if (numUses < 0) throw respondError('number of uses cannot be negative')
 
@@ -271,7 +289,8 @@ function createToken(core: VaultCore, req: BackendRequest, orphanPath: boolean):
     warnings.push(...result.warnings)
   }
   if (ttl === 0 && explicitMaxTtl > 0) ttl = explicitMaxTtl
-  let renewable = f.bool('renewable', true)
+  let renewable = type === 'service' && f.bool('renewable', true)
+  if (type === 'batch' && policies.includes('root')) throw respondError('batch tokens cannot be root tokens')
   if (ttl === 0) {
     if (parent.lease !== undefined) throw respondError('expiring root tokens cannot create non-expiring root tokens')
     renewable = false
@@ -281,6 +300,7 @@ function createToken(core: VaultCore, req: BackendRequest, orphanPath: boolean):
   const meta = f.has('meta') ? f.stringMap('meta') : null
   const entry = core.tokens.create({
     ...(id !== '' ? { id } : {}),
+    type,
     policies,
     path: `auth/token/${req.path}`,
     displayName: displayName === '' ? 'token' : sanitizeDisplayName(`token-${displayName}`),
@@ -317,6 +337,21 @@ function createToken(core: VaultCore, req: BackendRequest, orphanPath: boolean):
   return { token: { entry, leaseDurationSeconds: ttl }, warnings }
 }
 
+/** handleCreateCommon's `type`: service or batch, and what a batch token may not have. */
+function createdTokenType(f: BackendRequest['fields']): TokenType {
+  const type = f.string('type')
+  if (type === '' || type === 'service') return 'service'
+  if (type !== 'batch') throw respondError("invalid 'token_type' value")
+  // Only the first offending field is named, as handleCreateCommon's switch does.
+  let badReason = ''
+  if (f.string('explicit_max_ttl') !== '') {
+    if (f.durationSeconds('explicit_max_ttl') !== 0) badReason = 'explicit_max_ttl'
+  } else if (f.int('num_uses') !== 0) badReason = 'num_uses'
+  else if (f.string('period') !== '' && f.durationSeconds('period') !== 0) badReason = 'period'
+  if (badReason !== '') throw respondError(`batch tokens cannot have "${badReason}" set`)
+  return 'batch'
+}
+
 export function tokenBackend(core: VaultCore, _mount: Mount): Backend {
   const router = new Router<BackendRequest, BackendResult>()
     .add('create', { write: (req) => createToken(core, req, false) })
@@ -344,6 +379,7 @@ export function tokenBackend(core: VaultCore, _mount: Mount): Backend {
     })
     .add('revoke-self', {
       write: (req) => {
+        if (req.caller!.type === 'batch') throw respondError('batch tokens cannot be revoked')
         core.tokens.revoke(req.caller!.id)
         return undefined
       },
@@ -351,6 +387,7 @@ export function tokenBackend(core: VaultCore, _mount: Mount): Backend {
     .add('revoke', {
       write: (req) => {
         const entry = tokenFromBody(core, req)
+        if (entry?.type === 'batch') throw respondError('batch tokens cannot be revoked')
         if (entry !== undefined) core.tokens.revoke(entry.id)
         return undefined
       },

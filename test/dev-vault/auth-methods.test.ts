@@ -1,5 +1,5 @@
 /**
- * Auth methods (vault-api.md §5.1–§5.3): AppRole roles, secret ids and login; Kubernetes config,
+ * Auth methods (builtin/credential/approle, vault-plugin-auth-kubernetes, vault-plugin-auth-jwt): AppRole roles, secret ids and login; Kubernetes config,
  * roles and login (the dev Vault has no TokenReview: see docs/dev-vault.md); JWT login against
  * static public keys with audience, issuer, bound claims and expiry checks.
  */

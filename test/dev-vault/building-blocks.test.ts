@@ -5,8 +5,10 @@
  * HTTP/1.1 server that accepts LIST.
  */
 import net from 'node:net'
+import fc from 'fast-check'
 import t from 'tap'
 import { encodeJson, goStruct, marshalJson, multierrorText } from '../../dev-vault/envelope.js'
+import { glob, matchesGlobList } from '../../dev-vault/glob.js'
 import { Http1Server } from '../../dev-vault/http1-server.js'
 import { generatePassword } from '../../dev-vault/ids.js'
 import { Acl, parsePolicy, PolicyStore } from '../../dev-vault/policies.js'
@@ -24,7 +26,9 @@ import {
   substitute,
 } from '../../dev-vault/postgres/statements.js'
 import { DEFAULT_USERNAME_TEMPLATE, UsernameTemplate } from '../../dev-vault/postgres/username-template.js'
+import { RateLimitQuotas } from '../../dev-vault/rate-limit-quotas.js'
 import { Router } from '../../dev-vault/router.js'
+import { keyIdentifiers } from '../../dev-vault/x509-key-ids.js'
 import { calculateTtl, humanDuration, parseDurationSeconds, PastMaxTtlError } from '../../dev-vault/ttl.js'
 
 void t.test('humanDuration drops zero parts as lease.go does', async (t) => {
@@ -304,3 +308,89 @@ void t.test(
     t.match(bad, /^HTTP\/1\.1 400 Bad Request/)
   },
 )
+
+void t.test('glob matches as go-glob does, and as an anchored regular expression would', async (t) => {
+  t.ok(glob('db-*', 'db-migrations'))
+  t.notOk(glob('db-*', 'app-db-x'), 'no leading * means a prefix')
+  t.ok(glob('*-rw', 'app-rw'))
+  t.ok(glob('a*b*c', 'abc'))
+  t.notOk(glob('a*a', 'a'), 'parts may not overlap')
+  t.ok(glob('*', ''))
+  t.notOk(glob('', 'x'))
+  t.ok(matchesGlobList(['x', 'app-*'], 'app-1'))
+  // The property: the same answers as ^…$ with .* for each *, on a small alphabet where parts repeat.
+  const text = fc.string({ unit: fc.constantFrom('a', 'b', '*'), maxLength: 8 })
+  fc.assert(
+    fc.property(text, fc.string({ unit: fc.constantFrom('a', 'b'), maxLength: 10 }), (pattern, value) => {
+      const re = new RegExp(`^${pattern.split('*').join('.*')}$`)
+      return glob(pattern, value) === re.test(value)
+    }),
+    { numRuns: 2000 },
+  )
+})
+
+void t.test(
+  'rate-limit windows: round(rate) per interval from the first request, per client, then blocked',
+  async (t) => {
+    let now = 1_000_000
+    const quotas = new RateLimitQuotas(() => now)
+    quotas.config.enableRateLimitResponseHeaders = true
+    quotas.set({ name: 'q', path: '', rate: 2.4, intervalSeconds: 10, blockIntervalSeconds: 0, inheritable: true })
+    const take = (client = '10.0.0.1') => quotas.apply('secret/data/x', client)
+    t.same([take().allowed, take().allowed, take().allowed], [true, true, false], 'round(2.4) = 2 per window')
+    t.same(take('10.0.0.2').headers, {
+      'X-Ratelimit-Limit': '2',
+      'X-Ratelimit-Remaining': '1',
+      'X-Ratelimit-Reset': '10',
+    })
+    now += 3_500
+    const refused = take()
+    t.equal(refused.headers['Retry-After'], '6', 'whole seconds to the window end, truncated')
+    now += 6_500
+    t.equal(take().allowed, true, 'a new window')
+    t.equal(quotas.apply('sys/health', '10.0.0.1').allowed, true, 'exempt')
+    t.same(quotas.apply('sys/health', '10.0.0.1').headers, {}, 'exempt paths get no headers')
+
+    quotas.set({ name: 'q', path: '', rate: 1, intervalSeconds: 1, blockIntervalSeconds: 60, inheritable: true })
+    t.equal(take().allowed, true)
+    t.equal(take().headers['Retry-After'], '60', 'blocked for block_interval')
+    now += 30_000
+    t.same([take().allowed, take().headers['Retry-After']], [false, '30'], 'still blocked, whatever the windows')
+    now += 30_000
+    t.equal(take().allowed, true, 'unblocked')
+
+    quotas.set({
+      name: 'mount',
+      path: 'auth/approle/',
+      rate: 1,
+      intervalSeconds: 60,
+      blockIntervalSeconds: 0,
+      inheritable: false,
+    })
+    t.equal(quotas.apply('auth/approle/login', 'c').allowed, true)
+    t.equal(quotas.apply('auth/approle/login', 'c').allowed, false, 'the mount quota, not the global one, applies')
+    t.throws(
+      () =>
+        quotas.set({
+          name: 'other',
+          path: 'auth/approle/',
+          rate: 5,
+          intervalSeconds: 1,
+          blockIntervalSeconds: 0,
+          inheritable: false,
+        }),
+      { errors: ['quota rule with similar properties exists under the name "mount"'] },
+    )
+  },
+)
+
+void t.test('key identifiers: any bytes give ids or "", never an exception', async (t) => {
+  t.same(keyIdentifiers(Buffer.alloc(0)), { subjectKeyId: '', authorityKeyId: '' })
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+      const ids = keyIdentifiers(Buffer.from(bytes))
+      return typeof ids.subjectKeyId === 'string' && typeof ids.authorityKeyId === 'string'
+    }),
+    { numRuns: 3000 },
+  )
+})

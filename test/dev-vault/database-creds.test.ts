@@ -1,5 +1,5 @@
 /**
- * Database secrets engine, dynamic side (vault-api.md §2–§3): config writes and reads, role
+ * Database secrets engine, dynamic side (builtin/logical/database, plugins/database/postgresql): config writes and reads, role
  * reads, creds with their lease and username formats, the real user they create in PostgreSQL,
  * and every error creds can give, with Vault's codes and texts.
  */

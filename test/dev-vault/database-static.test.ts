@@ -1,5 +1,5 @@
 /**
- * Database static roles (vault-api.md §2.6): Vault takes over an existing user's password on
+ * Database static roles (builtin/logical/database/path_roles.go, rotation.go): Vault takes over an existing user's password on
  * create, rotates it on rotate-role and on the rotation queue, and hands it out without a lease.
  */
 import pg from 'pg'

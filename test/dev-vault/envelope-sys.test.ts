@@ -1,5 +1,5 @@
 /**
- * The dev Vault's HTTP contract (vault-api.md §1, §6): envelope field order, headers, 204s,
+ * The dev Vault's HTTP contract (sdk/logical/translate_response.go, sdk/logical/response_util.go, http/sys_health.go): envelope field order, headers, 204s,
  * error bodies and codes, LIST, sys/health and seal status, mounts, and the fault switches.
  */
 import t from 'tap'
@@ -251,6 +251,8 @@ void t.test(
       refuseConnections: false,
       sealed: false,
       standby: false,
+      standbyForwarding: true,
+      activeAddress: '',
     })
     const sealed = await vault.request('POST', path, { body: { sealed: true } })
     t.equal(sealed.status, 200)

@@ -1,5 +1,5 @@
 /**
- * Leases on database creds (vault-api.md §4): renew within and beyond max TTL with Vault's
+ * Leases on database creds (vault/expiration.go, sdk/framework/lease.go): renew within and beyond max TTL with Vault's
  * capping warning, renew errors, idempotent revoke, lookup, the reaper dropping the user at
  * expiry, and a token's expiry or revocation taking its leases with it.
  */

@@ -1,5 +1,5 @@
 /**
- * node-vault 0.12 against the dev Vault (vault-api.md §7): the calls pg-vault-proxy makes —
+ * node-vault 0.12 against the dev Vault (its src/index.js and src/commands.js): the calls pg-vault-proxy makes —
  * read, write, list, AppRole and Kubernetes login (with the mount_point quirk), renew-self, lease
  * renew, lookup and revoke — and the shape of its errors.
  */

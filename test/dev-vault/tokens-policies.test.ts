@@ -1,5 +1,5 @@
 /**
- * Tokens and ACL policies (vault-api.md §5.4, §5.5, §6.1): auth/token/create with a narrow
+ * Tokens and ACL policies (vault/token_store.go, vault/policy.go, vault/request_handling.go): auth/token/create with a narrow
  * policy, the auth block, lookup-self, renew-self within and beyond max TTL, expiry, revocation,
  * and path-level permission denial with globs, `+` segments and deny.
  */

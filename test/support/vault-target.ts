@@ -53,7 +53,7 @@ export interface DatabaseEngine {
   admin: Login
   /** The templated TCP connection_url written to the config. */
   connectionUrl: string
-  /** A dynamic role with the §3.6 statements (owner role grant, terminate-and-drop revocation). */
+  /** A dynamic role with the docs/vault.md statements (owner role grant, terminate-and-drop revocation). */
   createDynamicRole(options: Omit<DynamicRoleOptions, 'mount' | 'dbName' | 'ownerRole'>): Promise<void>
   createStaticRole(name: string, username: string, rotationPeriod: number | string): Promise<void>
 }
@@ -89,7 +89,7 @@ export interface VaultTarget extends VaultAccess {
   ): Promise<AppRoleCredentials & { mount: string }>
 }
 
-/** The response envelope's fields, in the order Vault serialises them (vault-api.md §1.1). */
+/** The response envelope's fields, in the order Vault serialises them (sdk/logical/translate_response.go HTTPResponse). */
 export const ENVELOPE_KEYS = [
   'request_id',
   'lease_id',
@@ -107,6 +107,16 @@ const runId = randomBytes(3).toString('hex')
 export interface VaultForOptions {
   /** The dev Vault's flavor (default vault-1.17); against a real Vault, whatever that Vault is. */
   flavor?: FlavorName
+  /** Dev Vault only: the server's default_lease_ttl and max_lease_ttl in seconds (default 768h each). */
+  defaultLeaseTtlSeconds?: number
+  maxLeaseTtlSeconds?: number
+  /** Dev Vault only: answer 412 without X-Vault-Request, as a Vault Agent listener can (the helpers send it). */
+  requireRequestHeader?: boolean
+  /**
+   * Dev Vault only: serve over TLS with this server certificate and key (test-ca.ts makes them);
+   * `ca` is what the helpers trust, and `client` a certificate they present (for cert logins).
+   */
+  tls?: { cert: string; key: string; ca: string; client?: { cert: string; key: string } }
 }
 
 /** A Vault for one test: started now, stopped (or cleaned up) in t's teardown. The cluster is needed for database(). */
@@ -118,6 +128,10 @@ export async function vaultFor(t: Test, cluster?: PgCluster, options: VaultForOp
   } else {
     dev = new DevVault({
       flavor: options.flavor,
+      defaultLeaseTtlSeconds: options.defaultLeaseTtlSeconds,
+      maxLeaseTtlSeconds: options.maxLeaseTtlSeconds,
+      requireRequestHeader: options.requireRequestHeader,
+      tls: options.tls ? { cert: options.tls.cert, key: options.tls.key } : undefined,
       reaperIntervalMs: 100,
       // Vault retries a failed revocation after 10 s and more; tests need not wait that long.
       revokeRetryBaseMs: 2000,
@@ -126,6 +140,7 @@ export async function vaultFor(t: Test, cluster?: PgCluster, options: VaultForOp
     // Port 0: the kernel picks a free port at bind time, so there is no window for a collision.
     await dev.start(0)
     access = { address: dev.address, token: dev.rootToken }
+    if (options.tls) access.tls = { ca: options.tls.ca, ...options.tls.client }
   }
   const cleanups: (() => Promise<unknown>)[] = []
   t.teardown(async () => {
@@ -210,7 +225,7 @@ export async function vaultFor(t: Test, cluster?: PgCluster, options: VaultForOp
 const vaultAdmins = new WeakMap<PgCluster, Promise<Login>>()
 
 /**
- * The management login Vault uses (vault-api.md §3.6): CREATEROLE, admin of the owner role, and
+ * The management login Vault uses (docs/vault.md §1): CREATEROLE, admin of the owner role, and
  * allowed to end other sessions. Created once per cluster.
  */
 export function vaultAdminFor(cluster: PgCluster): Promise<Login> {
