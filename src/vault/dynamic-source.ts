@@ -287,6 +287,14 @@ export class DynamicCredentialSource implements CredentialSource {
   /** Fetches the next credential before `lease` ends; retries while the old one still has time. */
   private async replace(lease: Lease): Promise<void> {
     if (this.closed || lease !== this.current) return
+    // A token that cannot be renewed (a batch token) caps its leases at its own end, and its next
+    // login is planned before then: that login brings a lease of the new token (onNewToken).
+    // Fetching now would make one more lease, under the old token, for nothing.
+    const loginAt = this.vault.auth.plannedLoginAt
+    if (loginAt !== undefined && loginAt > Date.now() && loginAt < lease.expiresAt - minRemainingMs(lease)) {
+      lease.timer = setLongTimeout(() => void this.replace(lease), loginAt - Date.now() + 1_000)
+      return
+    }
     try {
       await this.fetch()
     } catch (err) {

@@ -41,6 +41,8 @@ export class VaultAuthenticator {
   private stopped = false
   private hasLoggedIn = false
   private readonly tokenListeners: Array<() => void> = []
+  /** When a login is planned because the token cannot be renewed (epoch ms), else undefined. */
+  plannedLoginAt: number | undefined
 
   constructor(
     private readonly client: VaultClient,
@@ -160,10 +162,14 @@ export class VaultAuthenticator {
       message,
     )
     this.timer?.clear()
+    this.plannedLoginAt = undefined
     if (ttlMs <= 0 || this.stopped) return
     const due = Math.max(1000, ttlMs * RENEW_AT)
     if (auth.renewable) this.timer = setLongTimeout(() => void this.renew(auth.leaseDurationSeconds), due)
-    else if (this.settings.method !== 'token') this.timer = setLongTimeout(() => void this.loginAhead(), due)
+    else if (this.settings.method !== 'token') {
+      this.plannedLoginAt = Date.now() + due
+      this.timer = setLongTimeout(() => void this.loginAhead(), due)
+    }
   }
 
   /** A token that cannot be renewed (a batch token): a new login while the old token still lives. */

@@ -132,17 +132,35 @@ void t.test('429 asking for longer than the proxy waits in one call: the error g
 
 void t.test('a batch token is never renewed: the proxy logs in again before it ends', async (t) => {
   const h = await harness(t, (r) => {
-    if (r.path === 'auth/approle/login') return reply.login(`hvb.${h.count('auth/approle/login')}`, 2, false)
+    if (r.path === 'auth/approle/login') return reply.login(`hvb.${h.count('auth/approle/login')}`, 3, false)
     if (r.path === 'auth/token/renew-self') return { status: 400, body: { errors: ['batch tokens cannot be renewed'] } }
-    return reply.creds('lease/1', 60)
+    if (r.path === 'sys/leases/revoke') return { status: 204 }
+    if (r.path === 'sys/leases/renew')
+      // Capped at the batch token's end, as Vault caps leases made under one.
+      return { status: 200, body: { lease_id: 'lease/x', renewable: true, lease_duration: 1.5 } }
+    return reply.creds(`lease/${h.count('database/creds/app')}`, 3)
   })
   let announced = 0
   h.session.auth.onNewToken(() => announced++)
-  await read(h)
-  await new Promise((r) => setTimeout(r, 2_300))
+  const source = new DynamicCredentialSource(h.session, {
+    mount: 'database',
+    role: 'app',
+    revokeOnShutdown: false,
+    swapBeforeEndMs: 2_000,
+  })
+  t.teardown(() => source.close())
+  await source.get()
+  await new Promise((r) => setTimeout(r, 3_000))
+  t.equal(h.count('sys/leases/renew'), 1, "the lease was renewed once, capped at the token's end")
   t.equal(h.count('auth/token/renew-self'), 0, 'no renew-self for a token that cannot be renewed')
-  t.equal(h.count('auth/approle/login'), 2, 'logged in again at 2/3 of the TTL (1.33 s), once')
+  t.equal(h.count('auth/approle/login'), 2, 'logged in again at 2/3 of the TTL (2 s), once')
   t.equal(announced, 1, 'the credential sources were told')
+  t.equal(
+    h.count('database/creds/app'),
+    2,
+    'one lease per token: none fetched under the old token after its renewal was capped',
+  )
+  t.equal(source.status().leaseId, 'lease/2')
   const second = h.requests.filter((r) => r.path === 'auth/approle/login')[1]
   t.ok(second, 'second login happened')
 })
