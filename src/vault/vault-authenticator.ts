@@ -105,7 +105,8 @@ export class VaultAuthenticator {
   stop(): void {
     this.stopped = true
     this.timer?.clear()
-    if (this.watchedFile) unwatchFile(this.watchedFile)
+    // Only this authenticator's listener: routes may share a token file.
+    if (this.watchedFile) unwatchFile(this.watchedFile, this.onTokenFileChange)
     this.watchedFile = undefined
   }
 
@@ -223,16 +224,20 @@ export class VaultAuthenticator {
     }
   }
 
+  private readonly onTokenFileChange = (): void => {
+    const path = this.watchedFile
+    if (path === undefined) return
+    this.readTokenFile(path).catch((err: Error) =>
+      this.log.warn({ path, err: err.message }, 'could not read the Vault token file'),
+    )
+  }
+
   /** Polls the token file (stat only), so a token the agent writes is used before the old one dies. */
   private watchTokenFile(path: string): void {
     if (this.watchedFile !== undefined || this.stopped) return
     this.watchedFile = path
     // watchFile polls stat: it sees a file replaced by rename, as agents write sinks, where fs.watch may not.
-    watchFile(path, { interval: this.tokenFilePollMs, persistent: false }, () => {
-      this.readTokenFile(path).catch((err: Error) =>
-        this.log.warn({ path, err: err.message }, 'could not read the Vault token file'),
-      )
-    })
+    watchFile(path, { interval: this.tokenFilePollMs, persistent: false }, this.onTokenFileChange)
   }
 
   private async readTokenFile(path: string): Promise<void> {
