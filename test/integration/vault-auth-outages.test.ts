@@ -192,6 +192,34 @@ void t.test('token file (a Vault Agent sink): a new token written to the file is
   t.ok(proxy.logs.filter((l) => l.msg === 'read the Vault token file').length >= 2, 'the changed file was read again')
 })
 
+void t.test(
+  'token file: a new token from the agent brings a lease of that token before the old one is revoked',
+  async (t) => {
+    const first = await childToken([policy])
+    const tokenFile = await secretFile('token-ahead', `${first}\n`)
+    const proxy = await startProxy(t, cluster, {
+      vault: { address: vault.address, auth: { method: 'token', token_file: tokenFile } },
+      credentials,
+    })
+    const before = await connect(proxy)
+    // The agent writes a new token; the old one still lives (the agent revokes it later, or it expires).
+    await writeFile(tokenFile, `${await childToken([policy])}\n`)
+    const moved = await eventually(10, async () => {
+      const r = await connect(proxy)
+      return r.session !== before.session
+    })
+    t.ok(moved, 'new clients get a credential of the new token without any failure first')
+    const after = await connect(proxy)
+    await vault.call('POST', 'auth/token/revoke', { token: first })
+    const gone = await eventually(
+      10,
+      async () => (await cluster.query('select 1 from pg_roles where rolname = $1', [before.session])).length === 0,
+    )
+    t.ok(gone, "the old token's lease died with it")
+    t.same(await connect(proxy), after, 'clients are unaffected: they were already on the new lease')
+  },
+)
+
 void t.test('Kubernetes: the service-account token file logs in (mount given explicitly)', async (t) => {
   const { publicKey, privateKey } = generateKeyPairSync('rsa', {
     modulusLength: 2048,

@@ -113,6 +113,32 @@ void t.test('a 900 h lease (longer than a Node timer) is not renewed in a loop',
   t.same(await who(proxy), before, 'the same credential still serves')
 })
 
+void t.test('a client terminating its siblings again and again cannot make the proxy churn credentials', async (t) => {
+  await db.createDynamicRole({ name: 'victims', defaultTtl: 120, maxTtl: 300 })
+  const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { role: 'victims' } } })
+  for (let round = 0; round < 5; round++) {
+    // Fresh sessions each round, so both are on the credential the proxy hands out now.
+    const victim = await proxy.client()
+    victim.on('error', () => undefined)
+    const attacker = await proxy.client()
+    // As the login user (SET ROLE NONE), a session may terminate every other session of that user.
+    await attacker.query('set role none')
+    const user = (await attacker.query<{ u: string }>('select session_user as u')).rows[0]?.u
+    await attacker.query(
+      'select pg_terminate_backend(pid) from pg_stat_activity where usename = $1 and pid <> pg_backend_pid()',
+      [user],
+    )
+    await new Promise((r) => setTimeout(r, 300))
+  }
+  const issued = proxy.logs.filter((l) => l.msg === 'issued a database credential').length
+  t.ok(issued <= 2, `five rounds of terminations within the backoff made at most one new credential (${issued} issued)`)
+  t.ok(
+    proxy.logs.some((l) => /keeps terminating sessions/.test(String(l.msg))),
+    'the backoff was logged',
+  )
+  t.equal((await who(proxy)).current, 'app_owner', 'clients still get in')
+})
+
 void t.test('a lease revoked behind the proxy: the next client still gets in (refresh and retry)', async (t) => {
   await db.createDynamicRole({ name: 'revoked', defaultTtl: 60, maxTtl: 120 })
   const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { role: 'revoked' } } })
