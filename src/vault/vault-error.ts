@@ -125,8 +125,11 @@ export function toVaultError(err: unknown, path: string, address: string): Vault
   }
   if (status === 404) return new VaultError('not_found', path, `Vault has nothing at ${path}`, status)
   if (status === 429) {
+    // Vault truncates Retry-After to whole seconds (http/util.go, rateLimitQuotaWrapping), so the
+    // window may close up to a second later than it says: waiting exactly that long can hit it again.
+    const asked = retryAfterMs(e.response?.headers?.['retry-after'])
     return new VaultError('rate_limited', path, `Vault rate-limited ${path}: ${text}`, status, {
-      retryAfterMs: retryAfterMs(e.response?.headers?.['retry-after']),
+      retryAfterMs: asked === undefined ? undefined : asked + 1_000,
     })
   }
   if (status === 412 && /X-Vault-Request/i.test(text)) {

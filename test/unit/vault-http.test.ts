@@ -94,7 +94,7 @@ void t.test('429 carries Retry-After; 412 from an agent names the header', async
   const client = clientFor(vault.address)
   t.teardown(() => client.close())
   const limited = (await client.read('database/creds/app').catch((e: unknown) => e)) as VaultError
-  t.match(limited, { failure: 'rate_limited', isTransient: true, retryAfterMs: 2_000, statusCode: 429 })
+  t.match(limited, { failure: 'rate_limited', isTransient: true, retryAfterMs: 3_000, statusCode: 429 })
   const shown = credentialUnavailable(limited, vault.address)
   t.match(shown.clientError.hint, 'rate-limit quota refused the proxy')
   t.notMatch(shown.clientError.hint, 'credentials', 'not the old "check the credentials" advice')
