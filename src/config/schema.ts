@@ -95,7 +95,8 @@ export const configSchema = z
         client_cert: z.string().min(1).optional(),
         client_key: z.string().min(1).optional(),
         skip_verify: z.boolean().default(false),
-        timeout_ms: positiveMs.default(10_000),
+        // At most 10 minutes: a Vault call that long is a hang, and Node timers stop at 24.8 days.
+        timeout_ms: positiveMs.max(600_000).default(10_000),
         auth: z
           .object({
             method: z.enum(['token', 'approle', 'kubernetes', 'jwt']).default('token'),

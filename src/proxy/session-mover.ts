@@ -5,6 +5,7 @@ import { encodeMessage, encodeParameterStatus, errorFields } from '../pgwire/bac
 import { BackendCode, FrontendCode } from '../pgwire/codes.js'
 import { MessageReader } from '../pgwire/message-reader.js'
 import type { CredentialHold, CredentialSource, DbCredential } from '../vault/credential-source.js'
+import { setLongTimeout, type LongTimer } from '../vault/long-timer.js'
 import { ProxyError } from './proxy-error.js'
 import { rewriteNotifyPid, type Relay, type UpstreamLoss } from './relay.js'
 import { SessionState } from './session-state.js'
@@ -86,7 +87,7 @@ export class SessionMover {
   /** Why the last swap was refused, for the close at the credential's end. */
   private blockedBy: string | undefined
   private swapTimer: NodeJS.Timeout | undefined
-  private endTimer: NodeJS.Timeout | undefined
+  private endTimer: LongTimer | undefined
   private closed = false
   moves = 0
 
@@ -118,7 +119,7 @@ export class SessionMover {
   close(): void {
     this.closed = true
     clearTimeout(this.swapTimer)
-    clearTimeout(this.endTimer)
+    this.endTimer?.clear()
     this.login.hold.release()
     this.dropNext()
   }
@@ -215,13 +216,10 @@ export class SessionMover {
 
   /** Plans what happens HARD_END_MARGIN_MS before the credential ends (at once, if that time has passed). */
   private armEnd(hold: CredentialHold): void {
-    clearTimeout(this.endTimer)
+    this.endTimer?.clear()
     if (hold.endsAt === undefined || this.closed) return
-    this.endTimer = setTimeout(
-      () => this.credentialEnding(hold),
-      Math.max(0, hold.endsAt - HARD_END_MARGIN_MS - Date.now()),
-    )
-    this.endTimer.unref()
+    // A lease may run for months: a plain setTimeout would fire at once (src/vault/long-timer.ts).
+    this.endTimer = setLongTimeout(() => this.credentialEnding(hold), hold.endsAt - HARD_END_MARGIN_MS - Date.now())
   }
 
   private swapDue(): boolean {

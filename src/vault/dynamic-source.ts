@@ -1,6 +1,8 @@
 import type { Logger } from 'pino'
 import type { CredentialHold, CredentialSource, CredentialStatus, DbCredential } from './credential-source.js'
+import { setLongTimeout, type LongTimer } from './long-timer.js'
 import { RefusalBackoff } from './refusal-backoff.js'
+import { VaultError } from './vault-error.js'
 import { credentialUnavailable, type VaultSession } from './vault-session.js'
 import type { VaultSecret } from './vault-client.js'
 
@@ -27,7 +29,7 @@ interface Lease {
   renewable: boolean
   sessions: number
   retired: boolean
-  timer?: NodeJS.Timeout | undefined
+  timer?: LongTimer | undefined
   /** Sessions' onChange listeners: told when the lease is renewed or replaced. */
   listeners: Set<() => void>
 }
@@ -56,6 +58,8 @@ export class DynamicCredentialSource implements CredentialSource {
   private fetching: Promise<Lease> | undefined
   private readonly leases = new Map<string, Lease>()
   private readonly backoff = new RefusalBackoff()
+  /** Any session can make the server terminate its siblings (pg_terminate_backend): bounded churn. */
+  private readonly distrustBackoff = new RefusalBackoff()
   private readonly log: Logger
   private closed = false
 
@@ -110,6 +114,14 @@ export class DynamicCredentialSource implements CredentialSource {
   distrust(credential: DbCredential): void {
     const lease = this.current
     if (!lease || lease.credential !== credential) return
+    if (!this.distrustBackoff.allow()) {
+      // A credential really being revoked is refused at the next login, and invalidate() acts then.
+      this.log.warn(
+        { leaseId: lease.leaseId, retryInMs: this.distrustBackoff.remainingMs },
+        'the server keeps terminating sessions of fresh credentials; keeping this one for now',
+      )
+      return
+    }
     this.log.info(
       { leaseId: lease.leaseId, user: credential.username },
       'the server terminated sessions of this credential (it may be being revoked); fetching a new one',
@@ -172,7 +184,7 @@ export class DynamicCredentialSource implements CredentialSource {
       await Promise.race([this.fetching.catch(() => undefined), waited])
       clearTimeout(timer)
     }
-    for (const lease of this.leases.values()) clearTimeout(lease.timer)
+    for (const lease of this.leases.values()) lease.timer?.clear()
     if (this.options.revokeOnShutdown) await Promise.all([...this.leases.values()].map((lease) => this.revoke(lease)))
     this.vault.stop()
   }
@@ -233,7 +245,7 @@ export class DynamicCredentialSource implements CredentialSource {
   /** Plans the lease's next step: a renewal at 2/3 of the TTL, or the next credential at 85%. */
   private schedule(lease: Lease, ttlSeconds: number): void {
     if (this.closed || lease.retired) return
-    clearTimeout(lease.timer)
+    lease.timer?.clear()
     const ttlMs = ttlSeconds * 1000
     const canRenew = lease.renewable && ttlSeconds >= lease.ttlSeconds
     const swapLeadMs = this.options.swapBeforeEndMs ?? 0
@@ -245,8 +257,7 @@ export class DynamicCredentialSource implements CredentialSource {
     const delay = canRenew
       ? Math.max(ttlMs / 2, Math.min(ttlMs * RENEW_AT, ttlMs - swapLeadMs))
       : Math.max(earliest, Math.min(ttlMs * REFETCH_AT, ttlMs - minRemainingMs(lease) * 1.5, ttlMs - swapLeadMs))
-    lease.timer = setTimeout(() => void (canRenew ? this.renew(lease) : this.replace(lease)), Math.max(0, delay))
-    lease.timer.unref()
+    lease.timer = setLongTimeout(() => void (canRenew ? this.renew(lease) : this.replace(lease)), delay)
   }
 
   private async renew(lease: Lease): Promise<void> {
@@ -276,6 +287,14 @@ export class DynamicCredentialSource implements CredentialSource {
   /** Fetches the next credential before `lease` ends; retries while the old one still has time. */
   private async replace(lease: Lease): Promise<void> {
     if (this.closed || lease !== this.current) return
+    // A token that cannot be renewed (a batch token) caps its leases at its own end, and its next
+    // login is planned before then: that login brings a lease of the new token (onNewToken).
+    // Fetching now would make one more lease, under the old token, for nothing.
+    const loginAt = this.vault.auth.plannedLoginAt
+    if (loginAt !== undefined && loginAt > Date.now() && loginAt < lease.expiresAt - minRemainingMs(lease)) {
+      lease.timer = setLongTimeout(() => void this.replace(lease), loginAt - Date.now() + 1_000)
+      return
+    }
     try {
       await this.fetch()
     } catch (err) {
@@ -285,15 +304,17 @@ export class DynamicCredentialSource implements CredentialSource {
         'could not fetch the next credential',
       )
       if (remaining > 0) {
-        lease.timer = setTimeout(() => void this.replace(lease), Math.min(5_000, Math.max(250, remaining / 4)))
-        lease.timer.unref()
+        // A rate-limited Vault said when to come back (Retry-After): not sooner, if the lease allows.
+        const asked = err instanceof VaultError ? (err.retryAfterMs ?? 0) : 0
+        const delay = Math.max(Math.min(5_000, Math.max(250, remaining / 4)), Math.min(asked, remaining / 2))
+        lease.timer = setLongTimeout(() => void this.replace(lease), delay)
       }
     }
   }
 
   private retire(lease: Lease): void {
     lease.retired = true
-    clearTimeout(lease.timer)
+    lease.timer?.clear()
     if (this.current === lease) this.current = undefined
     if (lease.sessions === 0) void this.revoke(lease)
     else this.changed(lease)
@@ -306,7 +327,7 @@ export class DynamicCredentialSource implements CredentialSource {
 
   private async revoke(lease: Lease): Promise<void> {
     if (!this.leases.delete(lease.leaseId)) return
-    clearTimeout(lease.timer)
+    lease.timer?.clear()
     try {
       await this.vault.call('sys/leases/revoke', (client) => client.revokeLease(lease.leaseId))
       this.vault.metrics.leaseRevocation('revoked')

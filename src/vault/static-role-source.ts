@@ -1,4 +1,5 @@
 import { RereadCredentialSource, type CredentialRead } from './reread-source.js'
+import { VaultError } from './vault-error.js'
 import type { VaultSession } from './vault-session.js'
 
 /** When a rotation is due (ttl 0), look again this soon. */
@@ -28,6 +29,17 @@ export class StaticRoleCredentialSource extends RereadCredentialSource {
     const { username, password } = data
     if (typeof username !== 'string' || typeof password !== 'string') {
       throw new Error(`Vault's answer for ${this.path} has no username and password`)
+    }
+    // A static role made with skip_import_rotation keeps the password the database already had
+    // until its first rotation, and Vault answers with an empty one and no last_vault_rotation.
+    if (password === '') {
+      throw new VaultError(
+        'bad_request',
+        this.path,
+        `Vault's static role ${this.path} has no password yet (never rotated by Vault: skip_import_rotation)`,
+        undefined,
+        { hint: `Have Vault rotate it once: vault write ${this.path.replace('/static-creds/', '/rotate-role/')} -f` },
+      )
     }
     const ttlSeconds = Number(data.ttl ?? 0)
     const rotated = this.lastPassword !== undefined && this.lastPassword !== password

@@ -1,6 +1,8 @@
+import { unwatchFile, watchFile } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { readSecretFile as readSecretFileChecked } from '../config/secret-file.js'
 import type { Logger } from 'pino'
+import { setLongTimeout, type LongTimer } from './long-timer.js'
 import type { VaultAuth, VaultClient } from './vault-client.js'
 import { VaultError } from './vault-error.js'
 
@@ -15,29 +17,39 @@ export type VaultAuthSettings =
     }
   | { method: 'kubernetes' | 'jwt'; mount: string; role: string; jwtFile: string }
 
-/** Renew the token at this fraction of its TTL (Vault Agent's rule). */
+/** Renew the token at this fraction of its TTL (Vault Agent's rule); log in again then if it cannot be renewed. */
 const RENEW_AT = 2 / 3
+/** How often a token file (a Vault Agent sink) is looked at for a new token. */
+const TOKEN_FILE_POLL_MS = 1_000
 
 /**
  * Keeps the proxy's own Vault token valid. Login methods (AppRole, Kubernetes, JWT) log in on first
  * use, renew the token at about 2/3 of its TTL, and log in again when renewal fails or is capped by
  * the token's max TTL — because Vault revokes every lease a token created when the token expires.
- * A token given directly is renewed if renewable; a token file (a Vault Agent sink) is re-read
- * whenever it changes and left to the agent to renew.
+ * A token that cannot be renewed (a batch token, or `renewable: false`) is not renewed: the method
+ * logs in again at 2/3 of its TTL instead, and the credential sources move to leases of the new
+ * token while the old one still lives. A token given directly is renewed if renewable; a token file
+ * (a Vault Agent sink) is watched, and a new token in it is announced like a new login.
  */
 export class VaultAuthenticator {
   private expiresAt = 0
   private loggingIn: Promise<void> | undefined
-  private timer: NodeJS.Timeout | undefined
+  private checking: Promise<boolean> | undefined
+  private timer: LongTimer | undefined
   private tokenFileStamp = ''
+  private fileToken = ''
+  private watchedFile: string | undefined
   private stopped = false
   private hasLoggedIn = false
   private readonly tokenListeners: Array<() => void> = []
+  /** When a login is planned because the token cannot be renewed (epoch ms), else undefined. */
+  plannedLoginAt: number | undefined
 
   constructor(
     private readonly client: VaultClient,
     private readonly settings: VaultAuthSettings,
     private readonly log: Logger,
+    private readonly tokenFilePollMs = TOKEN_FILE_POLL_MS,
   ) {}
 
   get method(): string {
@@ -48,8 +60,10 @@ export class VaultAuthenticator {
   async ensureToken(): Promise<void> {
     const { settings } = this
     if (settings.method === 'token') {
-      if (settings.tokenFile) await this.readTokenFile(settings.tokenFile)
-      else if (!this.client.hasToken) {
+      if (settings.tokenFile) {
+        this.watchTokenFile(settings.tokenFile)
+        await this.readTokenFile(settings.tokenFile)
+      } else if (!this.client.hasToken) {
         this.client.token = settings.token ?? ''
         await this.scheduleStaticTokenRenewal()
       }
@@ -57,6 +71,23 @@ export class VaultAuthenticator {
     }
     if (this.client.hasToken && Date.now() < this.expiresAt) return
     await this.login()
+  }
+
+  /**
+   * Whether Vault still knows the current token (lookup-self), after a bare 403: Vault <= 1.16 and
+   * OpenBao give a dead token no other sign. Anything but a 403 counts as alive (Vault being down is
+   * not the token's fault). Concurrent callers share one lookup.
+   */
+  tokenIsValid(): Promise<boolean> {
+    this.checking ??= this.client
+      .lookupSelf()
+      .then(
+        () => true,
+        (err: unknown) =>
+          !(err instanceof VaultError && (err.failure === 'permission_denied' || err.failure === 'invalid_token')),
+      )
+      .finally(() => (this.checking = undefined))
+    return this.checking
   }
 
   /** The token was refused (expired or revoked under us): log in again if the method can. */
@@ -74,15 +105,22 @@ export class VaultAuthenticator {
 
   stop(): void {
     this.stopped = true
-    clearTimeout(this.timer)
+    this.timer?.clear()
+    // Only this authenticator's listener: routes may share a token file.
+    if (this.watchedFile) unwatchFile(this.watchedFile, this.onTokenFileChange)
+    this.watchedFile = undefined
   }
 
   /**
-   * Called after a login replaced an earlier token. Vault revokes a token's leases when the token
-   * expires, so credentials issued under the old token must be replaced before then.
+   * Called after a login replaced an earlier token, or a token file got a new one. Vault revokes a
+   * token's leases when the token ends, so credentials issued under the old token must be replaced.
    */
   onNewToken(listener: () => void): void {
     this.tokenListeners.push(listener)
+  }
+
+  private announceNewToken(): void {
+    for (const listener of this.tokenListeners) listener()
   }
 
   private async login(): Promise<void> {
@@ -109,7 +147,7 @@ export class VaultAuthenticator {
     }
     this.client.token = auth.clientToken
     this.accept(auth, 'logged in to Vault')
-    if (this.hasLoggedIn) for (const listener of this.tokenListeners) listener()
+    if (this.hasLoggedIn) this.announceNewToken()
     this.hasLoggedIn = true
   }
 
@@ -125,11 +163,21 @@ export class VaultAuthenticator {
       },
       message,
     )
-    clearTimeout(this.timer)
-    if (ttlMs > 0 && !this.stopped) {
-      this.timer = setTimeout(() => void this.renew(auth.leaseDurationSeconds), Math.max(1000, ttlMs * RENEW_AT))
-      this.timer.unref()
+    this.timer?.clear()
+    this.plannedLoginAt = undefined
+    if (ttlMs <= 0 || this.stopped) return
+    const due = Math.max(1000, ttlMs * RENEW_AT)
+    if (auth.renewable) this.timer = setLongTimeout(() => void this.renew(auth.leaseDurationSeconds), due)
+    else if (this.settings.method !== 'token') {
+      this.plannedLoginAt = Date.now() + due
+      this.timer = setLongTimeout(() => void this.loginAhead(), due)
     }
+  }
+
+  /** A token that cannot be renewed (a batch token): a new login while the old token still lives. */
+  private async loginAhead(): Promise<void> {
+    this.log.info('the Vault token cannot be renewed; logging in again before it expires')
+    await this.recover().catch((e: Error) => this.log.error({ err: e.message }, 'Vault login failed'))
   }
 
   private async renew(previousTtlSeconds: number): Promise<void> {
@@ -160,24 +208,52 @@ export class VaultAuthenticator {
           { clientToken: '', leaseDurationSeconds: self.ttlSeconds, renewable: true, policies: [] },
           'using the configured Vault token',
         )
-      else
-        this.log.info(
-          { ttlSeconds: self.ttlSeconds },
-          'using the configured Vault token (not renewable or without expiry)',
+      else if (self.ttlSeconds > 0)
+        this.log.warn(
+          { ttlSeconds: self.ttlSeconds, type: self.type },
+          'the configured Vault token cannot be renewed: it and every lease made under it end in ttlSeconds; use a login method (vault.auth.method) or a token file a Vault Agent keeps fresh',
         )
+      else this.log.info({ type: self.type }, 'using the configured Vault token (without expiry)')
     } catch (err) {
-      if (err instanceof VaultError && err.failure === 'permission_denied') throw err
+      if (err instanceof VaultError && (err.failure === 'permission_denied' || err.failure === 'invalid_token')) {
+        this.client.token = '' // looked up again at the next call
+        throw new VaultError('invalid_token', err.path, `Vault refused the configured token (${err.message})`, 403, {
+          hint: 'Give the proxy a valid Vault token (vault.auth.token); it needs the default policy, which allows lookup-self.',
+        })
+      }
       this.log.warn({ err: (err as Error).message }, 'could not look up the Vault token')
     }
   }
 
+  private readonly onTokenFileChange = (): void => {
+    const path = this.watchedFile
+    if (path === undefined) return
+    this.readTokenFile(path).catch((err: Error) =>
+      this.log.warn({ path, err: err.message }, 'could not read the Vault token file'),
+    )
+  }
+
+  /** Polls the token file (stat only), so a token the agent writes is used before the old one dies. */
+  private watchTokenFile(path: string): void {
+    if (this.watchedFile !== undefined || this.stopped) return
+    this.watchedFile = path
+    // watchFile polls stat: it sees a file replaced by rename, as agents write sinks, where fs.watch may not.
+    watchFile(path, { interval: this.tokenFilePollMs, persistent: false }, this.onTokenFileChange)
+  }
+
   private async readTokenFile(path: string): Promise<void> {
     const info = await stat(path).catch(() => undefined)
-    const stamp = info ? `${info.mtimeMs}:${info.size}` : 'missing'
+    const stamp = info ? `${info.mtimeMs}:${info.size}:${info.ino}` : 'missing'
     if (stamp === this.tokenFileStamp) return
-    this.client.token = await readSecretFile(path, 'vault.auth.token_file', this.log)
+    const token = await readSecretFile(path, 'vault.auth.token_file', this.log)
     this.tokenFileStamp = stamp
+    if (token === this.fileToken) return
+    const previous = this.fileToken
+    this.fileToken = token
+    this.client.token = token
     this.log.info({ path }, 'read the Vault token file')
+    // Leases of the old token die with it: the sources fetch fresh credentials under the new one.
+    if (previous !== '' && token !== '') this.announceNewToken()
   }
 }
 

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
-import nodeVault from 'node-vault'
 import { noMetrics, type VaultRequestMetrics } from '../ops/metrics.js'
 import { toVaultError } from './vault-error.js'
+import { VaultHttp } from './vault-http.js'
 
 export interface VaultClientOptions {
   address: string
@@ -16,13 +16,20 @@ export interface VaultClientOptions {
   timeoutMs: number
 }
 
-/** A response that carries a secret, as the envelope of shared/vault-api.md §1.1 gives it. */
+/** A response that carries a secret: Vault's response envelope (api/secret.go). */
 export interface VaultSecret {
   leaseId: string
   leaseDurationSeconds: number
   renewable: boolean
   data: Record<string, unknown>
   warnings: string[]
+}
+
+export interface TokenInfo {
+  ttlSeconds: number
+  renewable: boolean
+  /** Batch tokens cannot be renewed, and leases made under one end with it. */
+  type: 'service' | 'batch'
 }
 
 export interface VaultAuth {
@@ -42,12 +49,13 @@ interface Envelope {
 }
 
 /**
- * The proxy's only door to Vault, on node-vault. It holds the current token (set by the
- * VaultAuthenticator) and turns every failure into a VaultError that names the path and what to do.
- * Environment variables are not read here: configuration resolves them first.
+ * The proxy's only door to Vault. It holds the current token (set by the VaultAuthenticator) and
+ * turns every failure into a VaultError that names the path and what to do. Environment variables
+ * are not read here: configuration resolves them first.
  */
 export class VaultClient {
-  private readonly vault: nodeVault.client
+  private readonly http: VaultHttp
+  private currentToken = ''
   readonly address: string
 
   constructor(
@@ -55,76 +63,92 @@ export class VaultClient {
     private readonly metrics: VaultRequestMetrics = noMetrics,
   ) {
     this.address = withoutTrailingSlashes(options.address)
-    const tls: Record<string, Buffer> = {}
-    if (options.caCert) tls.ca = readFileSync(options.caCert)
-    if (options.clientCert) tls.cert = readFileSync(options.clientCert)
-    if (options.clientKey) tls.key = readFileSync(options.clientKey)
-    this.vault = nodeVault({
-      endpoint: this.address,
+    this.http = new VaultHttp({
+      address: this.address,
       namespace: options.namespace,
-      // No `headers` here: node-vault would cache the first token in a shared headers object (§7.1).
-      requestOptions: { timeout: options.timeoutMs, ...tls },
-      // Overrides node-vault's own reading of VAULT_SKIP_VERIFY, where even "false" disables checks.
-      rpDefaults: { strictSSL: !options.skipVerify, timeout: options.timeoutMs },
-    } as nodeVault.VaultOptions)
-    // node-vault falls back to VAULT_TOKEN itself; the authenticator decides which token is used.
-    this.vault.token = ''
+      ca: options.caCert ? readFileSync(options.caCert) : undefined,
+      cert: options.clientCert ? readFileSync(options.clientCert) : undefined,
+      key: options.clientKey ? readFileSync(options.clientKey) : undefined,
+      rejectUnauthorized: !options.skipVerify,
+      timeoutMs: options.timeoutMs,
+    })
   }
 
   set token(token: string) {
-    this.vault.token = token
+    this.currentToken = token
   }
 
   get hasToken(): boolean {
-    return this.vault.token !== ''
+    return this.currentToken !== ''
   }
 
   async read(path: string): Promise<VaultSecret> {
-    return secretOf(await this.call(path, () => this.vault.read(path)))
+    return secretOf(await this.call('GET', path))
   }
 
   /** A write; resolves undefined for Vault's 204 No Content. */
   async write(path: string, body: Record<string, unknown>): Promise<VaultSecret | undefined> {
-    const result = await this.call(path, () => this.vault.write(path, body))
+    const result = await this.call('POST', path, body)
     return result ? secretOf(result) : undefined
   }
 
-  /** POST auth/<mount>/login; the token is not changed here. */
+  /** POST auth/<mount>/login, without a token; the client's token is not changed here. */
   async login(mount: string, body: Record<string, unknown>): Promise<VaultAuth> {
     const path = `auth/${mount}/login`
-    return authOf(path, await this.call(path, () => this.vault.write(path, body)))
+    return authOf(path, await this.call('POST', path, body, { withToken: false }))
   }
 
-  async lookupSelf(): Promise<{ ttlSeconds: number; renewable: boolean }> {
-    const { data } = secretOf(await this.call('auth/token/lookup-self', () => this.vault.tokenLookupSelf()))
-    return { ttlSeconds: Number(data.ttl ?? 0), renewable: data.renewable === true }
+  async lookupSelf(): Promise<TokenInfo> {
+    const { data } = secretOf(await this.call('GET', 'auth/token/lookup-self'))
+    return {
+      ttlSeconds: Number(data.ttl ?? 0),
+      renewable: data.renewable === true,
+      type: data.type === 'batch' ? 'batch' : 'service',
+    }
   }
 
   async renewSelf(incrementSeconds?: number): Promise<VaultAuth> {
     const path = 'auth/token/renew-self'
-    const body = incrementSeconds ? { increment: incrementSeconds } : {}
-    return authOf(path, await this.call(path, () => this.vault.write(path, body)))
+    const body = incrementSeconds ? { increment: Math.round(incrementSeconds) } : {}
+    return authOf(path, await this.call('POST', path, body))
   }
 
   async renewLease(leaseId: string, incrementSeconds: number): Promise<VaultSecret> {
-    // node-vault's schema wants an integer increment (§7.3).
-    const result = await this.call('sys/leases/renew', () =>
-      this.vault.renew({ lease_id: leaseId, increment: Math.round(incrementSeconds) }),
-    )
-    return secretOf(result)
+    const body = { lease_id: leaseId, increment: Math.round(incrementSeconds) }
+    return secretOf(await this.call('PUT', 'sys/leases/renew', body))
   }
 
   async revokeLease(leaseId: string): Promise<void> {
-    await this.call('sys/leases/revoke', () => this.vault.revoke({ lease_id: leaseId }))
+    await this.call('PUT', 'sys/leases/revoke', { lease_id: leaseId })
+  }
+
+  /** Closes idle connections to Vault. */
+  close(): void {
+    this.http.close()
   }
 
   /** Every request passes here: `path` is a Vault path (never a lease id or a secret), the metrics label. */
-  private async call(path: string, request: () => Promise<unknown>): Promise<Envelope | undefined> {
+  private async call(
+    method: string,
+    path: string,
+    body?: Record<string, unknown>,
+    { withToken = true } = {},
+  ): Promise<Envelope | undefined> {
     const started = performance.now()
     try {
-      const result: unknown = await request()
+      const response = await this.http.request(method, path, {
+        token: withToken ? this.currentToken : undefined,
+        body,
+      })
+      if (response.status < 200 || response.status >= 300) {
+        throw toVaultError(
+          { response: { statusCode: response.status, body: response.body, headers: response.headers } },
+          path,
+          this.address,
+        )
+      }
       this.metrics.vaultRequest(path, (performance.now() - started) / 1000)
-      return result === '' || result === undefined ? undefined : (result as Envelope)
+      return response.body === undefined ? undefined : (response.body as Envelope)
     } catch (err) {
       const error = toVaultError(err, path, this.address)
       this.metrics.vaultRequest(path, (performance.now() - started) / 1000, error.failure)

@@ -5,11 +5,13 @@ import { join } from 'node:path'
 import t from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
+import { flavorUnderTest } from '../support/vault-flavor.js'
 import { devOnly, eventually, vaultFor } from '../support/vault-target.js'
 
 // Every way the proxy logs in to Vault, and what clients see when Vault cannot help.
 const cluster = await clusterFor(t)
-const vault = await vaultFor(t, cluster)
+const vault = await vaultFor(t, cluster, { flavor: flavorUnderTest() })
+t.comment(`dev Vault flavor: ${vault.dev?.flavor ?? 'a real Vault'}`)
 const db = await vault.database()
 await db.createDynamicRole({ name: 'app', defaultTtl: 60, maxTtl: 300 })
 const dir = await mkdtemp(join(tmpdir(), 'pgvp-auth-'))
@@ -81,6 +83,75 @@ void t.test('AppRole: logs in, renews its token at 2/3 of the TTL, logs in again
   t.notMatch(proxy.logText(), approle.secretId)
 })
 
+void t.test(
+  'a login token that dies early (num_uses spent: Vault revokes it and its leases) is replaced at the next Vault call',
+  async (t) => {
+    // Vault >= 1.17 answers the dead token's next call with "invalid token"; Vault <= 1.16 and
+    // OpenBao with a bare "permission denied", which the proxy must check with lookup-self.
+    const usesPolicy = `${policyText}\npath "${db.mount}/creds/short-uses" { capabilities = ["read"] }`
+    const approle = await vault.approle('proxy-uses', usesPolicy, { tokenTtl: 3600, tokenMaxTtl: 3600 })
+    // Two uses: the first credential, then its first renewal, which spends the token.
+    await vault.call('POST', `auth/${approle.mount}/role/proxy-uses`, { token_num_uses: 2 })
+    await db.createDynamicRole({ name: 'short-uses', defaultTtl: 4, maxTtl: 60 })
+    const proxy = await startProxy(t, cluster, {
+      vault: {
+        address: vault.address,
+        auth: {
+          method: 'approle',
+          mount: approle.mount,
+          role_id: approle.roleId,
+          secret_id_file: await secretFile('secret-id-uses', approle.secretId),
+        },
+      },
+      credentials: { vault: { mount: db.mount, role: 'short-uses' } },
+    })
+    const first = await connect(proxy)
+    t.equal(first.current, 'app_owner')
+    // The renewal at about 2 s spends the token; its lease is revoked and its user dropped.
+    const dropped = await eventually(
+      15,
+      async () => (await cluster.query('select 1 from pg_roles where rolname = $1', [first.session])).length === 0,
+    )
+    t.ok(dropped, "the spent token's lease was revoked")
+    // Without a new login the proxy would get 403s until its token renewal, 40 minutes away.
+    const back = await eventually(15, () =>
+      connect(proxy).then(
+        (r) => r.current === 'app_owner' && r.session !== first.session,
+        () => false,
+      ),
+    )
+    t.ok(back, 'a client gets in again on a credential of a new token')
+    t.ok(proxy.logs.filter((l) => l.msg === 'logged in to Vault').length >= 2, 'logged in again')
+    t.notMatch(proxy.logText(), approle.secretId)
+  },
+)
+
+void t.test('an 8760 h AppRole token (longer than a Node timer) is not renewed in a loop', async (t) => {
+  const approle = await vault.approle('proxy-long', policyText, { tokenTtl: '8760h', tokenMaxTtl: '8760h' })
+  const proxy = await startProxy(t, cluster, {
+    vault: {
+      address: vault.address,
+      auth: {
+        method: 'approle',
+        mount: approle.mount,
+        role_id: approle.roleId,
+        secret_id_file: await secretFile('secret-id-long', approle.secretId),
+      },
+    },
+    credentials,
+  })
+  t.equal((await connect(proxy)).current, 'app_owner')
+  await new Promise((r) => setTimeout(r, 2_000))
+  const login = proxy.logs.find((l) => l.msg === 'logged in to Vault')
+  t.ok(
+    Number(login?.ttlSeconds) * 1000 > 2 ** 31 - 1,
+    `the token's TTL (${String(login?.ttlSeconds)} s) exceeds 2^31-1 ms`,
+  )
+  const renewals = proxy.logs.filter((l) => /Vault token/.test(String(l.msg)) && /renew/.test(String(l.msg)))
+  t.equal(renewals.length, 0, 'no renew-self in 2 s (it was 664 before)')
+  t.equal(proxy.logs.filter((l) => l.msg === 'logged in to Vault').length, 1, 'one login')
+})
+
 void t.test('a renewable token given directly is renewed at 2/3 of its TTL and outlives it', async (t) => {
   const token = await childToken([policy], { ttl: '3s', explicit_max_ttl: '60s' })
   const proxy = await startProxy(t, cluster, {
@@ -120,6 +191,34 @@ void t.test('token file (a Vault Agent sink): a new token written to the file is
   t.not(after.session, before.session)
   t.ok(proxy.logs.filter((l) => l.msg === 'read the Vault token file').length >= 2, 'the changed file was read again')
 })
+
+void t.test(
+  'token file: a new token from the agent brings a lease of that token before the old one is revoked',
+  async (t) => {
+    const first = await childToken([policy])
+    const tokenFile = await secretFile('token-ahead', `${first}\n`)
+    const proxy = await startProxy(t, cluster, {
+      vault: { address: vault.address, auth: { method: 'token', token_file: tokenFile } },
+      credentials,
+    })
+    const before = await connect(proxy)
+    // The agent writes a new token; the old one still lives (the agent revokes it later, or it expires).
+    await writeFile(tokenFile, `${await childToken([policy])}\n`)
+    const moved = await eventually(10, async () => {
+      const r = await connect(proxy)
+      return r.session !== before.session
+    })
+    t.ok(moved, 'new clients get a credential of the new token without any failure first')
+    const after = await connect(proxy)
+    await vault.call('POST', 'auth/token/revoke', { token: first })
+    const gone = await eventually(
+      10,
+      async () => (await cluster.query('select 1 from pg_roles where rolname = $1', [before.session])).length === 0,
+    )
+    t.ok(gone, "the old token's lease died with it")
+    t.same(await connect(proxy), after, 'clients are unaffected: they were already on the new lease')
+  },
+)
 
 void t.test('Kubernetes: the service-account token file logs in (mount given explicitly)', async (t) => {
   const { publicKey, privateKey } = generateKeyPairSync('rsa', {

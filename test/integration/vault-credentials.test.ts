@@ -1,12 +1,14 @@
 import t from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
+import { flavorUnderTest } from '../support/vault-flavor.js'
 import { runClient, type ClientRun } from '../support/run-client.js'
 import { eventually, vaultFor } from '../support/vault-target.js'
 
 // The proxy with credentials from the (dev) Vault: dynamic, static and KV sources, lease lifecycle.
 const cluster = await clusterFor(t)
-const vault = await vaultFor(t, cluster)
+const vault = await vaultFor(t, cluster, { flavor: flavorUnderTest() })
+t.comment(`dev Vault flavor: ${vault.dev?.flavor ?? 'a real Vault'}`)
 const db = await vault.database()
 
 // A child token, so "never logged" is checked against a real token string.
@@ -93,6 +95,49 @@ void t.test(
     t.equal(psql.out.trim(), 'app_owner')
   },
 )
+
+void t.test('a 900 h lease (longer than a Node timer) is not renewed in a loop', async (t) => {
+  await db.createDynamicRole({ name: 'long', defaultTtl: '900h', maxTtl: '900h' })
+  const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { role: 'long' } } })
+  const before = await who(proxy)
+  t.equal(before.current, 'app_owner')
+  await new Promise((r) => setTimeout(r, 2_000))
+  const issued = proxy.logs.find((l) => l.msg === 'issued a database credential')
+  t.ok(
+    Number(issued?.ttlSeconds) * 1000 > 2 ** 31 - 1,
+    `the lease's TTL (${String(issued?.ttlSeconds)} s) exceeds 2^31-1 ms`,
+  )
+  const renewals = proxy.logs.filter((l) => /lease renewal|renewed a lease/.test(String(l.msg)))
+  t.equal(renewals.length, 0, 'no sys/leases/renew in 2 s (it was 347, each an ALTER ROLE)')
+  t.equal(proxy.logs.filter((l) => l.msg === 'issued a database credential').length, 1, 'one credential')
+  t.same(await who(proxy), before, 'the same credential still serves')
+})
+
+void t.test('a client terminating its siblings again and again cannot make the proxy churn credentials', async (t) => {
+  await db.createDynamicRole({ name: 'victims', defaultTtl: 120, maxTtl: 300 })
+  const proxy = await startProxy(t, cluster, { vault: viaToken, credentials: { vault: { role: 'victims' } } })
+  for (let round = 0; round < 5; round++) {
+    // Fresh sessions each round, so both are on the credential the proxy hands out now.
+    const victim = await proxy.client()
+    victim.on('error', () => undefined)
+    const attacker = await proxy.client()
+    // As the login user (SET ROLE NONE), a session may terminate every other session of that user.
+    await attacker.query('set role none')
+    const user = (await attacker.query<{ u: string }>('select session_user as u')).rows[0]?.u
+    await attacker.query(
+      'select pg_terminate_backend(pid) from pg_stat_activity where usename = $1 and pid <> pg_backend_pid()',
+      [user],
+    )
+    await new Promise((r) => setTimeout(r, 300))
+  }
+  const issued = proxy.logs.filter((l) => l.msg === 'issued a database credential').length
+  t.ok(issued <= 2, `five rounds of terminations within the backoff made at most one new credential (${issued} issued)`)
+  t.ok(
+    proxy.logs.some((l) => /keeps terminating sessions/.test(String(l.msg))),
+    'the backoff was logged',
+  )
+  t.equal((await who(proxy)).current, 'app_owner', 'clients still get in')
+})
 
 void t.test('a lease revoked behind the proxy: the next client still gets in (refresh and retry)', async (t) => {
   await db.createDynamicRole({ name: 'revoked', defaultTtl: 60, maxTtl: 120 })

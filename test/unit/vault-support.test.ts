@@ -3,7 +3,7 @@ import { parseConfig } from '../../src/config/load-config.js'
 import { resolveVaultSettings } from '../../src/config/vault-settings.js'
 import { RefusalBackoff } from '../../src/vault/refusal-backoff.js'
 import { withRetry } from '../../src/vault/retry.js'
-import { toVaultError, VaultError } from '../../src/vault/vault-error.js'
+import { retryAfterMs, toVaultError, VaultError } from '../../src/vault/vault-error.js'
 
 const base = { owner_role: 'o', upstream: { host: 'h' } }
 
@@ -16,9 +16,21 @@ void t.test('Vault errors are classified by shape, with the path and what to do'
   t.match(toVaultError(api(503, ['Vault is sealed']), 'p', 'a'), { failure: 'sealed', isTransient: true })
   const denied = toVaultError(api(403, ['1 error occurred:\n\t* permission denied\n\n']), 'database/creds/app', 'a')
   t.match(denied, { failure: 'permission_denied', isTransient: false, path: 'database/creds/app' })
-  t.equal(denied.message, "Vault denied permission on database/creds/app (permission denied); check the token's policy")
+  t.equal(denied.message, 'Vault denied permission on database/creds/app (permission denied)')
+  t.match(denied.hint('a'), "Grant the proxy's Vault policy access to database/creds/app")
   const invalid = toVaultError(api(403, ['2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n']), 'p', 'a')
-  t.match(invalid.message, 'permission denied; invalid token')
+  t.match(invalid, { failure: 'invalid_token', message: /permission denied; invalid token/ })
+  const limited = toVaultError(
+    { response: { statusCode: 429, body: { errors: ['rate limit quota exceeded'] }, headers: { 'retry-after': '7' } } },
+    'p',
+    'a',
+  )
+  t.match(
+    limited,
+    { failure: 'rate_limited', isTransient: true, retryAfterMs: 8_000 },
+    'one second more: Vault truncates',
+  )
+  t.match(toVaultError(api(429, ['rate limit quota exceeded']), 'p', 'a'), { retryAfterMs: undefined })
   t.match(toVaultError(api(400, ['unknown role: nope']), 'database/creds/nope', 'a'), {
     failure: 'bad_request',
     message: /unknown role: nope/,
@@ -28,6 +40,17 @@ void t.test('Vault errors are classified by shape, with the path and what to do'
     isTransient: true,
   })
   t.match(toVaultError(api(404, []), 'p', 'a'), { failure: 'not_found' })
+})
+
+void t.test('Retry-After: delta-seconds or an HTTP date', async (t) => {
+  const now = Date.parse('2026-12-03T10:00:00Z')
+  t.equal(retryAfterMs('3', now), 3_000)
+  t.equal(retryAfterMs(['5'], now), 5_000)
+  t.equal(retryAfterMs('Thu, 03 Dec 2026 10:00:10 GMT', now), 10_000)
+  t.equal(retryAfterMs('Thu, 03 Dec 2026 09:00:00 GMT', now), 0, 'a date in the past: at once')
+  t.equal(retryAfterMs('soon', now), undefined)
+  t.equal(retryAfterMs(undefined, now), undefined)
+  t.equal(retryAfterMs('-1', now), undefined)
 })
 
 void t.test('withRetry retries transient failures only, then gives up', async (t) => {
@@ -148,5 +171,9 @@ void t.test('credential source and auth settings are validated with key paths', 
   t.match(
     problems({ ...base, vault: { address: 'not a url' }, credentials: { vault: { role: 'r' } } }),
     /vault\.address/,
+  )
+  t.match(
+    problems({ ...base, vault: { address: 'http://v', timeout_ms: 2 ** 31 }, credentials: { vault: { role: 'r' } } }),
+    /vault\.timeout_ms/,
   )
 })
