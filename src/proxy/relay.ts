@@ -66,6 +66,11 @@ export interface RelayOptions {
   onIdle?: () => void
   /** Called for every chunk the client sends. */
   onClientData?: () => void
+  /**
+   * The client sent Terminate at an idle point: return true to keep the upstream connection for the
+   * pool. It is then not sent the Terminate, and is detached (not closed) when the relay ends.
+   */
+  keepUpstream?: () => boolean
 }
 
 export type RelayEndReason =
@@ -85,6 +90,8 @@ export type RelayEndReason =
 export interface RelayResult {
   reason: RelayEndReason
   detail?: string
+  /** The upstream connection was left open, detached, for the pool (see RelayOptions.keepUpstream). */
+  upstreamKept: boolean
   bytesFromClient: number
   bytesFromUpstream: number
 }
@@ -101,6 +108,9 @@ export class Relay {
   private bytesFromClient = 0
   private bytesFromUpstream = 0
   private clientSentTerminate = false
+  /** The client's Terminate was kept from the upstream, which is to be handed back, not closed. */
+  private keepingUpstream = false
+  private kept = false
   private upstreamSentFatal: string | undefined
   private readonly clientFramer: MessageFramer
   private upstreamFramer: MessageFramer
@@ -137,7 +147,13 @@ export class Relay {
         (code === FrontendCode.Query || code === FrontendCode.Parse || code === FrontendCode.Close),
       maxInspectLength: state ? MAX_CLIENT_INSPECTED : 0,
       onMessage: (code, whole) => {
-        if (code === FrontendCode.Terminate) this.clientSentTerminate = true
+        if (code === FrontendCode.Terminate) {
+          this.clientSentTerminate = true
+          if (this.mayKeepUpstream() && options.keepUpstream?.()) {
+            this.keepingUpstream = true
+            return false
+          }
+        }
         if (state) {
           if (whole) state.onClientMessage(code, whole)
           else if (code === FrontendCode.Bind) state.onBind()
@@ -183,6 +199,11 @@ export class Relay {
 
   get isFinished(): boolean {
     return this.finished
+  }
+
+  /** The relay ended and left its upstream connection open for the pool. */
+  get upstreamKept(): boolean {
+    return this.finished && this.kept
   }
 
   /** Bytes relayed so far in each direction, read by the metrics at scrape time. */
@@ -348,6 +369,17 @@ export class Relay {
     )
   }
 
+  /** Nothing is under way on the upstream, so it can serve another client once reset. */
+  private mayKeepUpstream(): boolean {
+    return (
+      !this.suspended &&
+      !this.upstreamLost &&
+      this.upstreamSentFatal === undefined &&
+      this.options.tracker.isIdle &&
+      !this.upstreamFramer.isMidMessage
+    )
+  }
+
   /** Ends the session from outside: the client is told why (unless mid-message), the upstream gets Terminate. */
   stop(
     reason: 'shutdown' | 'idle_timeout' | 'upstream_lost' | 'credential_expired' = 'shutdown',
@@ -503,17 +535,26 @@ export class Relay {
     this.finished = true
     const { client } = this.options
     const upstream = this.upstream.socket
+    const kept = this.keepingUpstream && this.mayKeepUpstream() && !upstream.destroyed
+    this.kept = kept
+    if (kept) this.detachUpstream()
     // A clean Terminate lets the server end the session without logging an unexpected EOF.
-    if (!this.clientSentTerminate && !upstream.destroyed && !this.clientFramer.isMidMessage) upstream.end(TERMINATE)
+    else if (
+      (this.keepingUpstream || !this.clientSentTerminate) &&
+      !upstream.destroyed &&
+      !this.clientFramer.isMidMessage
+    )
+      upstream.end(TERMINATE)
     else upstream.end()
     client.end()
     // Sockets that do not close promptly (a peer that never reads) are destroyed.
     setTimeout(() => {
       client.destroy()
-      upstream.destroy()
+      if (!kept) upstream.destroy()
     }, 5_000).unref()
     this.resolveDone({
       reason,
+      upstreamKept: kept,
       ...(detail !== undefined ? { detail } : {}),
       bytesFromClient: this.bytesFromClient,
       bytesFromUpstream: this.bytesFromUpstream,
