@@ -147,6 +147,8 @@ export class Relay {
         (code === FrontendCode.Query || code === FrontendCode.Parse || code === FrontendCode.Close),
       maxInspectLength: state ? MAX_CLIENT_INSPECTED : 0,
       onMessage: (code, whole) => {
+        // Nothing a client sends after its Terminate reaches a connection kept for the next client.
+        if (this.keepingUpstream) return false
         if (code === FrontendCode.Terminate) {
           this.clientSentTerminate = true
           if (this.mayKeepUpstream() && options.keepUpstream?.()) {
@@ -319,6 +321,8 @@ export class Relay {
         if (!this.suspended && this.upstream.socket === upstream) client.resume()
       })
     }
+    // The server would close the connection on Terminate; the proxy closes the client's side itself.
+    if (this.keepingUpstream) this.finish('client_terminated')
   }
 
   private onUpstreamData(chunk: Buffer): void {
