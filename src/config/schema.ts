@@ -63,6 +63,23 @@ export const configSchema = z
       })
       .strict()
       .default({ swap_before_end_ms: 30_000, reconnect: true, strict: false }),
+    // Server connections kept logged in between clients (docs/configuration.md, docs/architecture.md).
+    pool: z
+      .object({
+        mode: z.enum(['session', 'none']).default('session'),
+        reset_query: z.string().min(1).default('DISCARD ALL'),
+        max_idle: z.number().int().min(0).default(20),
+        idle_timeout_ms: positiveMs.default(600_000),
+        server_lifetime_ms: positiveMs.default(3_600_000),
+      })
+      .strict()
+      .default({
+        mode: 'session',
+        reset_query: 'DISCARD ALL',
+        max_idle: 20,
+        idle_timeout_ms: 600_000,
+        server_lifetime_ms: 3_600_000,
+      }),
     ops: z
       .object({
         enabled: z.boolean().default(true),

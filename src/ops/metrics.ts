@@ -30,6 +30,18 @@ export interface SessionMetrics {
   sessionMoved(kind: MoveKind, outcome: MoveOutcome): void
 }
 
+/** What the server-connection pools record (src/proxy/server-pool.ts), by route. */
+export interface PoolMetrics {
+  /** A client got a pooled connection: no Vault call, no upstream login. */
+  poolReused(route: string): void
+  /** A client's session logged in upstream afresh. */
+  upstreamLogin(route: string): void
+  /** A reset query ran on a connection whose client left cleanly. */
+  poolReset(route: string, outcome: 'ok' | 'failed'): void
+  /** A connection was closed instead of pooled or reused (reset failed, credential superseded, limits). */
+  poolClosed(route: string): void
+}
+
 /** swap: planned, to a fresh credential; reconnect: after the upstream went away. */
 export type MoveKind = 'swap' | 'reconnect'
 /**
@@ -54,10 +66,12 @@ export interface MetricsState {
   ready(): boolean
   /** When the credential new sessions get stops being valid (epoch ms), if it expires. */
   credentialExpiresAt(): number | undefined
+  /** Idle pooled server connections, by route. */
+  poolIdle?(): Array<[route: string, idle: number]>
 }
 
 /** For parts built without metrics (tests that construct a source directly). */
-export const noMetrics: CredentialMetrics & VaultRequestMetrics & SessionMetrics = {
+export const noMetrics: CredentialMetrics & VaultRequestMetrics & SessionMetrics & PoolMetrics = {
   credentialIssued: () => undefined,
   credentialSwapped: () => undefined,
   leaseRenewal: () => undefined,
@@ -68,6 +82,10 @@ export const noMetrics: CredentialMetrics & VaultRequestMetrics & SessionMetrics
   sessionRefused: () => undefined,
   cancelRequest: () => undefined,
   sessionMoved: () => undefined,
+  poolReused: () => undefined,
+  upstreamLogin: () => undefined,
+  poolReset: () => undefined,
+  poolClosed: () => undefined,
 }
 
 const PREFIX = 'pg_vault_proxy_'
@@ -77,7 +95,7 @@ const PREFIX = 'pg_vault_proxy_'
  * several proxies in one process keep separate counts. Parts record through the narrow interfaces
  * above; gauges of current state are read from `MetricsState` at scrape time.
  */
-export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, SessionMetrics {
+export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, SessionMetrics, PoolMetrics {
   readonly registry = new Registry()
   private state: MetricsState | undefined
 
@@ -93,6 +111,10 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
   private readonly vaultDuration: Histogram<'path'>
   private readonly vaultErrors: Counter<'path' | 'failure'>
   private readonly reloads: Counter<'outcome'>
+  private readonly poolReuses: Counter<'route'>
+  private readonly upstreamLogins: Counter<'route'>
+  private readonly poolResets: Counter<'route' | 'outcome'>
+  private readonly poolCloses: Counter<'route'>
   /** Bytes of the sessions that ended; live sessions' bytes are added at scrape time. */
   private readonly endedBytes: RelayedBytes = { bytesFromClient: 0, bytesFromUpstream: 0 }
 
@@ -206,6 +228,40 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
       labelNames: ['outcome'],
       registers,
     })
+    const idle: Gauge<'route'> = new Gauge({
+      name: `${PREFIX}pool_idle_connections`,
+      help: 'Logged-in server connections waiting in the pool for a client, by route.',
+      labelNames: ['route'],
+      registers,
+      collect: () => {
+        idle.reset()
+        for (const [route, count] of state()?.poolIdle?.() ?? []) idle.set({ route }, count)
+      },
+    })
+    this.poolReuses = new Counter({
+      name: `${PREFIX}pool_reuses_total`,
+      help: 'Client sessions given a pooled server connection (no Vault call, no upstream login), by route.',
+      labelNames: ['route'],
+      registers,
+    })
+    this.upstreamLogins = new Counter({
+      name: `${PREFIX}upstream_logins_total`,
+      help: 'Client sessions that logged in upstream afresh, by route.',
+      labelNames: ['route'],
+      registers,
+    })
+    this.poolResets = new Counter({
+      name: `${PREFIX}pool_resets_total`,
+      help: 'Reset queries run on server connections whose client ended cleanly, by route and outcome.',
+      labelNames: ['route', 'outcome'],
+      registers,
+    })
+    this.poolCloses = new Counter({
+      name: `${PREFIX}pool_closed_connections_total`,
+      help: 'Server connections closed instead of pooled or reused (reset failed, credential superseded or ending, limits), by route.',
+      labelNames: ['route'],
+      registers,
+    })
   }
 
   /** A gauge read at scrape time; absent while `read` gives undefined. */
@@ -268,6 +324,22 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
   vaultRequest(path: string, seconds: number, failure?: string): void {
     this.vaultDuration.observe({ path }, seconds)
     if (failure !== undefined) this.vaultErrors.inc({ path, failure })
+  }
+
+  poolReused(route: string): void {
+    this.poolReuses.inc({ route })
+  }
+
+  upstreamLogin(route: string): void {
+    this.upstreamLogins.inc({ route })
+  }
+
+  poolReset(route: string, outcome: 'ok' | 'failed'): void {
+    this.poolResets.inc({ route, outcome })
+  }
+
+  poolClosed(route: string): void {
+    this.poolCloses.inc({ route })
   }
 
   configReload(outcome: 'applied' | 'refused'): void {

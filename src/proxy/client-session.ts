@@ -19,6 +19,7 @@ import { readClientGreeting, startupRefusal } from './client-handshake.js'
 import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
 import { Relay } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
+import { ServerPool } from './server-pool.js'
 import { SessionMover, type RotationSettings, type UpstreamLogin } from './session-mover.js'
 import { SessionState } from './session-state.js'
 import { splitClientStartup, type ClientStartup } from './startup-parameters.js'
@@ -41,6 +42,8 @@ export interface SessionRoute {
   settings: SessionSettings
   connector: UpstreamConnector
   credentials: CredentialSource
+  /** Logged-in server connections kept between clients, if the route pools them. */
+  pool?: ServerPool | undefined
   /** Why this client may not have a session now (too many clients, shutting down), or undefined. */
   admit(): ProxyError | undefined
 }
@@ -90,6 +93,10 @@ export class ClientSession {
     (err) => this.fail(err),
     (err) => this.log.error({ err }, 'another internal error in a failed session'),
   )
+  /** The session runs on a pooled server connection (the audit line says so). */
+  private reused = false
+  /** ParameterStatus values as the client last saw them, handed to the pool with the connection. */
+  private clientParameters: Map<string, string> | undefined
 
   constructor(
     private readonly socket: Socket,
@@ -161,9 +168,15 @@ export class ClientSession {
         clearTimeout(this.idleTimer)
         this.context.metrics.sessionEnded(result.reason, result)
         this.credential = this.mover?.credential ?? this.credential
-        this.audit('info', { reason: result.reason, detail: result.detail, moves: this.mover?.moves ?? 0 }, result)
+        this.audit(
+          'info',
+          { reason: result.reason, detail: result.detail, moves: this.mover?.moves ?? 0, reused: this.reused },
+          result,
+        )
       } finally {
-        if (this.mover) this.mover.close()
+        const kept = this.relay?.upstreamKept ? this.mover?.detach() : undefined
+        if (kept && this.clientParameters) void route.pool?.give(this.poolKey(startup), kept, this.clientParameters)
+        else if (this.mover) this.mover.close()
         else upstream.hold.release()
       }
     } catch (err) {
@@ -200,7 +213,14 @@ export class ClientSession {
    * cannot be revoked while this session is still logging in with it; the caller releases it.
    */
   private async loginUpstream(startup: ClientStartup): Promise<UpstreamLogin> {
-    const { credentials } = this.chosen
+    const { credentials, pool } = this.chosen
+    const pooled = pool?.enabled ? pool.take(this.poolKey(startup)) : undefined
+    if (pooled) {
+      this.reused = true
+      if (this.phase !== SessionPhase.Relay) this.credential = pooled.credential
+      return pooled
+    }
+    pool?.countLogin()
     const credential = await credentials.get()
     try {
       return await this.connectWith(startup, credential)
@@ -229,15 +249,24 @@ export class ClientSession {
     }
   }
 
+  /** The upstream database for this client: upstream.database, else the client's (libpq's default: its user name). */
+  private database(startup: ClientStartup): string {
+    return this.chosen.settings.database ?? startup.database ?? startup.clientUser
+  }
+
+  /** Which pooled connections this client may be given: those logged in with the same database and parameters. */
+  private poolKey(startup: ClientStartup): string {
+    return ServerPool.key(this.database(startup), startup.forwarded)
+  }
+
   private upstreamParameters(startup: ClientStartup, credential: DbCredential): StartupParameter[] {
-    const { settings } = this.chosen
     return [
       ['user', credential.username],
-      ['database', settings.database ?? startup.database ?? startup.clientUser],
+      ['database', this.database(startup)],
       ...startup.forwarded,
       // Last, so nothing the client sent can override it. As a startup parameter (not SET ROLE),
       // RESET ROLE and DISCARD ALL return to it, and a missing role or grant fails the login cleanly.
-      ['role', settings.ownerRole],
+      ['role', this.chosen.settings.ownerRole],
     ]
   }
 
@@ -297,6 +326,7 @@ export class ClientSession {
     )
     const state = new SessionState()
     const clientParameters = new Map(upstream.parameters)
+    this.clientParameters = clientParameters
     const relay = new Relay({
       client: this.socket,
       upstream: { socket: upstream.socket, pending: upstream.pending, processId: upstream.processId },
@@ -308,6 +338,8 @@ export class ClientSession {
       onUpstreamLost: (loss) => this.mover?.onUpstreamLost(loss),
       onIdle: () => this.onIdle(),
       onClientData: () => this.onClientData(),
+      keepUpstream: () =>
+        !!this.chosen.pool?.enabled && !this.draining && !!this.mover && !this.mover.isMoving && !this.mover.isParked,
     })
     this.relay = relay
     this.mover = new SessionMover({
@@ -415,7 +447,14 @@ export class ClientSession {
    */
   private audit(
     level: 'debug' | 'info' | 'warn' | 'error',
-    end: { reason: string; detail?: string | undefined; refusal?: string; sqlState?: string; moves?: number },
+    end: {
+      reason: string
+      detail?: string | undefined
+      refusal?: string
+      sqlState?: string
+      moves?: number
+      reused?: boolean
+    },
     bytes: { bytesFromClient: number; bytesFromUpstream: number } = { bytesFromClient: 0, bytesFromUpstream: 0 },
   ): void {
     const { startup, credential } = this

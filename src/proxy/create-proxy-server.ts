@@ -2,7 +2,13 @@ import type { Logger } from 'pino'
 import { resolveVaultSettings } from '../config/vault-settings.js'
 import type { Config } from '../config/load-config.js'
 import type { ParsedConfig } from '../config/schema.js'
-import { noMetrics, ProxyMetrics, type CredentialMetrics, type VaultRequestMetrics } from '../ops/metrics.js'
+import {
+  noMetrics,
+  ProxyMetrics,
+  type CredentialMetrics,
+  type PoolMetrics,
+  type VaultRequestMetrics,
+} from '../ops/metrics.js'
 import { ScramKeyCache } from '../pgwire/scram-client.js'
 import type { CredentialSource } from '../vault/credential-source.js'
 import { DynamicCredentialSource } from '../vault/dynamic-source.js'
@@ -13,6 +19,7 @@ import { VaultAuthenticator } from '../vault/vault-authenticator.js'
 import { VaultClient } from '../vault/vault-client.js'
 import { VaultSession } from '../vault/vault-session.js'
 import { listenerKey, ProxyServer, type ListenerSpec, type RouteProfile, type SessionProfile } from './proxy-server.js'
+import { ServerPool } from './server-pool.js'
 import { UpstreamConnector } from './upstream-connector.js'
 import { UpstreamEndpoint } from './upstream-endpoint.js'
 
@@ -53,12 +60,40 @@ export function createRouteProfiles(
   env: NodeJS.ProcessEnv = process.env,
   keep: ReadonlyMap<string, CredentialSource> = new Map(),
 ): RouteProfile[] {
-  return config.routes.map((route) => ({
-    ...createSessionProfile(route.config, logger, metrics, env, keep.get(route.name)),
-    name: route.name,
-    users: route.users ? new Set(route.users) : undefined,
-    listener: listenerKey(route.config.listen),
-  }))
+  return config.routes.map((route) => {
+    const profile = createSessionProfile(route.config, logger, metrics, env, keep.get(route.name))
+    return {
+      ...profile,
+      name: route.name,
+      users: route.users ? new Set(route.users) : undefined,
+      listener: listenerKey(route.config.listen),
+      pool: createServerPool(route.name, route.config, profile.credentials, metrics, logger),
+    }
+  })
+}
+
+/** The route's pool of logged-in server connections (pool.mode none: one that never keeps any). */
+export function createServerPool(
+  route: string,
+  config: Readonly<ParsedConfig>,
+  credentials: CredentialSource,
+  metrics: PoolMetrics,
+  logger: Logger,
+): ServerPool {
+  const { pool } = config
+  return new ServerPool(
+    route,
+    {
+      mode: pool.mode,
+      resetQuery: pool.reset_query,
+      maxIdle: pool.max_idle,
+      idleTimeoutMs: pool.idle_timeout_ms,
+      serverLifetimeMs: pool.server_lifetime_ms,
+    },
+    credentials,
+    metrics,
+    logger.child({ component: 'pool', route }),
+  )
 }
 
 /**

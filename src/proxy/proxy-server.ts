@@ -11,6 +11,7 @@ import { isLoopbackHost } from './loopback.js'
 import { ProxyError } from './proxy-error.js'
 import { StartupSlots } from './startup-slots.js'
 import { listenUnixSocket, prepareSocketDir } from './unix-socket.js'
+import type { ServerPool } from './server-pool.js'
 import type { UpstreamConnector } from './upstream-connector.js'
 
 /** Idle time before the first TCP keepalive probe on a client connection. */
@@ -34,6 +35,8 @@ export interface RouteProfile extends SessionProfile {
   users: ReadonlySet<string> | undefined
   /** `host:port` of its TCP listener (see ListenerSpec.key). */
   listener: string
+  /** Logged-in server connections kept between this route's clients; none without pooling. */
+  pool?: ServerPool | undefined
 }
 
 export interface ListenerSpec {
@@ -72,6 +75,8 @@ export interface ProxyStatus {
     ownerRole: string
     upstream: string
     credentialsReady: boolean
+    /** Server connections kept between clients: the mode and how many wait, logged in, for a client. */
+    pool: { mode: 'session' | 'none'; idle: number }
   }>
   ownerRole: string
   upstream: { address: string; database: string | undefined; sslmode: string }
@@ -142,6 +147,7 @@ export class ProxyServer {
       clientConnections: () => this.sessions.size,
       ready: () => this.health.readiness().ready,
       credentialExpiresAt: () => combinedStatus(this.routes.map((r) => r.credentials.status())).expiresAt,
+      poolIdle: () => this.routes.map((r) => [r.name, r.pool?.idleConnections ?? 0]),
     })
   }
 
@@ -195,6 +201,8 @@ export class ProxyServer {
     const dropped = previous.map((r) => r.credentials).filter((c) => !kept.has(c))
     if (dropped.length > 0 || routes.some((r) => !previous.some((p) => p.credentials === r.credentials)))
       this.startPrefetch()
+    // Connections pooled under the old profile are closed: new clients log in under the new one.
+    for (const route of previous) if (!routes.includes(route)) route.pool?.close()
     for (const source of new Set(dropped)) this.retire(source)
   }
 
@@ -260,6 +268,7 @@ export class ProxyServer {
         ownerRole: r.settings.ownerRole,
         upstream: r.connector.endpoint.address,
         credentialsReady: r.credentials.status().ready,
+        pool: { mode: r.pool?.settings.mode ?? 'none', idle: r.pool?.idleConnections ?? 0 },
       })),
       ownerRole: settings.ownerRole,
       upstream: {
@@ -310,6 +319,8 @@ export class ProxyServer {
     for (const prefetch of this.prefetches) prefetch.stop()
     const closing = this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())))
     for (const session of this.sessions.keys()) session.stop()
+    // Before the sources close: a pooled connection holds its credential, and its lease is revoked after.
+    for (const route of this.routes) route.pool?.close()
     await Promise.all(closing)
     for (const path of this.socketPaths) await unlink(path).catch(() => undefined)
     const sources = new Set([...this.routes.map((r) => r.credentials), ...this.retiring])

@@ -66,6 +66,11 @@ export interface RelayOptions {
   onIdle?: () => void
   /** Called for every chunk the client sends. */
   onClientData?: () => void
+  /**
+   * The client sent Terminate at an idle point: return true to keep the upstream connection for the
+   * pool. It is then not sent the Terminate, and is detached (not closed) when the relay ends.
+   */
+  keepUpstream?: () => boolean
 }
 
 export type RelayEndReason =
@@ -87,6 +92,8 @@ export type RelayEndReason =
 export interface RelayResult {
   reason: RelayEndReason
   detail?: string
+  /** The upstream connection was left open, detached, for the pool (see RelayOptions.keepUpstream). */
+  upstreamKept: boolean
   bytesFromClient: number
   bytesFromUpstream: number
 }
@@ -103,6 +110,9 @@ export class Relay {
   private bytesFromClient = 0
   private bytesFromUpstream = 0
   private clientSentTerminate = false
+  /** The client's Terminate was kept from the upstream, which is to be handed back, not closed. */
+  private keepingUpstream = false
+  private kept = false
   private upstreamSentFatal: string | undefined
   private readonly clientFramer: MessageFramer
   private upstreamFramer: MessageFramer
@@ -139,7 +149,15 @@ export class Relay {
         (code === FrontendCode.Query || code === FrontendCode.Parse || code === FrontendCode.Close),
       maxInspectLength: state ? MAX_CLIENT_INSPECTED : 0,
       onMessage: (code, whole) => {
-        if (code === FrontendCode.Terminate) this.clientSentTerminate = true
+        // Nothing a client sends after its Terminate reaches a connection kept for the next client.
+        if (this.keepingUpstream) return false
+        if (code === FrontendCode.Terminate) {
+          this.clientSentTerminate = true
+          if (this.mayKeepUpstream() && options.keepUpstream?.()) {
+            this.keepingUpstream = true
+            return false
+          }
+        }
         if (state) {
           if (whole) state.onClientMessage(code, whole)
           else if (code === FrontendCode.Bind) state.onBind()
@@ -185,6 +203,11 @@ export class Relay {
 
   get isFinished(): boolean {
     return this.finished
+  }
+
+  /** The relay ended and left its upstream connection open for the pool. */
+  get upstreamKept(): boolean {
+    return this.finished && this.kept
   }
 
   /** Bytes relayed so far in each direction, read by the metrics at scrape time. */
@@ -300,6 +323,8 @@ export class Relay {
         if (!this.suspended && this.upstream.socket === upstream) client.resume()
       })
     }
+    // The server would close the connection on Terminate; the proxy closes the client's side itself.
+    if (this.keepingUpstream) this.finish('client_terminated')
   }
 
   private onUpstreamData(chunk: Buffer): void {
@@ -346,6 +371,17 @@ export class Relay {
       !this.suspended &&
       this.options.tracker.isIdle &&
       !this.clientFramer.isMidMessage &&
+      !this.upstreamFramer.isMidMessage
+    )
+  }
+
+  /** Nothing is under way on the upstream, so it can serve another client once reset. */
+  private mayKeepUpstream(): boolean {
+    return (
+      !this.suspended &&
+      !this.upstreamLost &&
+      this.upstreamSentFatal === undefined &&
+      this.options.tracker.isIdle &&
       !this.upstreamFramer.isMidMessage
     )
   }
@@ -505,17 +541,26 @@ export class Relay {
     this.finished = true
     const { client } = this.options
     const upstream = this.upstream.socket
+    const kept = this.keepingUpstream && this.mayKeepUpstream() && !upstream.destroyed
+    this.kept = kept
+    if (kept) this.detachUpstream()
     // A clean Terminate lets the server end the session without logging an unexpected EOF.
-    if (!this.clientSentTerminate && !upstream.destroyed && !this.clientFramer.isMidMessage) upstream.end(TERMINATE)
+    else if (
+      (this.keepingUpstream || !this.clientSentTerminate) &&
+      !upstream.destroyed &&
+      !this.clientFramer.isMidMessage
+    )
+      upstream.end(TERMINATE)
     else upstream.end()
     client.end()
     // Sockets that do not close promptly (a peer that never reads) are destroyed.
     setTimeout(() => {
       client.destroy()
-      upstream.destroy()
+      if (!kept) upstream.destroy()
     }, 5_000).unref()
     this.resolveDone({
       reason,
+      upstreamKept: kept,
       ...(detail !== undefined ? { detail } : {}),
       bytesFromClient: this.bytesFromClient,
       bytesFromUpstream: this.bytesFromUpstream,

@@ -124,6 +124,22 @@ export class SessionMover {
     this.dropNext()
   }
 
+  /**
+   * The client ended cleanly at an idle point: hand over the connection serving the session, with
+   * its hold, for the pool; undefined (and closed as usual) when the session was mid-move or parked.
+   */
+  detach(): UpstreamLogin | undefined {
+    if (this.busy || this.closed) {
+      this.close()
+      return undefined
+    }
+    this.closed = true
+    clearTimeout(this.swapTimer)
+    this.endTimer?.clear()
+    this.dropNext()
+    return this.login
+  }
+
   /** Called at every idle point of the session (after draining and the idle timeout had their say). */
   onIdle(): void {
     if (this.busy || this.closed || !this.options.relay.isIdle) return

@@ -1,0 +1,282 @@
+import pg from 'pg'
+import t from 'tap'
+import { clusterFor } from '../support/pg-cluster.js'
+import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
+import { runClient } from '../support/run-client.js'
+
+// Server connections reused between clients (pool.mode: session): a client that ends cleanly leaves
+// its logged-in connection, reset with DISCARD ALL, for the next client with the same database and
+// startup parameters. Each test reads the backend pid to tell a reused connection from a fresh login.
+const cluster = await clusterFor(t)
+
+async function once<T>(
+  proxy: RunningProxy,
+  run: (client: pg.Client) => Promise<T>,
+  options: pg.ClientConfig = {},
+): Promise<T> {
+  const client = new pg.Client({
+    host: proxy.host,
+    port: proxy.port,
+    user: 'app',
+    database: cluster.database,
+    ...options,
+  })
+  client.on('error', () => {})
+  await client.connect()
+  try {
+    return await run(client)
+  } finally {
+    await client.end()
+  }
+}
+
+const pid = (client: pg.Client): Promise<number> =>
+  client.query<{ pid: number }>('select pg_backend_pid() as pid').then((r) => r.rows[0]!.pid)
+
+/** The connection goes back to the pool after the client left; wait until it is there. */
+async function pooled(proxy: RunningProxy, count = 1): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if ((proxy.server.status().routes[0]?.pool.idle ?? 0) >= count) return
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  throw new Error(`no ${count} pooled connection(s) after 2 s`)
+}
+
+async function metric(proxy: RunningProxy, name: string, labels = ''): Promise<number> {
+  const text = await proxy.server.metrics.registry.metrics()
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && l.includes(labels))
+  return line ? Number(line.split(' ').pop()) : 0
+}
+
+void t.test('consecutive clients reuse one logged-in server connection', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const first = await once(proxy, pid)
+  await pooled(proxy)
+  const second = await once(proxy, pid)
+  await pooled(proxy)
+  const third = await once(proxy, pid)
+  t.equal(second, first, "the second client runs on the first one's backend")
+  t.equal(third, first, 'and so does the third')
+  t.equal(await metric(proxy, 'pg_vault_proxy_pool_reuses_total', 'route="default"'), 2)
+  t.equal(await metric(proxy, 'pg_vault_proxy_upstream_logins_total', 'route="default"'), 1)
+  t.equal(await metric(proxy, 'pg_vault_proxy_pool_resets_total', 'outcome="ok"'), 3)
+  const ends = proxy.logs.filter((l) => l.msg === 'session ended')
+  t.same(
+    ends.map((l) => l.reused),
+    [false, true, true],
+    'the audit line says whether the session reused a connection',
+  )
+  t.equal(proxy.server.status().routes[0]?.pool.mode, 'session', '/status shows the pool')
+})
+
+void t.test('psql twice: the same backend, and the owner role as ever', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const psql = (): Promise<string> =>
+    runClient('psql', [
+      '-X',
+      '-At',
+      '-h',
+      proxy.host,
+      '-p',
+      String(proxy.port),
+      '-U',
+      'anyone',
+      '-d',
+      cluster.database,
+      '-c',
+      'select pg_backend_pid(), current_user',
+    ]).then((r) => {
+      if (r.code !== 0) throw new Error(r.out)
+      return r.stdout.trim()
+    })
+  const first = await psql()
+  await pooled(proxy)
+  const second = await psql()
+  t.match(first, /^\d+\|app_owner$/)
+  t.equal(second, first, 'same pid, same current_user')
+})
+
+void t.test('nothing a client leaves behind reaches the next client', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const firstPid = await once(proxy, async (client) => {
+    await client.query('set search_path = pg_catalog')
+    await client.query("set statement_timeout = '1234ms'")
+    await client.query('set application_name = left_behind')
+    await client.query("set timezone = 'Asia/Tokyo'")
+    await client.query('prepare leftover as select 1')
+    await client.query({ name: 'protocol_level', text: 'select 2' })
+    await client.query('listen leftover_channel')
+    await client.query('create temp table leftover_temp (id int)')
+    await client.query('select pg_advisory_lock(4242)')
+    await client.query('begin')
+    await client.query('declare leftover_cursor cursor with hold for select 1')
+    await client.query('commit')
+    await client.query('set role none')
+    return pid(client)
+  })
+  await pooled(proxy)
+  const seen = await once(proxy, async (client) => ({
+    pid: await pid(client),
+    state: (
+      await client.query<Record<string, unknown>>(`select
+        current_user, session_user,
+        current_setting('search_path') as search_path,
+        current_setting('statement_timeout') as statement_timeout,
+        current_setting('application_name') as application_name,
+        current_setting('TimeZone') = (select reset_val from pg_settings where name = 'TimeZone') as default_timezone,
+        (select count(*)::int from pg_prepared_statements) as prepared,
+        (select count(*)::int from pg_listening_channels()) as listening,
+        to_regclass('pg_temp.leftover_temp') is null as no_temp_table,
+        (select count(*)::int from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()) as advisory_locks,
+        (select count(*)::int from pg_cursors) as cursors`)
+    ).rows[0],
+  }))
+  t.equal(seen.pid, firstPid, 'the second client got the same backend')
+  t.same(seen.state, {
+    current_user: 'app_owner',
+    session_user: cluster.users.scram.user,
+    search_path: '"$user", public',
+    statement_timeout: '0',
+    application_name: '',
+    default_timezone: true,
+    prepared: 0,
+    listening: 0,
+    no_temp_table: true,
+    advisory_locks: 0,
+    cursors: 0,
+  })
+  t.equal(
+    await cluster.query("select 1 from pg_locks where locktype = 'advisory'").then((r) => r.length),
+    0,
+    'the advisory lock was released',
+  )
+})
+
+void t.test('the greeting after reuse carries the reset values, as a fresh login would', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const greeting = async (
+    setup?: (client: pg.Client) => Promise<unknown>,
+  ): Promise<{ pid: number; params: Map<string, string> }> => {
+    const params = new Map<string, string>()
+    const client = new pg.Client({
+      host: proxy.host,
+      port: proxy.port,
+      user: 'app',
+      database: cluster.database,
+      application_name: 'greeter',
+    })
+    client.on('error', () => {})
+    let greeted = false
+    // Only the greeting: values set later in the session come after its first ReadyForQuery.
+    client.connection.on('parameterStatus', (m: { parameterName: string; parameterValue: string }) => {
+      if (!greeted) params.set(m.parameterName, m.parameterValue)
+    })
+    client.connection.once('readyForQuery', () => (greeted = true))
+    await client.connect()
+    const p = await pid(client)
+    await setup?.(client)
+    await client.end()
+    return { pid: p, params }
+  }
+  const fresh = await greeting(async (client) => {
+    await client.query("set timezone = 'Asia/Tokyo'")
+    await client.query("set application_name = 'changed'")
+    await client.query("set datestyle = 'German'")
+    await client.query("set intervalstyle = 'iso_8601'")
+  })
+  await pooled(proxy)
+  const reused = await greeting()
+  t.equal(reused.pid, fresh.pid, 'reused')
+  t.same(
+    Object.fromEntries(reused.params),
+    Object.fromEntries(fresh.params),
+    'the same ParameterStatus set as the fresh login',
+  )
+  t.equal(reused.params.get('application_name'), 'greeter', "the client's own application_name")
+})
+
+void t.test('different startup parameters do not share connections', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const a = await once(proxy, pid, { application_name: 'one' })
+  await pooled(proxy)
+  const b = await once(proxy, pid, { application_name: 'two' })
+  t.not(b, a, 'another application_name: another connection')
+  await pooled(proxy, 2)
+  t.equal(await once(proxy, pid, { application_name: 'one' }), a, 'the first key still finds its connection')
+})
+
+void t.test('unclean ends close the connection instead of pooling it', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  // Inside a transaction: Terminate while status is T.
+  const inTx = await once(proxy, async (client) => {
+    await client.query('begin')
+    await client.query('create table pool_uncommitted (id int)')
+    return pid(client)
+  })
+  // A client that vanishes without Terminate.
+  const client = new pg.Client({ host: proxy.host, port: proxy.port, user: 'app', database: cluster.database })
+  client.on('error', () => {})
+  await client.connect()
+  const killed = await pid(client)
+  ;(client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy()
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.equal(proxy.server.status().routes[0]?.pool.idle, 0, 'nothing pooled')
+  const next = await once(proxy, pid)
+  t.not(next, inTx, 'the connection left inside a transaction was not reused')
+  t.not(next, killed, 'nor the one whose client vanished')
+  const gone = await cluster.query<{ n: number }>(
+    `select count(*)::int as n from pg_stat_activity where pid in (${inTx}, ${killed})`,
+  )
+  t.equal(gone[0]?.n, 0, 'both backends ended')
+  t.equal(
+    (await cluster.query("select 1 from pg_tables where tablename = 'pool_uncommitted'")).length,
+    0,
+    'the open transaction was rolled back, not handed on',
+  )
+})
+
+void t.test('a reset that fails closes the connection', async (t) => {
+  const proxy = await startProxy(t, cluster, { pool: { reset_query: 'select 1/0' } })
+  const first = await once(proxy, pid)
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.equal(await metric(proxy, 'pg_vault_proxy_pool_resets_total', 'outcome="failed"'), 1)
+  t.not(await once(proxy, pid), first)
+})
+
+void t.test('pool.mode none and max_idle 0: a fresh login for every client', async (t) => {
+  for (const pool of [{ mode: 'none' }, { max_idle: 0 }]) {
+    const proxy = await startProxy(t, cluster, { pool })
+    const first = await once(proxy, pid)
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    t.not(await once(proxy, pid), first, JSON.stringify(pool))
+    t.equal(proxy.server.status().routes[0]?.pool.idle, 0)
+    await proxy.stop()
+  }
+})
+
+void t.test('pgbench with a new connection per transaction runs on a handful of reused connections', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const env = { PGHOST: proxy.host, PGPORT: String(proxy.port), PGUSER: 'anyone', PGDATABASE: cluster.database }
+  const init = await runClient('pgbench', ['-i', '-s', '1', '-q'], { env })
+  t.equal(init.code, 0, init.out)
+  const run = await runClient('pgbench', ['-n', '-S', '-C', '-c', '4', '-t', '50'], { env })
+  t.equal(run.code, 0, run.out)
+  t.match(run.stdout, /number of transactions actually processed: 200\/200/)
+  const logins = await metric(proxy, 'pg_vault_proxy_upstream_logins_total', 'route="default"')
+  const reuses = await metric(proxy, 'pg_vault_proxy_pool_reuses_total', 'route="default"')
+  t.ok(reuses >= 150, `most connections were reused (${reuses} reuses, ${logins} logins)`)
+  t.ok(logins <= 30, `few upstream logins (${logins})`)
+})
+
+void t.test('stopping the proxy closes pooled connections', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const p = await once(proxy, pid)
+  await pooled(proxy)
+  await proxy.stop()
+  for (let i = 0; i < 50; i++) {
+    const rows = await cluster.query(`select 1 from pg_stat_activity where pid = ${p}`)
+    if (rows.length === 0) break
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.equal((await cluster.query(`select 1 from pg_stat_activity where pid = ${p}`)).length, 0, 'its backend ended')
+})
