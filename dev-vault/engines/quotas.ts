@@ -6,10 +6,12 @@
 import type { BackendRequest, BackendResult, BackendRouter } from '../backend.js'
 import type { VaultCore } from '../core.js'
 import { respondError } from '../envelope.js'
+import { trimSlashes } from '../mounts.js'
 
 /** logical_system.go sanitizePath: a trailing slash, no leading one ("" stays ""). */
 function sanitizePath(path: string): string {
-  return `${path.replace(/\/*$/, '')}/`.replace(/^\/+/, '')
+  const trimmed = trimSlashes(path)
+  return trimmed === '' ? '' : `${trimmed}/`
 }
 
 function writeQuota(core: VaultCore, req: BackendRequest): BackendResult {

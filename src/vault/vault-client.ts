@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { noMetrics, type VaultRequestMetrics } from '../ops/metrics.js'
 import { toVaultError } from './vault-error.js'
-import { VaultHttp } from './vault-http.js'
+import { VaultHttp, withoutTrailingSlashes } from './vault-http.js'
 
 export interface VaultClientOptions {
   address: string
@@ -177,11 +177,4 @@ function authOf(path: string, envelope: Envelope | undefined): VaultAuth {
     renewable: auth.renewable,
     policies: auth.policies ?? [],
   }
-}
-
-/** The text without the slashes at its end (one pass back from the end; a regex here could take quadratic time). */
-function withoutTrailingSlashes(text: string): string {
-  let end = text.length
-  while (end > 0 && text[end - 1] === '/') end--
-  return text.slice(0, end)
 }

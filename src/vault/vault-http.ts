@@ -50,7 +50,7 @@ export class VaultHttp {
   private readonly agent: HttpAgent | HttpsAgent
 
   constructor(private readonly options: VaultHttpOptions) {
-    this.base = new URL(options.address.replace(/\/+$/, '') + '/')
+    this.base = new URL(withoutTrailingSlashes(options.address) + '/')
     this.agent =
       this.base.protocol === 'https:'
         ? new HttpsAgent({
@@ -151,4 +151,11 @@ function parseJson(bytes: Buffer): unknown {
   } catch {
     return undefined
   }
+}
+
+/** The text without the slashes at its end (one pass back from the end; a regex here could take quadratic time). */
+export function withoutTrailingSlashes(text: string): string {
+  let end = text.length
+  while (end > 0 && text[end - 1] === '/') end--
+  return text.slice(0, end)
 }

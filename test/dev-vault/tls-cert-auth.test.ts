@@ -48,7 +48,8 @@ function httpsCall(address: string, method: string, path: string, client?: KeyPa
 /** The subject key identifier as `openssl x509 -ext subjectKeyIdentifier` prints it, in Vault's form. */
 function opensslKeyId(pem: string): string {
   const out = execFileSync('openssl', ['x509', '-noout', '-ext', 'subjectKeyIdentifier'], { input: pem }).toString()
-  return /\n\s*([0-9A-F:]+)\s*$/.exec(out)![1]!.toLowerCase()
+  // The last line holds the identifier, indented.
+  return out.trim().split('\n').at(-1)!.trim().toLowerCase()
 }
 
 async function tlsVault(t: Parameters<typeof vaultFor>[0], flavor?: FlavorName): Promise<VaultTarget> {

@@ -176,7 +176,7 @@ if (probe.missing) {
     const header = (await readFile(composeFile, 'utf8')).split('\n').filter((l) => l.startsWith('#'))
     const commands = header.map((l) => l.replace(/^#\s*/, '')).filter((l) => /^docker-compose\s/.test(l))
     t.same(
-      commands.map((c) => c.replace(/\s+#.*$/, '')),
+      commands.map((c) => c.replace(/\s#.*$/, '').trimEnd()),
       ['docker-compose build', 'docker-compose run --rm client', 'docker-compose down -v'],
       'docker-compose.yml recommends build, run --rm client, down -v',
     )

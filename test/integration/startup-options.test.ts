@@ -30,7 +30,7 @@ async function serverVerdict(options: string): Promise<'sets_owned' | 'accepted'
     return row?.r === 'postgres' || row?.s === 'postgres' ? 'sets_owned' : 'accepted'
   } catch (err) {
     const message = (err as Error).message
-    return /permission denied to set (role|session authorization)/.test(message) ? 'sets_owned' : 'refused'
+    return /permission denied to set (?:role|session authorization)/.test(message) ? 'sets_owned' : 'refused'
   } finally {
     await client.end().catch(() => undefined)
   }
