@@ -211,7 +211,9 @@ for name in "$a" "$b"; do
     status=0
     wait "$statement" || status=$?
     echo "# the statement's psql ended (wait status $status)"
-    if [ "$(cat "$statement_out")" = "$(printf '42\npsql exit 0')" ]; then
+    # The result comes first and psql exits 0; the drain may end the then idle session with
+    # FATAL 57P01 before psql has said goodbye, which psql prints after the result.
+    if [ "$(head -n 1 "$statement_out")" = 42 ] && grep -qx 'psql exit 0' "$statement_out"; then
       ok "a statement running at docker stop completes before the container exits"
     else
       not_ok "a statement running at docker stop completes" "psql: $(tr '\n' ' ' <"$statement_out")"

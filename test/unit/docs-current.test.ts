@@ -155,7 +155,8 @@ void t.test('every pg_vault_proxy_ metric a docs page names exists', async (t) =
 })
 
 void t.test('docs/operations.md lists every refusal reason the proxy counts, and no other', async (t) => {
-  // The reasons are the first argument of each `new ProxyError(...)` and of the subclasses' super().
+  // The reasons are the first argument of each `new ProxyError(...)`, of the subclasses' super(), and
+  // of each sessionRefused('...') with a literal.
   const reasons = new Set<string>(['internal_error']) // client-session.ts counts unexpected errors so
   const files = (await readdir(new URL('../../src/', import.meta.url), { recursive: true })).filter((f) =>
     f.endsWith('.ts'),
@@ -163,6 +164,8 @@ void t.test('docs/operations.md lists every refusal reason the proxy counts, and
   for (const file of files) {
     const text = await read(`src/${file}`)
     for (const m of text.matchAll(/new ProxyError\(\s*'([a-z_]+)'/g)) reasons.add(m[1] ?? '')
+    // Refusals counted without a ProxyError (the startup-slot refusal is written before any packet is read).
+    for (const m of text.matchAll(/sessionRefused\('([a-z_]+)'\)/g)) reasons.add(m[1] ?? '')
     if (/extends ProxyError\b/.test(text))
       for (const m of text.matchAll(/super\(\s*'([a-z_]+)'/g)) reasons.add(m[1] ?? '')
   }
