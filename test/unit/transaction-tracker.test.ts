@@ -72,6 +72,10 @@ void t.test('COPY FROM failing on the server before CopyDone', async (t) => {
   feed(tr, 'PBES', ['1', '2', 'G'])
   feed(tr, 'd', ['E'])
   feed(tr, 'dcS', ['ZI'])
+  // PostgreSQL read the first Sync after the error (it ends the extended-query error state) and
+  // answers it, then the second: two ReadyForQuery, and the session is idle only after both.
+  t.notOk(tr.isIdle, 'the second Sync is still owed its ReadyForQuery')
+  feed(tr, '', ['ZI'])
   t.ok(tr.isIdle)
   // a later COPY is still counted right
   feed(tr, 'Q', ['G'])
