@@ -338,6 +338,8 @@ export class ClientSession {
       onUpstreamLost: (loss) => this.mover?.onUpstreamLost(loss),
       onIdle: () => this.onIdle(),
       onClientData: () => this.onClientData(),
+      onOutgrown: (why) =>
+        this.log.warn({ why }, 'session outgrew what pg-vault-proxy follows: it keeps working, but cannot move'),
       keepUpstream: () =>
         !!this.chosen.pool?.enabled && !this.draining && !!this.mover && !this.mover.isMoving && !this.mover.isParked,
     })

@@ -3,7 +3,7 @@ import { decodeErrorFields, encodeErrorResponse, errorFields } from '../pgwire/b
 import { BackendCode, FrontendCode, type TransactionStatus } from '../pgwire/codes.js'
 import { MessageFramer, ProtocolViolation } from '../pgwire/message-framer.js'
 import type { SessionState } from './session-state.js'
-import type { TransactionTracker } from './transaction-tracker.js'
+import { MAX_TRACKED_RUNS, type TransactionTracker } from './transaction-tracker.js'
 
 // PostgreSQL's own limits (src/backend/tcop/postgres.c SocketBackend): large messages up to 1 GB - 1,
 // control messages up to 10000 bytes.
@@ -71,6 +71,8 @@ export interface RelayOptions {
    * pool. It is then not sent the Terminate, and is detached (not closed) when the relay ends.
    */
   keepUpstream?: () => boolean
+  /** Once, when the session outgrows what the proxy follows (see TransactionTracker, SESSION_BOUNDS). */
+  onOutgrown?: (why: string) => void
 }
 
 export type RelayEndReason =
@@ -112,6 +114,8 @@ export class Relay {
   private clientSentTerminate = false
   /** The client's Terminate was kept from the upstream, which is to be handed back, not closed. */
   private keepingUpstream = false
+  /** The session outgrew what the proxy follows, and said so. */
+  private outgrown = false
   private kept = false
   private upstreamSentFatal: string | undefined
   private readonly clientFramer: MessageFramer
@@ -164,6 +168,7 @@ export class Relay {
           else if (code === FrontendCode.Query || code === FrontendCode.Parse) state.onUninspected()
         }
         tracker.onFrontend(code)
+        if (!this.outgrown && (tracker.overflowed || state?.exceeded)) this.reportOutgrown()
       },
     })
     this.upstreamFramer = this.newUpstreamFramer()
@@ -373,6 +378,14 @@ export class Relay {
       !this.clientFramer.isMidMessage &&
       !this.upstreamFramer.isMidMessage
     )
+  }
+
+  private reportOutgrown(): void {
+    this.outgrown = true
+    const why = this.options.tracker.overflowed
+      ? `more than ${MAX_TRACKED_RUNS} unanswered pipelined requests`
+      : (this.options.state?.exceeded ?? '')
+    this.options.onOutgrown?.(why)
   }
 
   /** Nothing is under way on the upstream, so it can serve another client once reset. */

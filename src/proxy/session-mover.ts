@@ -192,6 +192,7 @@ export class SessionMover {
     const { state } = this.options
     if (!idle)
       return 'The session was inside a transaction or had a request in flight, so pg-vault-proxy did not reconnect it: it never replays statements.'
+    if (state.exceeded) return `The session held ${state.exceeded}, so pg-vault-proxy did not reconnect it.`
     if (state.unknown)
       return 'pg-vault-proxy could not read the session state (its state probe failed), so it did not reconnect it.'
     if (state.dirty)
@@ -355,7 +356,8 @@ export class SessionMover {
     let pending: UpstreamLogin | undefined = next
     try {
       await this.probe(socket, old.session)
-      const unmovable = state.unknown ? 'state the probe could not read' : SessionState.unmovable(state.snapshot)
+      const unmovable =
+        state.exceeded ?? (state.unknown ? 'state the probe could not read' : SessionState.unmovable(state.snapshot))
       if (unmovable) {
         if (this.blockedBy !== unmovable) {
           log.warn({ why: unmovable, leaseId: old.credential.leaseId }, 'session cannot move to the new credential')

@@ -48,7 +48,18 @@ export interface Replay {
   readyForQueries: number
 }
 
-const MAX_RECORDED_PARSES = 10_000
+/**
+ * What one session may make the proxy keep, in bytes, whatever the client sends (docs/security.md,
+ * "Per-session bounds"). Named Parse messages past the first bound are not kept byte for byte (a
+ * move re-creates them from the probe's text instead); past the other the session's state can no
+ * longer be followed, and the session becomes one that cannot move, logged once, and keeps working.
+ */
+export const SESSION_BOUNDS = {
+  /** Copies of named Parse messages, kept for replay. */
+  recordedParseBytes: 1 << 20,
+  /** Names of statements whose runs may change state, and names of custom settings used. */
+  trackedNameBytes: 64 * 1024,
+} as const
 /** The state probe's own statement name. */
 const PROBE_STATEMENT = 'pg_vault_proxy_state_probe'
 
@@ -65,6 +76,10 @@ export class SessionState {
   dirty = false
   /** The last probe failed: the session's state is not known, so it must not move. */
   unknown = false
+  /** Why the session's state outgrew what the proxy follows (SESSION_BOUNDS): it can never move. */
+  exceeded: string | undefined
+  private recordedParseBytes = 0
+  private trackedNameBytes = 0
   private readonly parses = new Map<string, Buffer>()
   /** Dotted settings the client may have set: PostgreSQL lists them nowhere, so they are asked for by name. */
   private readonly customSettings = new Set<string>()
@@ -89,10 +104,9 @@ export class SessionState {
         const query = cstringAt(message, name.end)
         if (name.value !== '') {
           // Copied: the chunk it came in belongs to the relay.
-          if (this.parses.size < MAX_RECORDED_PARSES || this.parses.has(name.value))
-            this.parses.set(name.value, Buffer.from(message))
+          this.recordParse(name.value, message)
           this.dirty = true
-          if (mayChangeSessionState(query.value)) this.stateChanging.add(name.value)
+          if (mayChangeSessionState(query.value)) this.trackName(this.stateChanging, name.value)
           else this.stateChanging.delete(name.value)
         } else {
           this.unnamedParse = Buffer.from(message)
@@ -103,7 +117,7 @@ export class SessionState {
       case FrontendCode.Close:
         if (message[5] === 0x53 /* S */) {
           const name = cstringAt(message, 6).value
-          this.parses.delete(name)
+          this.forgetParse(name)
           this.stateChanging.delete(name)
           if (name === '') this.unnamedParse = undefined
           // The snapshot still lists the statement: without a new probe a reconnect would re-create it.
@@ -133,7 +147,33 @@ export class SessionState {
     const executes = this.snapshot.prepared.some((p) => p.fromSql) && hasStatementStartingWith(sql, 'execute')
     if (!executes && !mayChangeSessionState(sql)) return
     this.dirty = true
-    for (const name of customSettingNames(sql)) this.customSettings.add(name)
+    for (const name of customSettingNames(sql)) this.trackName(this.customSettings, name)
+  }
+
+  /** A named Parse, copied (the chunk it came in belongs to the relay) while within its bound. */
+  private recordParse(name: string, message: Buffer): void {
+    this.forgetParse(name)
+    if (this.recordedParseBytes + message.length > SESSION_BOUNDS.recordedParseBytes) return
+    this.parses.set(name, Buffer.from(message))
+    this.recordedParseBytes += message.length
+  }
+
+  private forgetParse(name: string): void {
+    const kept = this.parses.get(name)
+    if (!kept) return
+    this.recordedParseBytes -= kept.length
+    this.parses.delete(name)
+  }
+
+  /** Adds a name to a set the probe or the relay relies on, while the session's names stay within bound. */
+  private trackName(set: Set<string>, name: string): void {
+    if (set.has(name) || this.exceeded) return
+    if (this.trackedNameBytes + name.length > SESSION_BOUNDS.trackedNameBytes) {
+      this.exceeded = `more prepared-statement and setting names than pg-vault-proxy follows (${SESSION_BOUNDS.trackedNameBytes} bytes)`
+      return
+    }
+    this.trackedNameBytes += name.length
+    set.add(name)
   }
 
   /**
@@ -197,7 +237,7 @@ export class SessionState {
     for (const [name, value] of raw.custom) if (value !== null) settings.push([name, value])
     const prepared = raw.prepared.map((p) => ({ ...p, parameterTypes: p.parameterTypes.map(Number) }))
     const protocolNames = new Set(prepared.filter((p) => !p.fromSql).map((p) => p.name))
-    for (const name of [...this.parses.keys()]) if (!protocolNames.has(name)) this.parses.delete(name)
+    for (const name of [...this.parses.keys()]) if (!protocolNames.has(name)) this.forgetParse(name)
     this.snapshot = {
       settings,
       role: raw.role,
@@ -208,7 +248,7 @@ export class SessionState {
       tempRelations: Number(raw.tempRelations),
     }
     this.dirty = false
-    this.unknown = false
+    this.unknown = this.exceeded !== undefined
     return this.snapshot
   }
 

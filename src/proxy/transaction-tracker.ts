@@ -31,7 +31,7 @@ export const MAX_TRACKED_RUNS = 1024
  * (src/backend/commands/copyfromparse.c):
  *
  * - Query, FunctionCall and Sync each earn exactly one ReadyForQuery;
- * - Parse/Bind/Execute/Describe/Close/Flush earn none, and keep the batch's implicit transaction
+ * - Parse/Bind/Execute/Describe/Close earn none, and keep the batch's implicit transaction
  *   open until its Sync;
  * - CopyData, CopyDone and CopyFail outside COPY are read and ignored, with no reply;
  * - during COPY IN, Flush and Sync are ignored, CopyDone/CopyFail end the COPY, and any other
@@ -59,8 +59,6 @@ export class TransactionTracker {
    * ignores everything) until a Sync it does not ignore.
    */
   private awaitingSync = false
-  /** Flush sent since the last Sync: the client is in the middle of an extended-query exchange. */
-  private flushed = false
   /** More runs than MAX_TRACKED_RUNS were needed: the session's idleness is no longer known. */
   private gaveUp = false
 
@@ -76,7 +74,6 @@ export class TransactionTracker {
         // Counted even during COPY IN, where the server ignores it: which Syncs were read inside
         // the COPY is settled when it ends (endCopyIn), and a run of them is one counter.
         this.push(SYNC)
-        this.flushed = false
         break
       case FrontendCode.Parse:
       case FrontendCode.Bind:
@@ -84,9 +81,6 @@ export class TransactionTracker {
       case FrontendCode.Describe:
       case FrontendCode.Close:
         this.push(EXTENDED)
-        break
-      case FrontendCode.Flush:
-        this.flushed = true
         break
       case FrontendCode.CopyDone:
       case FrontendCode.CopyFail:
@@ -174,7 +168,7 @@ export class TransactionTracker {
    * implicit transaction open (the protocol chapter, "Extended Query").
    */
   private get batchOpen(): boolean {
-    return this.runs.at(-1)?.kind === EXTENDED || this.awaitingSync || this.flushed
+    return this.runs.at(-1)?.kind === EXTENDED || this.awaitingSync
   }
 
   /** A ReadyForQuery: the oldest outstanding request is answered. */

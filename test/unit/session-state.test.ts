@@ -2,6 +2,7 @@ import { serialize } from 'pg-protocol'
 import t from 'tap'
 import {
   FRESH_SESSION,
+  SESSION_BOUNDS,
   SessionState,
   type PreparedStatementState,
   type SessionSnapshot,
@@ -450,26 +451,51 @@ void t.test('Close of a statement forgets its recorded Parse and marks the sessi
   t.equal(state.replay(state.snapshot, OWNER).messages.length, 0)
 })
 
-void t.test('at most 10 000 Parses are recorded, but recorded names are still updated', async (t) => {
-  const state = new SessionState()
-  for (let i = 0; i < 10_000; i++) send(state, parse(`s${i}`, 'select $1', [0]))
-  send(state, parse('s10000', 'select $1', [0]), parse('s0', 'select $1::text', [0]))
-  const snap = state.acceptProbe(
-    probe({
-      prepared: [
-        byParse('s0', 'select $1::text', ['25']),
-        byParse('s9999', 'select $1', ['25']),
-        byParse('s10000', 'select $1', ['25']),
-      ],
-    }),
-  )
-  t.match(sent(state.replay(snap, OWNER).messages), [
-    { type: 'P', name: 's0', text: 'select $1::text', types: [0] },
-    { type: 'P', name: 's9999', types: [0] },
-    { type: 'P', name: 's10000', types: [25] },
-    { type: 'S' },
-  ])
-})
+void t.test(
+  'named Parses are kept up to SESSION_BOUNDS.recordedParseBytes; past it they are rebuilt from the probe',
+  async (t) => {
+    const state = new SessionState()
+    const name = (i: number): string => `s${String(i).padStart(6, '0')}`
+    const size = parse(name(0), 'select $1', [0]).length
+    const fit = Math.floor(SESSION_BOUNDS.recordedParseBytes / size)
+    for (let i = 0; i <= fit; i++) send(state, parse(name(i), 'select $1', [0]))
+    // Re-parsing a kept name replaces its copy (the bytes it held are given back first).
+    send(state, parse(name(0), 'select $1::text', [0]))
+    const snap = state.acceptProbe(
+      probe({
+        prepared: [
+          byParse(name(0), 'select $1::text', ['25']),
+          byParse(name(fit - 1), 'select $1', ['25']),
+          byParse(name(fit), 'select $1', ['25']),
+        ],
+      }),
+    )
+    t.match(sent(state.replay(snap, OWNER).messages), [
+      { type: 'P', name: name(0), text: 'select $1::text', types: [0] },
+      { type: 'P', name: name(fit - 1), types: [0] },
+      { type: 'P', name: name(fit), types: [25] },
+      { type: 'S' },
+    ])
+    t.notOk(state.exceeded, 'the session can still move')
+  },
+)
+
+void t.test(
+  'custom setting names past SESSION_BOUNDS.trackedNameBytes: the session cannot move, and keeps no more',
+  async (t) => {
+    const state = new SessionState()
+    const per = 40
+    const count = Math.ceil(SESSION_BOUNDS.trackedNameBytes / per) + 10
+    for (let i = 0; i < count; i++)
+      send(state, query(`set app.${'x'.repeat(per - 10)}${String(i).padStart(6, '0')} = 1`))
+    t.match(state.exceeded, /more prepared-statement and setting names/)
+    const probeLength = state.probeQuery().length
+    for (let i = 0; i < 1000; i++) send(state, query(`set other.name${i} = 1`))
+    t.equal(state.probeQuery().length, probeLength, 'names past the bound are not kept: the probe does not grow')
+    state.acceptProbe(probe({}))
+    t.ok(state.unknown, 'a successful probe does not make it movable again')
+  },
+)
 
 void t.test('running a named statement that may change state marks the state dirty; others do not', async (t) => {
   const state = new SessionState()

@@ -58,16 +58,17 @@ class ServerModel {
         this.extendedOpen = false
         out.push('Z')
         return out
+      case 'H':
+        return out // Flush: sends what is pending; opens no transaction
       case 'P':
       case 'B':
       case 'D':
       case 'C':
-      case 'H':
         this.extendedOpen = true
-        if (m.outcome === 'error' && m.code !== 'H') {
+        if (m.outcome === 'error') {
           out.push('E')
           this.mode = 'ignoreTillSync'
-        } else if (m.code !== 'H') out.push({ P: '1', B: '2', D: 'n', C: '3' }[m.code])
+        } else out.push({ P: '1', B: '2', D: 'n', C: '3' }[m.code])
         return out
       case 'E':
         this.extendedOpen = true
