@@ -24,7 +24,7 @@ const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 const MAX_INSPECTED = 16 * 1024
 /** Client Query/Parse messages up to this size are read for session state; longer ones mark it unknown. */
 const MAX_CLIENT_INSPECTED = 64 * 1024
-/** What the upstream sends when it is about to go away (pgwire.md §5.5). */
+/** What the upstream sends when it is about to go away: SQLSTATEs of class 57 (src/backend/utils/errcodes.txt; ProcessInterrupts in src/backend/tcop/postgres.c). */
 const LOSS_SQLSTATES = new Set(['57P01', '57P02', '57P05'])
 
 /** The upstream connection a relay runs on; replaced when the session moves (docs/rotation.md). */

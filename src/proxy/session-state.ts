@@ -66,7 +66,7 @@ const PROBE_STATEMENT = 'pg_vault_proxy_state_probe'
 /**
  * Follows one client session's state well enough to rebuild it on another upstream connection
  * (docs/rotation.md). Client messages that may change state mark it `dirty`; the session then
- * probes the upstream at the next idle point (pgwire.md §6.3), and the probe's answer, not this
+ * probes the upstream at the next idle point (as pgbouncer resets a server only when it is idle), and the probe's answer, not this
  * class's guesses, is what gets replayed. Named Parse messages are recorded as sent, so they are
  * re-prepared byte for byte.
  */
