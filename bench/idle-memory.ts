@@ -18,6 +18,7 @@ import { startCluster } from '../test/support/pg-cluster.js'
 import {
   HOST,
   cleanupSync,
+  runBenchmark,
   ensureBuilt,
   ensureClients,
   firstLine,
@@ -160,11 +161,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    cleanupSync()
-    process.stderr.write(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`)
-    process.exit(1)
-  },
-)
+runBenchmark(main)

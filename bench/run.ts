@@ -38,6 +38,7 @@ import {
   HOST,
   ROOT,
   cleanupSync,
+  runBenchmark,
   clientEnv,
   ensureBuilt,
   ensureClients,
@@ -628,12 +629,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    cleanupSync()
-    process.stderr.write(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`)
-    if (err instanceof Error && err.cause instanceof Error) process.stderr.write(`cause: ${err.cause.message}\n`)
-    process.exit(1)
-  },
-)
+runBenchmark(main)
