@@ -239,7 +239,9 @@ void t.test('unclean ends close the connection instead of pooling it', async (t)
 void t.test('a reset that fails closes the connection', async (t) => {
   const proxy = await startProxy(t, cluster, { pool: { reset_query: 'select 1/0' } })
   const first = await once(proxy, pid)
-  await new Promise((resolve) => setTimeout(resolve, 200))
+  // The reset runs after the client has gone: wait for its outcome.
+  for (let i = 0; i < 250 && (await metric(proxy, 'pg_vault_proxy_pool_resets_total', 'outcome="failed"')) === 0; i++)
+    await new Promise((resolve) => setTimeout(resolve, 20))
   t.equal(await metric(proxy, 'pg_vault_proxy_pool_resets_total', 'outcome="failed"'), 1)
   t.not(await once(proxy, pid), first)
 })
