@@ -26,6 +26,10 @@ interface Lease {
   ttlSeconds: number
   issuedAt: number
   expiresAt: number
+  /** The end of the token it was made under, if that token cannot be renewed: the lease dies with it. */
+  tokenEnd: number | undefined
+  /** expiresAt is tokenEnd: renewing cannot extend it. */
+  tokenBound: boolean
   renewable: boolean
   sessions: number
   retired: boolean
@@ -44,6 +48,17 @@ const REFETCH_AT = 0.85 // fetch the next credential at 85% of a lease that cann
  */
 function minRemainingMs(lease: Lease): number {
   return Math.min(2_000, lease.ttlSeconds * 250)
+}
+
+/**
+ * When a lease of `ttlSeconds` issued or renewed now ends: no later than the token it was made
+ * under, when that token cannot be renewed (Vault revokes a token's leases with it).
+ */
+function endOf(ttlSeconds: number, tokenEnd: number | undefined): { expiresAt: number; tokenBound: boolean } {
+  const asked = Date.now() + ttlSeconds * 1000
+  return tokenEnd !== undefined && tokenEnd < asked
+    ? { expiresAt: tokenEnd, tokenBound: true }
+    : { expiresAt: asked, tokenBound: false }
 }
 
 /**
@@ -70,7 +85,7 @@ export class DynamicCredentialSource implements CredentialSource {
     this.log = vault.log.child({ source: `${options.mount}/creds/${options.role}` })
     // Leases die with the token that created them: after a new login, move to a lease of the new token.
     vault.auth.onNewToken(() => {
-      if (this.current) void this.replace(this.current)
+      if (this.current) void this.replace(this.current, true)
     })
   }
 
@@ -229,12 +244,16 @@ export class DynamicCredentialSource implements CredentialSource {
     if (typeof username !== 'string' || typeof password !== 'string' || secret.leaseId === '') {
       throw new Error(`Vault's answer for ${this.path} has no username, password and lease`)
     }
+    const tokenEnd = this.vault.auth.leasesEndBy
+    const { expiresAt, tokenBound } = endOf(secret.leaseDurationSeconds, tokenEnd)
     return {
       credential: { username, password, origin: `Vault lease ${secret.leaseId}`, leaseId: secret.leaseId },
       leaseId: secret.leaseId,
       ttlSeconds: secret.leaseDurationSeconds,
       issuedAt: Date.now(),
-      expiresAt: Date.now() + secret.leaseDurationSeconds * 1000,
+      expiresAt,
+      tokenEnd,
+      tokenBound,
       renewable: secret.renewable,
       sessions: 0,
       retired: false,
@@ -246,12 +265,13 @@ export class DynamicCredentialSource implements CredentialSource {
   private schedule(lease: Lease, ttlSeconds: number): void {
     if (this.closed || lease.retired) return
     lease.timer?.clear()
-    const ttlMs = ttlSeconds * 1000
-    const canRenew = lease.renewable && ttlSeconds >= lease.ttlSeconds
+    const ttlMs = Math.min(ttlSeconds * 1000, lease.expiresAt - Date.now())
+    const canRenew = lease.renewable && !lease.tokenBound && ttlSeconds >= lease.ttlSeconds
     const swapLeadMs = this.options.swapBeforeEndMs ?? 0
     // Not before half of the lease's first term has passed (short leases would thrash), but right
     // away after a capped renewal that leaves less than the swap lead.
-    const earliest = lease.issuedAt + (lease.ttlSeconds * 1000) / 2 - Date.now()
+    const firstTermMs = Math.min(lease.ttlSeconds * 1000, lease.expiresAt - lease.issuedAt)
+    const earliest = lease.issuedAt + firstTermMs / 2 - Date.now()
     // Renewal at 2/3 of the TTL, but early enough that a renewal capped by max_ttl still leaves the
     // swap lead to fetch the next credential in (short leases: not before half of the term).
     const delay = canRenew
@@ -265,7 +285,7 @@ export class DynamicCredentialSource implements CredentialSource {
       const secret = await this.vault.call('sys/leases/renew', (client) =>
         client.renewLease(lease.leaseId, lease.ttlSeconds),
       )
-      lease.expiresAt = Date.now() + secret.leaseDurationSeconds * 1000
+      Object.assign(lease, endOf(secret.leaseDurationSeconds, lease.tokenEnd))
       this.vault.metrics.leaseRenewal('renewed')
       const capped = secret.leaseDurationSeconds < lease.ttlSeconds
       this.log.info(
@@ -284,14 +304,18 @@ export class DynamicCredentialSource implements CredentialSource {
     }
   }
 
-  /** Fetches the next credential before `lease` ends; retries while the old one still has time. */
-  private async replace(lease: Lease): Promise<void> {
+  /**
+   * Fetches the next credential before `lease` ends; retries while the old one still has time.
+   * `newToken`: a new Vault token was just obtained, and `lease` dies with the old one.
+   */
+  private async replace(lease: Lease, newToken = false): Promise<void> {
     if (this.closed || lease !== this.current) return
     // A token that cannot be renewed (a batch token) caps its leases at its own end, and its next
     // login is planned before then: that login brings a lease of the new token (onNewToken).
-    // Fetching now would make one more lease, under the old token, for nothing.
+    // Fetching now would make one more lease, under the old token, that ends just as soon.
     const loginAt = this.vault.auth.plannedLoginAt
-    if (loginAt !== undefined && loginAt > Date.now() && loginAt < lease.expiresAt - minRemainingMs(lease)) {
+    const loginInTime = lease.expiresAt - (lease.tokenBound ? 0 : minRemainingMs(lease))
+    if (!newToken && loginAt !== undefined && loginAt > Date.now() && loginAt < loginInTime) {
       lease.timer = setLongTimeout(() => void this.replace(lease), loginAt - Date.now() + 1_000)
       return
     }

@@ -44,6 +44,12 @@ export class VaultAuthenticator {
   private readonly tokenListeners: Array<() => void> = []
   /** When a login is planned because the token cannot be renewed (epoch ms), else undefined. */
   plannedLoginAt: number | undefined
+  /**
+   * When the current token ends for good (epoch ms), if it cannot be renewed: every lease it creates
+   * is revoked with it, whatever lease_duration Vault's reply shows (a batch token's leases are
+   * "constrained to the remaining TTL of the batch token": https://developer.hashicorp.com/vault/docs/concepts/tokens#batch-tokens).
+   */
+  leasesEndBy: number | undefined
 
   constructor(
     private readonly client: VaultClient,
@@ -165,6 +171,7 @@ export class VaultAuthenticator {
     )
     this.timer?.clear()
     this.plannedLoginAt = undefined
+    this.leasesEndBy = ttlMs > 0 && !auth.renewable ? this.expiresAt : undefined
     if (ttlMs <= 0 || this.stopped) return
     const due = Math.max(1000, ttlMs * RENEW_AT)
     if (auth.renewable) this.timer = setLongTimeout(() => void this.renew(auth.leaseDurationSeconds), due)
@@ -208,12 +215,13 @@ export class VaultAuthenticator {
           { clientToken: '', leaseDurationSeconds: self.ttlSeconds, renewable: true, policies: [] },
           'using the configured Vault token',
         )
-      else if (self.ttlSeconds > 0)
+      else if (self.ttlSeconds > 0) {
+        this.leasesEndBy = Date.now() + self.ttlSeconds * 1000
         this.log.warn(
           { ttlSeconds: self.ttlSeconds, type: self.type },
           'the configured Vault token cannot be renewed: it and every lease made under it end in ttlSeconds; use a login method (vault.auth.method) or a token file a Vault Agent keeps fresh',
         )
-      else this.log.info({ type: self.type }, 'using the configured Vault token (without expiry)')
+      } else this.log.info({ type: self.type }, 'using the configured Vault token (without expiry)')
     } catch (err) {
       if (err instanceof VaultError && (err.failure === 'permission_denied' || err.failure === 'invalid_token')) {
         this.client.token = '' // looked up again at the next call

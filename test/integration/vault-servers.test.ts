@@ -74,6 +74,11 @@ void t.test(
       0,
       'renew-self never called (it fails with "batch tokens cannot be renewed")',
     )
+    t.same(
+      proxy.logs.filter((l) => l.msg === 'upstream refused the credential'),
+      [],
+      "each new token's lease was in use before the old token (and its lease) ended: none was found revoked at login",
+    )
     const issued = proxy.logs.filter((l) => l.msg === 'issued a database credential').length
     t.ok(issued <= logins.length + 1, `one credential per token, not more (${issued} for ${logins.length} tokens)`)
   },

@@ -154,7 +154,7 @@ void t.test('a batch token is never renewed: the proxy logs in again before it e
   t.teardown(() => source.close())
   await source.get()
   await new Promise((r) => setTimeout(r, 3_000))
-  t.equal(h.count('sys/leases/renew'), 1, "the lease was renewed once, capped at the token's end")
+  t.equal(h.count('sys/leases/renew'), 0, "a lease that dies with the token is not renewed (Vault would cap it at the token's end)")
   t.equal(h.count('auth/token/renew-self'), 0, 'no renew-self for a token that cannot be renewed')
   t.equal(h.count('auth/approle/login'), 2, 'logged in again at 2/3 of the TTL (2 s), once')
   t.equal(announced, 1, 'the credential sources were told')
@@ -166,6 +166,33 @@ void t.test('a batch token is never renewed: the proxy logs in again before it e
   t.equal(source.status().leaseId, 'lease/2')
   const second = h.requests.filter((r) => r.path === 'auth/approle/login')[1]
   t.ok(second, 'second login happened')
+})
+
+void t.test("a batch token's lease ends with the token, whatever lease_duration says", async (t) => {
+  // Vault's reply shows the TTL asked for, but a lease made under a batch token is revoked when the
+  // token ends: sessions must be told the real end, and move to the next token's lease before it.
+  const h = await harness(t, (r) => {
+    if (r.path === 'auth/approle/login') return reply.login(`hvb.${h.count('auth/approle/login')}`, 3, false)
+    if (r.path === 'sys/leases/revoke') return { status: 204 }
+    return reply.creds(`lease/${h.count('database/creds/app')}`, 60)
+  })
+  const source = new DynamicCredentialSource(h.session, { mount: 'database', role: 'app', revokeOnShutdown: false })
+  t.teardown(() => source.close())
+  const issuedAt = Date.now()
+  const first = await source.get()
+  const hold = source.use(first)
+  t.teardown(() => hold.release())
+  let told = 0
+  hold.onChange(() => told++)
+  const ends = source.status().expiresAt ?? 0
+  t.ok(ends - issuedAt <= 3_100, `the lease ends with its token (in ${ends - issuedAt} ms), not in 60 s`)
+  t.equal(hold.endsAt, ends, 'sessions see that end')
+  await new Promise((r) => setTimeout(r, 2_500))
+  t.equal(h.count('auth/approle/login'), 2, 'logged in again at 2/3 of the token TTL')
+  t.equal(source.status().leaseId, 'lease/2', "the new token's lease serves new sessions at once")
+  t.ok(hold.superseded, 'sessions on the old lease are told to move before the old token ends')
+  t.ok(told >= 1, 'and their listeners ran')
+  t.equal(h.count('sys/leases/renew'), 0, 'no renewal of a lease bound to a dying token')
 })
 
 void t.test('token file: a new token written by an agent is announced without waiting for a failure', async (t) => {
