@@ -42,19 +42,21 @@ function start(args: string[]): { child: ChildProcess; output: () => string; exi
   return { child, output: () => output, exit }
 }
 
-async function waitFor(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 300; i++) {
+/** A liveness guard, not a speed check: a loaded CI machine can take many seconds to start tsx. */
+async function waitFor(check: () => boolean, what: string, output: () => string): Promise<void> {
+  const until = Date.now() + 60_000
+  while (Date.now() < until) {
     if (check()) return
     await new Promise((r) => setTimeout(r, 50))
   }
-  throw new Error(`timed out waiting for ${what}`)
+  throw new Error(`timed out waiting for ${what}; it printed:\n${output()}`)
 }
 
 void t.test('run --config with --listen overriding the file; SIGTERM stops it with exit 0', async (t) => {
   const port = await freePort()
   const file = await writeConfig('ok.yaml', configYaml('listen: 127.0.0.1:1'))
   const proc = start(['run', '--config', file, '--listen', `127.0.0.1:${port}`])
-  await waitFor(() => proc.output().includes('pg-vault-proxy ready'), 'the proxy to start')
+  await waitFor(() => proc.output().includes('pg-vault-proxy ready'), 'the proxy to start', proc.output)
   const client = new pg.Client({ host: '127.0.0.1', port, user: 'x', database: cluster.database })
   await client.connect()
   t.equal((await client.query<{ u: string }>('select current_user as u')).rows[0]?.u, 'app_owner')
