@@ -1,7 +1,16 @@
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { ServerPool } from '../../src/proxy/server-pool.js'
-import { dataRow, errorResponse, rowDescription } from '../support/backend-replies.js'
+import { encodeReadyForQuery } from '../../src/pgwire/backend-messages.js'
+import {
+  bindComplete,
+  closeComplete,
+  commandComplete,
+  dataRow,
+  errorResponse,
+  parseComplete,
+  rowDescription,
+} from '../support/backend-replies.js'
 import { CountingCredentialSource } from '../support/counting-credentials.js'
 import {
   cstrings,
@@ -171,6 +180,28 @@ void t.test('the upstream lost in the middle of the state probe during a move', 
   t.equal(prepared.filter((c) => !c.closed).length, 2, 'the login prepared for the lost move was closed')
   t.equal(source.holdsOn('app_v1'), 0, 'no hold left on the superseded credential')
   t.equal(source.liveHolds, 2)
+})
+
+void t.test('a malformed answer to the state probe: that connection is never relayed again', async (t) => {
+  const { upstream, source, proxy } = await setup(t)
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  upstream.script = async (message, connection) => {
+    if (connection !== first || !isProbe(message)) return
+    // A bad length where the probe's row should be, then (once the proxy has reacted) the rest of
+    // the answer: bytes that must never reach the client, who asked for none of them.
+    connection.send(parseComplete(), bindComplete(), Buffer.from([0x44, 0, 0, 0, 2]))
+    await until(t, 'the proxy gave up the probe', () => connection.closed || proxy.logText().includes('will retry'))
+    connection.send(commandComplete('SELECT 1'), closeComplete(), encodeReadyForQuery('I'))
+    return true
+  }
+  source.rotate(200)
+  await until(t, 'the probe answered', () => first.probes === 1)
+  await until(t, 'the session settled', () => first.closed || proxy.logText().includes('will retry'))
+  t.equal(await sessionUser(a.client), 'app_v2', 'the session goes on, on the new credential')
+  t.same(a.errors, [], 'nothing stray reached the client')
+  t.ok(first.closed, 'the connection that lost framing was closed')
+  t.equal(source.holdsOn('app_v1'), 0)
 })
 
 for (const mode of ['none', 'session'] as const) {
