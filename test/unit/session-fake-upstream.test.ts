@@ -145,6 +145,66 @@ void t.test('FATAL 57P01 inside a transaction: the client gets it, with why it w
   )
 })
 
+void t.test('the upstream lost with a request in flight: the client gets an error, never a hang', async (t) => {
+  const cuts = {
+    'between messages': (c: FakeConnection) => {
+      c.send(rowDescription(['n']))
+      c.drop()
+    },
+    'half-way through a message': (c: FakeConnection) => {
+      c.send(rowDescription(['n']), dataRow(['12345']).subarray(0, 8))
+      c.drop()
+    },
+  }
+  const { upstream, proxy } = await setup(t)
+  for (const [where, cut] of Object.entries(cuts)) {
+    await t.test(where, async (t) => {
+      upstream.script = (message, connection) => {
+        if (message.type !== 'Q' || cstrings(message.body)[0] !== 'select 8') return
+        cut(connection)
+        return true
+      }
+      const a = await watchedClient(proxy)
+      const before = upstream.connections.length
+      const err = (await a.client.query('select 8').then(
+        () => undefined,
+        (e: unknown) => e,
+      )) as ServerError | undefined
+      if (where === 'between messages') {
+        t.equal(err?.code, '08006', 'FATAL connection_failure')
+        t.match(err?.detail, /request in flight/, 'with why the session was not reconnected')
+      } else {
+        // A FATAL spliced into the half-sent DataRow would corrupt it: the client's socket just ends.
+        t.match(err?.message, /Connection terminated unexpectedly/)
+      }
+      t.equal(upstream.connections.length, before, 'no reconnect: nothing in flight is ever replayed')
+      const b = await watchedClient(proxy)
+      t.ok((await pid(b.client)) > 0, 'the proxy serves new clients')
+      await b.client.end()
+    })
+  }
+})
+
+void t.test('the upstream lost under the probe of a session that just changed its state', async (t) => {
+  const { upstream, proxy } = await setup(t)
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  upstream.script = (message, connection) => {
+    if (connection !== first || !isProbe(message)) return
+    connection.drop()
+    return true
+  }
+  const ended = new Promise((resolve) => a.client.once('end', resolve))
+  // A SET marks the state dirty: at the next idle point the proxy probes it, and the probe is lost.
+  await a.client.query('set work_mem = 12345')
+  await ended
+  t.equal(first.probes, 1)
+  const fatal = a.errors[0]
+  t.equal(fatal?.code, '08006', 'a clear FATAL, not a hang')
+  t.match(fatal?.detail, /just changed its state/, 'with why it could not be rebuilt elsewhere')
+  t.equal(upstream.connections.length, 1, 'no reconnect onto a state it could not rebuild')
+})
+
 void t.test('the upstream lost in the middle of the state probe during a move', async (t) => {
   const { upstream, source, proxy } = await setup(t)
   const a = await watchedClient(proxy)
@@ -240,17 +300,23 @@ for (const mode of ['none', 'session'] as const) {
   })
 }
 
-void t.test('Terminate while a session waits to reconnect after the idle-session timeout', async (t) => {
+void t.test('after the idle-session timeout the session reconnects only when the client speaks', async (t) => {
   const { upstream, source, proxy } = await setup(t)
   const a = await watchedClient(proxy)
-  const first = connectionOf(upstream, await pid(a.client))
-  first.fatal('57P05', 'terminating connection due to idle-session timeout')
+  const b = await watchedClient(proxy)
+  for (const c of [a, b]) {
+    connectionOf(upstream, await pid(c.client)).fatal('57P05', 'terminating connection due to idle-session timeout')
+  }
   // Parked: no login until the client speaks (reconnecting now would only time out again).
-  await until(t, 'the hold given back while parked', () => source.liveHolds === 0)
-  await a.client.end()
-  t.equal(upstream.connections.length, 1, 'a goodbye is not worth a login')
+  await until(t, 'the holds given back while parked', () => source.liveHolds === 0)
+  t.equal(upstream.connections.length, 2, 'no login while nobody speaks')
+  t.equal(await pid(a.client), upstream.connections[2]?.processId, 'a query wakes the session on a new connection')
   t.same(a.errors, [])
-  t.equal(source.liveHolds, 0)
+  t.equal(source.liveHolds, 1)
+  await b.client.end()
+  t.equal(upstream.connections.length, 3, 'a goodbye is not worth a login')
+  t.same(b.errors, [])
+  await until(t, "the goodbye's session gave everything back", () => source.liveHolds === 1)
 })
 
 void t.test('a pooled connection whose server spoke while pooled is never handed out', async (t) => {
@@ -284,6 +350,24 @@ void t.test('a pooled connection whose server spoke while pooled is never handed
       t.equal(sample(metrics, 'pg_vault_proxy_session_moves_total', { kind: 'reconnect' }) ?? 0, 0, 'no reconnect')
     })
   }
+})
+
+void t.test('a pooled connection whose server closed without a word: the next client does not notice', async (t) => {
+  const { upstream, proxy, pool } = await setup(t)
+  const a = await watchedClient(proxy)
+  const pooled = connectionOf(upstream, await pid(a.client))
+  await a.client.end()
+  await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+  pooled.drop()
+  await new Promise((resolve) => setImmediate(resolve))
+  const b = await watchedClient(proxy)
+  t.equal(await pid(b.client), upstream.connections[1]?.processId, 'served by a new login')
+  t.same(b.errors, [])
+  t.same(b.notices, [])
+  const metrics = await proxy.server.metrics.registry.metrics()
+  t.equal(sample(metrics, 'pg_vault_proxy_pool_reuses_total') ?? 0, 0, 'the pool noticed the close: nothing handed out')
+  t.equal(sample(metrics, 'pg_vault_proxy_session_moves_total') ?? 0, 0, 'so nothing needed a reconnect')
+  t.equal(pool.idleConnections, 0)
 })
 
 void t.test('a reset query that fails closes the connection; the next client logs in afresh', async (t) => {
