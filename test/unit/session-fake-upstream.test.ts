@@ -83,17 +83,33 @@ async function until(t: Test, what: string, check: () => boolean): Promise<void>
 /** What node-postgres reports of an ErrorResponse (pg's DatabaseError). */
 type ServerError = Error & { code?: string; detail?: string; severity?: string }
 
-/** A client whose errors and notices are recorded instead of thrown. */
-async function watchedClient(
-  proxy: RunningProxy,
-): Promise<{ client: pg.Client; errors: ServerError[]; notices: Array<string | undefined> }> {
-  const client = new pg.Client({ host: proxy.host, port: proxy.port, user: 'app', database: 'app' })
-  const errors: ServerError[] = []
-  const notices: Array<string | undefined> = []
-  client.on('error', (err) => errors.push(err))
-  client.on('notice', (notice) => notices.push(notice.message))
+interface WatchedClient {
+  client: pg.Client
+  errors: ServerError[]
+  notices: Array<string | undefined>
+  /** The connection ended (the proxy closed it, or the client did). */
+  ended: boolean
+}
+
+/**
+ * A client whose errors and notices are recorded instead of thrown. A proxy that never answers
+ * fails the query after a few seconds instead of hanging the test (a bound, not a measurement).
+ */
+async function watchedClient(proxy: RunningProxy): Promise<WatchedClient> {
+  const client = new pg.Client({
+    host: proxy.host,
+    port: proxy.port,
+    user: 'app',
+    database: 'app',
+    query_timeout: 5_000,
+    connectionTimeoutMillis: 5_000,
+  })
+  const watched: WatchedClient = { client, errors: [], notices: [], ended: false }
+  client.on('error', (err) => watched.errors.push(err))
+  client.on('notice', (notice) => watched.notices.push(notice.message))
+  client.on('end', () => (watched.ended = true))
   await client.connect()
-  return { client, errors, notices }
+  return watched
 }
 
 const ADMIN_SHUTDOWN = 'terminating connection due to administrator command'
@@ -127,9 +143,8 @@ void t.test('FATAL 57P01 inside a transaction: the client gets it, with why it w
   const b = await watchedClient(proxy)
   const pidA = await pid(a.client)
   await a.client.query('begin')
-  const ended = new Promise((resolve) => a.client.once('end', resolve))
   connectionOf(upstream, pidA).fatal('57P01', ADMIN_SHUTDOWN)
-  await ended
+  await until(t, 'the client connection ended', () => a.ended)
   const fatal = a.errors[0]
   t.equal(fatal?.code, '57P01', "the server's SQLSTATE")
   t.equal(fatal?.message, ADMIN_SHUTDOWN, "the server's words")
@@ -186,23 +201,39 @@ void t.test('the upstream lost with a request in flight: the client gets an erro
 })
 
 void t.test('the upstream lost under the probe of a session that just changed its state', async (t) => {
-  const { upstream, proxy } = await setup(t)
-  const a = await watchedClient(proxy)
-  const first = connectionOf(upstream, await pid(a.client))
-  upstream.script = (message, connection) => {
-    if (connection !== first || !isProbe(message)) return
-    connection.drop()
-    return true
+  const losses = {
+    dropped: { cut: (c: FakeConnection) => c.drop(), message: /lost the connection to the upstream server/ },
+    // A bad length where the row should be: the connection's framing is lost, so it is as good as gone.
+    'a malformed answer': {
+      cut: (c: FakeConnection) => c.send(parseComplete(), bindComplete(), Buffer.from([0x44, 0, 0, 0, 2])),
+      message: /invalid message length 2/,
+    },
   }
-  const ended = new Promise((resolve) => a.client.once('end', resolve))
-  // A SET marks the state dirty: at the next idle point the proxy probes it, and the probe is lost.
-  await a.client.query('set work_mem = 12345')
-  await ended
-  t.equal(first.probes, 1)
-  const fatal = a.errors[0]
-  t.equal(fatal?.code, '08006', 'a clear FATAL, not a hang')
-  t.match(fatal?.detail, /just changed its state/, 'with why it could not be rebuilt elsewhere')
-  t.equal(upstream.connections.length, 1, 'no reconnect onto a state it could not rebuild')
+  for (const [how, loss] of Object.entries(losses)) {
+    await t.test(how, async (t) => {
+      const { upstream, proxy } = await setup(t)
+      const a = await watchedClient(proxy)
+      const first = connectionOf(upstream, await pid(a.client))
+      upstream.script = (message, connection) => {
+        if (connection !== first || !isProbe(message)) return
+        loss.cut(connection)
+        return true
+      }
+      // A SET marks the state dirty: at the next idle point the proxy probes it, and the probe is lost.
+      await a.client.query('set work_mem = 12345')
+      await until(t, 'the client connection ended', () => a.ended)
+      t.equal(first.probes, 1)
+      const fatal = a.errors[0]
+      t.equal(fatal?.code, '08006', 'a clear FATAL, not a hang')
+      t.match(fatal?.message, loss.message)
+      t.match(fatal?.detail, /just changed its state/, 'with why it could not be rebuilt elsewhere')
+      // node-postgres adds its own note when the socket then ends; nothing else may come.
+      const rest = a.errors.slice(1).filter((e) => e.message !== 'Connection terminated unexpectedly')
+      t.same(rest, [], 'and nothing else')
+      t.equal(upstream.connections.length, 1, 'no reconnect onto a state it could not rebuild')
+      await until(t, 'the connection closed', () => first.closed)
+    })
+  }
 })
 
 void t.test('the upstream lost in the middle of the state probe during a move', async (t) => {
@@ -273,12 +304,12 @@ for (const mode of ['none', 'session'] as const) {
     upstream.script = async (message, connection) => {
       if (connection !== first || !isProbe(message)) return
       // Goodbye from the client while the proxy waits for the probe's answer, which then comes.
-      ended = a.client.end()
+      ended = a.client.end().catch(() => undefined)
       await new Promise((resolve) => setImmediate(resolve))
     }
     source.rotate(200)
     await until(t, 'the client said goodbye', () => ended !== undefined)
-    await ended
+    await until(t, 'the client connection ended', () => a.ended)
     const second = upstream.connections[1]
     t.equal(second?.user, 'app_v2', 'the move had logged in with the new credential')
     await until(t, 'the old connection closed', () => first.closed)
@@ -299,6 +330,57 @@ for (const mode of ['none', 'session'] as const) {
     t.equal(upstream.connections.length, 2, 'no other login')
   })
 }
+
+void t.test('the client vanishes while its session moves: both connections closed, every hold back', async (t) => {
+  const { upstream, source, proxy, pool } = await setup(t)
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  let gone = false
+  upstream.script = async (message, connection) => {
+    if (connection !== first || !isProbe(message)) return
+    // No Terminate: the client's socket is destroyed while the proxy waits for the probe's answer.
+    ;(a.client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy()
+    gone = true
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  source.rotate(200)
+  await until(t, 'the client vanished', () => gone)
+  await until(t, 'both upstream connections closed', () => upstream.open.length === 0)
+  t.equal(upstream.connections.length, 2, 'the old connection and the one logged in for the move')
+  t.equal(upstream.connections[1]?.user, 'app_v2')
+  await until(t, 'every credential hold given back', () => source.liveHolds === 0)
+  t.equal(pool.idleConnections, 0, 'nothing pooled from an unclean end')
+  t.match(
+    proxy.logs.find((l) => l.msg === 'session ended'),
+    { reason: 'client_closed' },
+    'the audit line says the client left',
+  )
+})
+
+void t.test('a shutdown WARNING, then the socket closes: an idle session reconnects unseen', async (t) => {
+  const { upstream, proxy } = await setup(t)
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  // An immediate shutdown or a crash elsewhere: PostgreSQL warns every backend, then they exit.
+  first.notice('terminating connection because of crash of another server process', 'WARNING', '57P02')
+  first.drop()
+  await until(t, 'the reconnect login', () => upstream.connections.length === 2)
+  t.equal(await pid(a.client), upstream.connections[1]?.processId)
+  t.same(a.errors, [])
+  t.same(a.notices, [], 'the warning was about a connection the client no longer has')
+})
+
+void t.test('a FATAL the proxy does not take over reaches the client; the proxy goes on', async (t) => {
+  const { upstream, proxy } = await setup(t)
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  first.fatal('53200', 'out of memory')
+  await until(t, 'the client connection ended', () => a.ended)
+  t.equal(a.errors[0]?.code, '53200', "the server's own FATAL, as it sent it")
+  t.equal(upstream.connections.length, 1, 'only announced shutdowns and losses are reconnected')
+  const b = await watchedClient(proxy)
+  t.ok((await pid(b.client)) > 0)
+})
 
 void t.test('after the idle-session timeout the session reconnects only when the client speaks', async (t) => {
   const { upstream, source, proxy } = await setup(t)
@@ -404,7 +486,6 @@ void t.test('a malformed message from the upstream mid-relay ends that session o
       const a = await watchedClient(proxy)
       const b = await watchedClient(proxy)
       const first = connectionOf(upstream, await pid(a.client))
-      const ended = new Promise((resolve) => a.client.once('end', resolve))
       const err = (await a.client.query('select 7').then(
         () => undefined,
         (e: unknown) => e,
@@ -412,7 +493,7 @@ void t.test('a malformed message from the upstream mid-relay ends that session o
       t.equal(err?.code, '08006', 'connection_failure: the upstream connection can no longer be trusted')
       t.equal(err?.severity, 'FATAL')
       t.match(err?.message, /lost the connection to the upstream server: it sent an invalid/)
-      await ended
+      await until(t, 'the client connection ended', () => a.ended)
       await until(t, 'the broken upstream connection closed', () => first.closed)
       t.ok((await pid(b.client)) > 0, 'the other session goes on')
       const c = await watchedClient(proxy)
