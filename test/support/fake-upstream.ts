@@ -5,7 +5,7 @@ import {
   encodeReadyForQuery,
 } from '../../src/pgwire/backend-messages.js'
 import type { TransactionStatus } from '../../src/pgwire/codes.js'
-import { FRESH_SESSION } from '../../src/proxy/session-state.js'
+import { FRESH_SESSION, type SessionSnapshot } from '../../src/proxy/session-state.js'
 import {
   bindComplete,
   closeComplete,
@@ -42,6 +42,8 @@ type SqlResult = { columns?: string[]; rows?: Array<Array<string | null>>; tag: 
 /** One server connection, as the fake sees and drives it. */
 export class FakeConnection {
   status: TransactionStatus = 'I'
+  /** What the state probe reports beyond a fresh session (settings a SET changed, say). */
+  state: Partial<SessionSnapshot> = {}
   private readonly statements = new Map<string, string>()
   private readonly portals = new Map<string, string>()
   /** After an error in an extended-protocol batch, messages are skipped until Sync (as PostgreSQL does). */
@@ -191,8 +193,9 @@ export class FakeConnection {
   /** The statements the fake knows; anything else is an error a test will notice. */
   private run(sql: string, statement: string): SqlResult {
     if (statement === PROBE_STATEMENT) {
-      // A session that changed nothing: no settings, the owner role from the startup packet.
-      const snapshot = { ...FRESH_SESSION, custom: [], role: this.wire.startupParameters.get('role') ?? 'none' }
+      // A fresh session (the owner role from the startup packet) with whatever the test set in `state`.
+      const role = this.wire.startupParameters.get('role') ?? 'none'
+      const snapshot = { ...FRESH_SESSION, role, ...this.state, custom: [] }
       const encoded = Buffer.from(JSON.stringify(snapshot), 'utf8').toString('base64')
       return { columns: ['encode'], rows: [[encoded]], tag: 'SELECT 1' }
     }
@@ -207,6 +210,13 @@ export class FakeConnection {
       return { tag: text === 'commit' ? 'COMMIT' : 'ROLLBACK' }
     }
     if (text.startsWith('set ')) return { tag: 'SET' }
+    // How a move replays settings (SessionState.replay): one set_config per setting, in one SELECT
+    // (the values are not echoed: the mover reads only whether it succeeded).
+    const replayed = /^select (pg_catalog\.set_config\(.*\))$/.exec(text)
+    if (replayed) {
+      const calls = (replayed[1] as string).split(/,\s*(?=pg_catalog\.set_config\()/)
+      return { columns: calls.map(() => 'set_config'), rows: [calls.map(() => '')], tag: 'SELECT 1' }
+    }
     if (text === 'select pg_backend_pid()')
       return { columns: ['pg_backend_pid'], rows: [[String(this.processId)]], tag: 'SELECT 1' }
     if (text === 'select session_user') return { columns: ['session_user'], rows: [[this.user ?? '']], tag: 'SELECT 1' }

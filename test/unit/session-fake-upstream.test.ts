@@ -273,6 +273,46 @@ void t.test('the upstream lost in the middle of the state probe during a move', 
   t.equal(source.liveHolds, 2)
 })
 
+/** The replay of work_mem = 12345 (SessionState.replay; the literals may come as E'...'). */
+const REPLAYED_WORK_MEM = /^select pg_catalog\.set_config\(E?'work_mem', E?'12345', false\)$/
+
+void t.test("a move replays the session's settings on the new connection", async (t) => {
+  const { upstream, source, proxy } = await setup(t)
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  first.state = { settings: [['work_mem', '12345']] }
+  source.rotate(200)
+  await until(t, 'the old connection closed', () => first.closed)
+  const second = upstream.connections[1]
+  t.equal(second?.user, 'app_v2')
+  t.equal(await sessionUser(a.client), 'app_v2')
+  const queries = second?.messages.filter((m) => m.type === 'Q').map((m) => cstrings(m.body)[0])
+  t.match(queries?.[0], REPLAYED_WORK_MEM, 'the probed setting was replayed first')
+  t.equal(queries?.[1], 'select session_user', "then the client's query")
+  t.same(a.errors, [])
+})
+
+void t.test('the new connection lost during the replay: the session stays where it was', async (t) => {
+  const { upstream, source, proxy } = await setup(t)
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  first.state = { settings: [['work_mem', '12345']] }
+  upstream.script = (message, connection) => {
+    if (message.type !== 'Q' || !REPLAYED_WORK_MEM.test(cstrings(message.body)[0] ?? '')) return
+    connection.drop()
+    return true
+  }
+  source.rotate(200)
+  await until(t, 'the failed move logged', () => proxy.logText().includes('could not move the session'))
+  t.ok(upstream.connections[1]?.closed, 'the connection that failed the replay is gone')
+  t.equal(await sessionUser(a.client), 'app_v1', 'the session goes on where it was (and will try again)')
+  t.equal(await pid(a.client), first.processId)
+  t.same(a.errors, [])
+  const metrics = await proxy.server.metrics.registry.metrics()
+  t.equal(sample(metrics, 'pg_vault_proxy_session_moves_total', { kind: 'swap', outcome: 'failed' }), 1)
+  t.equal(source.holdsOn('app_v2'), 0, 'its hold was given back')
+})
+
 void t.test('a malformed answer to the state probe: that connection is never relayed again', async (t) => {
   const { upstream, source, proxy } = await setup(t)
   const a = await watchedClient(proxy)
