@@ -37,7 +37,7 @@ const MAX_MESSAGE = 64 << 20
  * Sends `request` on an upstream connection that is not being relayed (a session suspended at an
  * idle point, or a fresh login) and reads until `readyForQueries` ReadyForQuery messages arrived.
  * Replies are swallowed, except notifications, which are kept for the client. Rejects if the
- * connection closes or `timeoutMs` passes first (the socket is then destroyed).
+ * connection closes, its framing breaks, or `timeoutMs` passes first (the socket is then destroyed).
  */
 export async function exchange(
   socket: Socket,
@@ -89,6 +89,10 @@ export async function exchange(
   } catch (err) {
     reader.detach()
     if (err instanceof ConnectionClosedError) throw new ExchangeClosedError(err.message, result.error)
+    // A bad length or an oversized message: where the next message starts is lost, and the rest of
+    // this answer would reach the client as if it were its own. The connection is gone for good,
+    // so callers see a closed socket and handle it as a lost upstream.
+    socket.destroy()
     throw err
   } finally {
     clearTimeout(timer)

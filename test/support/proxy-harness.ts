@@ -3,10 +3,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import pg from 'pg'
+import type { Logger } from 'pino'
 import { parseConfig, type Config } from '../../src/config/load-config.js'
 import { createLogger } from '../../src/ops/logger.js'
-import { createProxyServer } from '../../src/proxy/create-proxy-server.js'
-import type { ProxyServer } from '../../src/proxy/proxy-server.js'
+import { ProxyMetrics } from '../../src/ops/metrics.js'
+import { createProxyServer, createRouteProfiles, listenersOf } from '../../src/proxy/create-proxy-server.js'
+import { ProxyServer } from '../../src/proxy/proxy-server.js'
+import type { CredentialSource } from '../../src/vault/credential-source.js'
 import type { PgCluster } from './pg-cluster.js'
 
 export interface RunningProxy {
@@ -53,6 +56,26 @@ export async function startProxy(
     ...overrides,
     upstream: { host: cluster.host, port: cluster.port, sslmode: 'disable', ...upstreamOverrides },
   }
+  return startProxyWith(t, raw, { ...options, database: cluster.database, socketDir })
+}
+
+/**
+ * Starts a proxy in this process from a raw configuration, through the same composition as
+ * `run` (parseConfig, then the route profiles). `credentials` replaces every route's credential
+ * source with one the test drives (the configured one is never built); `socketDir` is removed at
+ * the end; `database` is what the harness's clients ask for.
+ */
+export async function startProxyWith(
+  t: Teardown,
+  raw: Record<string, unknown>,
+  options: {
+    prefetchCredentials?: boolean
+    credentials?: CredentialSource
+    database?: string
+    socketDir?: string
+  } = {},
+): Promise<RunningProxy> {
+  const { socketDir = '', database } = options
   const config = parseConfig(raw)
   const logs: Array<Record<string, unknown>> = []
   let text = ''
@@ -64,7 +87,10 @@ export async function startProxy(
       done()
     },
   })
-  const server = createProxyServer(config, createLogger('debug', sink))
+  const logger = createLogger('debug', sink)
+  const server = options.credentials
+    ? serverWith(config, logger, options.credentials)
+    : createProxyServer(config, logger)
   await server.start(options)
   const clients: pg.Client[] = []
   let stopped = false
@@ -73,7 +99,7 @@ export async function startProxy(
     stopped = true
     await Promise.all(clients.map((c) => c.end().catch(() => undefined)))
     await server.close()
-    await rm(socketDir, { recursive: true, force: true })
+    if (socketDir) await rm(socketDir, { recursive: true, force: true })
   }
   t.teardown(stop)
   return {
@@ -85,7 +111,7 @@ export async function startProxy(
     logs,
     logText: () => text,
     async whoAmI() {
-      const client = new pg.Client({ host: '127.0.0.1', port: server.port, user: 'app', database: cluster.database })
+      const client = new pg.Client({ host: '127.0.0.1', port: server.port, user: 'app', database })
       client.on('error', () => {})
       await client.connect()
       try {
@@ -102,7 +128,7 @@ export async function startProxy(
         host: '127.0.0.1',
         port: server.port,
         user: 'anyone',
-        database: cluster.database,
+        database,
         ...options,
       })
       client.on('error', () => {})
@@ -112,4 +138,19 @@ export async function startProxy(
     },
     stop,
   }
+}
+
+/** createProxyServer's composition, every route on `credentials` instead of its configured source. */
+function serverWith(config: Config, logger: Logger, credentials: CredentialSource): ProxyServer {
+  const metrics = new ProxyMetrics()
+  const keep = new Map(config.routes.map((route) => [route.name, credentials]))
+  return new ProxyServer({
+    listeners: listenersOf(config),
+    allowRemote: config.allow_remote,
+    socketMode: parseInt(config.socket_mode, 8),
+    routes: createRouteProfiles(config, logger, metrics, process.env, keep),
+    maxStartupConnections: config.max_startup_connections,
+    logger,
+    metrics,
+  })
 }

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { TLSSocket } from 'node:tls'
 import { promisify } from 'node:util'
+import { decodeStartupPacket } from '../../src/pgwire/startup-packet.js'
 import { BufferList, parseMessages, type WireMessage } from './wire-builder.js'
 
 // A scripted server that pretends to be the upstream PostgreSQL: it answers SSLRequest with 'S' and
@@ -63,6 +64,8 @@ export class SpoofConnection {
   /** Bytes the scenario handed to the socket that the socket accepted before it closed. */
   bytesWritten = 0
   closed = false
+  /** The StartupMessage's parameters (user, database, role, ...), once the handshake read it. */
+  readonly startupParameters = new Map<string, string>()
   private unread: Buffer = Buffer.alloc(0)
   private readonly waiters = new Set<() => void>()
 
@@ -109,6 +112,11 @@ export class SpoofConnection {
     this.socket.destroy()
   }
 
+  /** Closes after what was written is sent (a FIN, as a server process that exits). */
+  end(): void {
+    this.socket.end()
+  }
+
   /** SSLRequest → 'S' and TLS (or 'N' without a certificate), then the StartupMessage. */
   async handshake(tls: SpoofTls | undefined): Promise<void> {
     this.listen(this.socket)
@@ -126,7 +134,9 @@ export class SpoofConnection {
       }
       packet = await this.readPacket()
     }
-    if (packet.readUInt32BE(4) !== 0x30000) throw new Error('expected a StartupMessage')
+    const startup = decodeStartupPacket(packet)
+    if (startup.kind !== 'StartupMessage' || startup.majorVersion !== 3) throw new Error('expected a StartupMessage')
+    for (const [name, value] of startup.parameters) this.startupParameters.set(name, value)
   }
 
   private listen(socket: net.Socket): void {
