@@ -298,6 +298,25 @@ void t.test(
   },
 )
 
+void t.test("after the reset the pool knows the connection is back at its first client's values", async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const values = { application_name: 'second', TimeZone: 'Asia/Tokyo' }
+  const first = await linked(proxy, { application_name: 'first', TimeZone: 'UTC' })
+  await first.end()
+  await pooled(proxy)
+  const second = await linked(proxy, values)
+  await second.end()
+  await pooled(proxy)
+  // DISCARD ALL put back 'first' and UTC; had the pool kept the second client's values, the third
+  // client, who sends the same, would not be given them.
+  const third = await linked(proxy, values)
+  await third.end()
+  t.equal(third.pid, first.pid, 'one backend for all three')
+  t.equal(second.pid, first.pid)
+  t.same([third.settings.application_name, third.settings.timezone], ['second', 'Asia/Tokyo'])
+  t.same([third.greeting.application_name, third.greeting.TimeZone], ['second', 'Asia/Tokyo'])
+})
+
 void t.test('a client without a linkable parameter does not get a connection whose first client sent it', async (t) => {
   const proxy = await startProxy(t, cluster)
   const named = await once(proxy, pid, { application_name: 'named' })
@@ -347,7 +366,7 @@ void t.test(
   },
 )
 
-void t.test('psql with PGTZ and PGAPPNAME: two runs, one backend, each its own values', async (t) => {
+void t.test('psql with PGTZ, PGAPPNAME and PGCLIENTENCODING: two runs, one backend, each its own values', async (t) => {
   const proxy = await startProxy(t, cluster)
   const psql = (env: Record<string, string>): Promise<string> =>
     runClient(
@@ -364,18 +383,20 @@ void t.test('psql with PGTZ and PGAPPNAME: two runs, one backend, each its own v
         '-d',
         cluster.database,
         '-c',
-        "select pg_backend_pid(), current_setting('application_name'), current_setting('TimeZone')",
+        "select pg_backend_pid(), current_setting('application_name'), current_setting('TimeZone'), current_setting('client_encoding')",
       ],
       { env },
     ).then((r) => {
       if (r.code !== 0) throw new Error(r.out)
       return r.stdout.trim()
     })
-  const [firstPid, ...first] = (await psql({ PGTZ: 'UTC', PGAPPNAME: 'one' })).split('|')
+  const [firstPid, ...first] = (await psql({ PGTZ: 'UTC', PGAPPNAME: 'one', PGCLIENTENCODING: 'UTF8' })).split('|')
   await pooled(proxy)
-  const [secondPid, ...second] = (await psql({ PGTZ: 'America/New_York', PGAPPNAME: 'two' })).split('|')
-  t.same(first, ['one', 'UTC'])
-  t.same(second, ['two', 'America/New_York'])
+  const [secondPid, ...second] = (
+    await psql({ PGTZ: 'America/New_York', PGAPPNAME: 'two', PGCLIENTENCODING: 'LATIN1' })
+  ).split('|')
+  t.same(first, ['one', 'UTC', 'UTF8'])
+  t.same(second, ['two', 'America/New_York', 'LATIN1'])
   t.equal(secondPid, firstPid, 'the same backend')
 })
 
