@@ -16,10 +16,11 @@ const LINK_TIMEOUT_MS = 5_000
 /**
  * The linkable parameters a client sent that its pooled connection does not have yet, as one
  * `SELECT set_config(...)` (name, value) list, in the client's order; the last of several values for
- * a name wins, as at login. client_encoding goes last, so an error about another parameter arrives
- * in the encoding the proxy reads. A value the connection reports exactly is skipped; any other is set,
- * even when it only spells the current one differently (`utf8` for `UTF8`): setting it again is
- * harmless, and the server's answer gives the spelling a fresh login would have reported.
+ * a name wins, as at login. client_encoding goes last: an error about another parameter stops the
+ * statement before it, so the error arrives in the connection's encoding, not the client's. A value
+ * the connection reports exactly is skipped; any other is set, even when it only spells the current
+ * one differently (`utf8` for `UTF8`): setting it again is harmless, and the server's answer gives
+ * the spelling a fresh login would have reported.
  */
 export function linkSettings(
   parameters: ReadonlyMap<string, string>,
