@@ -15,8 +15,9 @@
 //   a connection whose first client sent `SQL, DMY` the result would differ from a fresh login's.
 //
 // Newer servers report more: scram_iterations (16), search_path (18). Both are user-settable and
-// listed: on a server that does not know or report one, it is set on every link (a server without
-// scram_iterations refuses it with 42704, as it refuses it at login).
+// listed. A server that does not report one (search_path before 18) gets it set on every link; one
+// that does not know it (scram_iterations before 16) refuses it at login, so no pooled connection
+// has it.
 
 /** Lower-case name (GUC names are case-insensitive) to the name the server reports it by. */
 const LINKABLE = new Map(

@@ -298,6 +298,33 @@ void t.test(
   },
 )
 
+void t.test('search_path, not reported before PostgreSQL 18, is set on every link, as a list', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const path = async (value: string): Promise<{ pid: number; path: string }> => {
+    const client = clientWith(proxy, { search_path: value })
+    await client.connect()
+    try {
+      const row = (await client.query<{ p: string }>("select current_setting('search_path') as p")).rows[0]!
+      return { pid: await pid(client), path: row.p }
+    } finally {
+      await client.end()
+    }
+  }
+  const first = await path('public')
+  await pooled(proxy)
+  const second = await path('pg_catalog, public')
+  await pooled(proxy)
+  const third = await path('public')
+  t.same(
+    [first, second, third],
+    [
+      { pid: first.pid, path: 'public' },
+      { pid: first.pid, path: 'pg_catalog, public' },
+      { pid: first.pid, path: 'public' },
+    ],
+  )
+})
+
 void t.test("after the reset the pool knows the connection is back at its first client's values", async (t) => {
   const proxy = await startProxy(t, cluster)
   const values = { application_name: 'second', TimeZone: 'Asia/Tokyo' }
