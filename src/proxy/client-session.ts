@@ -19,6 +19,7 @@ import { readClientGreeting, startupRefusal } from './client-handshake.js'
 import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
 import { Relay } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
+import { linkRefusedError, linkServer } from './server-link.js'
 import { ServerPool } from './server-pool.js'
 import { SessionMover, type RotationSettings, type UpstreamLogin } from './session-mover.js'
 import { SessionState } from './session-state.js'
@@ -216,9 +217,17 @@ export class ClientSession {
     const { credentials, pool } = this.chosen
     const pooled = pool?.enabled ? pool.take(this.poolKey(startup)) : undefined
     if (pooled) {
-      this.reused = true
-      if (this.phase !== SessionPhase.Relay) this.credential = pooled.credential
-      return pooled
+      const link = await linkServer(pooled.session, startup.forwarded)
+      if (link.linked) {
+        this.reused = true
+        if (this.phase !== SessionPhase.Relay) this.credential = pooled.credential
+        return pooled
+      }
+      // Refused: nothing was applied and the connection is idle, so it goes back to the pool (after a
+      // reset, as ever). Broken: it is destroyed already, and the pool only closes it.
+      void pool?.give(this.poolKey(startup), pooled, pooled.session.parameters)
+      if (link.refusal) throw linkRefusedError(link.refusal, this.chosen.connector.endpoint.address)
+      this.log.debug({ why: link.why }, 'a pooled server connection could not be linked; logging in afresh')
     }
     pool?.countLogin()
     const credential = await credentials.get()

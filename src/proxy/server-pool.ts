@@ -5,6 +5,7 @@ import { FrontendCode } from '../pgwire/codes.js'
 import type { StartupParameter } from '../pgwire/startup-packet.js'
 import type { CredentialSource } from '../vault/credential-source.js'
 import type { UpstreamLogin } from './session-mover.js'
+import { linkableName } from './linkable-parameters.js'
 import { resetServer } from './server-reset.js'
 
 export interface PoolSettings {
@@ -77,11 +78,23 @@ export class ServerPool {
   /**
    * What a client must share with a pooled connection's first client to be given it: the
    * database and every startup parameter the server saw (the proxy's own `user` and `role` are the
-   * same for all clients of a route and credential).
+   * same for all clients of a route and credential), by name and value, except the linkable ones
+   * (src/proxy/linkable-parameters.ts), which count by name only: the link sets their values
+   * (src/proxy/server-link.ts). The name must still match. A startup value becomes the session's
+   * reset value, and the pool's DISCARD ALL (RESET ALL) returns the connection to its first
+   * client's values: a client that never sent `application_name` must not get a connection that
+   * comes back to someone else's on reset, and one that sent it must not get one whose reset value
+   * is the server's default, which the proxy cannot know to set.
    */
   static key(database: string, forwarded: readonly StartupParameter[]): string {
-    const parts = forwarded.map(([name, value]) => `${name}\0${value}`).sort()
-    return [database, ...parts].join('\0\0')
+    const linked = new Set<string>()
+    const parts: string[] = []
+    for (const [name, value] of forwarded) {
+      const reported = linkableName(name)
+      if (reported === undefined) parts.push(`${name}\0${value}`)
+      else linked.add(`${reported}\0\x01`)
+    }
+    return [database, ...[...parts, ...linked].sort()].join('\0\0')
   }
 
   /** A client's session logs in upstream afresh (no pooled connection fit, or pooling is off). */

@@ -198,12 +198,233 @@ void t.test('the greeting after reuse carries the reset values, as a fresh login
 
 void t.test('different startup parameters do not share connections', async (t) => {
   const proxy = await startProxy(t, cluster)
-  const a = await once(proxy, pid, { application_name: 'one' })
+  const a = await once(proxy, pid, { options: '-c work_mem=4MB' })
   await pooled(proxy)
-  const b = await once(proxy, pid, { application_name: 'two' })
-  t.not(b, a, 'another application_name: another connection')
+  const b = await once(proxy, pid, { options: '-c work_mem=8MB' })
+  t.not(b, a, 'other options: another connection')
   await pooled(proxy, 2)
-  t.equal(await once(proxy, pid, { application_name: 'one' }), a, 'the first key still finds its connection')
+  t.equal(await once(proxy, pid, { options: '-c work_mem=4MB' }), a, 'the first key still finds its connection')
+})
+
+/** A node-postgres client that sends `extra` in its startup packet too (node-postgres itself only sends a few). */
+function clientWith(proxy: RunningProxy, extra: Record<string, string>): pg.Client {
+  const client = new pg.Client({ host: proxy.host, port: proxy.port, user: 'app', database: cluster.database })
+  const conf = client as unknown as { getStartupConf: () => Record<string, string> }
+  const base = conf.getStartupConf.bind(client)
+  conf.getStartupConf = () => ({ ...base(), ...extra })
+  client.on('error', () => {})
+  return client
+}
+
+interface Linked {
+  pid: number
+  /** The ParameterStatus values of the greeting (before the first ReadyForQuery). */
+  greeting: Record<string, string>
+  /** What the session says its settings are. */
+  settings: Record<string, string | boolean>
+}
+
+/** Connects with `extra` startup parameters, reads the greeting and the settings; keeps the client open until `end`. */
+async function linked(proxy: RunningProxy, extra: Record<string, string>): Promise<Linked & { end(): Promise<void> }> {
+  const client = clientWith(proxy, extra)
+  const greeting: Record<string, string> = {}
+  let greeted = false
+  client.connection.on('parameterStatus', (m: { parameterName: string; parameterValue: string }) => {
+    if (!greeted) greeting[m.parameterName] = m.parameterValue
+  })
+  client.connection.once('readyForQuery', () => (greeted = true))
+  await client.connect()
+  const settings = (
+    await client.query<Record<string, string | boolean>>(`select
+      current_setting('application_name') as application_name,
+      current_setting('TimeZone') as timezone,
+      current_setting('client_encoding') as client_encoding,
+      current_setting('IntervalStyle') as intervalstyle,
+      now()::text like '%+09' as tokyo_offset`)
+  ).rows[0]!
+  return { pid: await pid(client), greeting, settings, end: () => client.end() }
+}
+
+void t.test(
+  'clients that differ only in linkable parameters share a connection, each with its own values',
+  async (t) => {
+    const proxy = await startProxy(t, cluster)
+    // `timezone` as libpq sends it for PGTZ; the second client spells it `TimeZone`: one parameter.
+    const first = await linked(proxy, {
+      application_name: 'first',
+      timezone: 'UTC',
+      client_encoding: 'UTF8',
+      intervalstyle: 'postgres',
+    })
+    await first.end()
+    await pooled(proxy)
+    const second = await linked(proxy, {
+      application_name: 'second',
+      TimeZone: 'Asia/Tokyo',
+      client_encoding: 'unicode',
+      IntervalStyle: 'iso_8601',
+    })
+    t.equal(second.pid, first.pid, 'the same backend')
+    t.same(
+      second.settings,
+      {
+        application_name: 'second',
+        timezone: 'Asia/Tokyo',
+        client_encoding: 'UTF8',
+        intervalstyle: 'iso_8601',
+        tokyo_offset: true,
+      },
+      "the session runs with the second client's values",
+    )
+    // A fresh login with the same parameters, while the linked one is busy: the greetings must match.
+    const fresh = await linked(proxy, {
+      application_name: 'second',
+      TimeZone: 'Asia/Tokyo',
+      client_encoding: 'unicode',
+      IntervalStyle: 'iso_8601',
+    })
+    t.not(fresh.pid, second.pid, 'the comparison is a fresh login')
+    t.equal(second.greeting.application_name, 'second')
+    t.equal(second.greeting.TimeZone, 'Asia/Tokyo')
+    t.equal(second.greeting.client_encoding, 'UTF8', 'the alias reads as the server names it')
+    t.same(second.greeting, fresh.greeting, 'the greeting is the one a fresh login gives')
+    await Promise.all([second.end(), fresh.end()])
+    await pooled(proxy, 2)
+    t.equal(
+      await metric(proxy, 'pg_vault_proxy_upstream_logins_total', 'route="default"'),
+      2,
+      'two logins for three clients',
+    )
+  },
+)
+
+void t.test('search_path, not reported before PostgreSQL 18, is set on every link, as a list', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const path = async (value: string): Promise<{ pid: number; path: string }> => {
+    const client = clientWith(proxy, { search_path: value })
+    await client.connect()
+    try {
+      const row = (await client.query<{ p: string }>("select current_setting('search_path') as p")).rows[0]!
+      return { pid: await pid(client), path: row.p }
+    } finally {
+      await client.end()
+    }
+  }
+  const first = await path('public')
+  await pooled(proxy)
+  const second = await path('pg_catalog, public')
+  await pooled(proxy)
+  const third = await path('public')
+  t.same(
+    [first, second, third],
+    [
+      { pid: first.pid, path: 'public' },
+      { pid: first.pid, path: 'pg_catalog, public' },
+      { pid: first.pid, path: 'public' },
+    ],
+  )
+})
+
+void t.test("after the reset the pool knows the connection is back at its first client's values", async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const values = { application_name: 'second', TimeZone: 'Asia/Tokyo' }
+  const first = await linked(proxy, { application_name: 'first', TimeZone: 'UTC' })
+  await first.end()
+  await pooled(proxy)
+  const second = await linked(proxy, values)
+  await second.end()
+  await pooled(proxy)
+  // DISCARD ALL put back 'first' and UTC; had the pool kept the second client's values, the third
+  // client, who sends the same, would not be given them.
+  const third = await linked(proxy, values)
+  await third.end()
+  t.equal(third.pid, first.pid, 'one backend for all three')
+  t.equal(second.pid, first.pid)
+  t.same([third.settings.application_name, third.settings.timezone], ['second', 'Asia/Tokyo'])
+  t.same([third.greeting.application_name, third.greeting.TimeZone], ['second', 'Asia/Tokyo'])
+})
+
+void t.test('a client without a linkable parameter does not get a connection whose first client sent it', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const named = await once(proxy, pid, { application_name: 'named' })
+  await pooled(proxy)
+  const unnamed = await once(proxy, async (client) => ({
+    pid: await pid(client),
+    name: (await client.query<{ n: string }>("select current_setting('application_name') as n")).rows[0]!.n,
+  }))
+  t.not(unnamed.pid, named, 'another connection')
+  t.equal(unnamed.name, '', 'and no application_name')
+  await pooled(proxy, 2)
+  t.equal(await once(proxy, pid, { application_name: 'renamed' }), named, 'another name does get it')
+})
+
+void t.test(
+  'a value the server refuses on link is refused as at a fresh login, and the connection stays pooled',
+  async (t) => {
+    const proxy = await startProxy(t, cluster)
+    const refusal = async (): Promise<Record<string, unknown>> => {
+      const client = clientWith(proxy, { TimeZone: 'nonsense' })
+      const err = (await client.connect().then(
+        () => new Error('connected'),
+        (e: unknown) => e,
+      )) as pg.DatabaseError
+      return { code: err.code, severity: err.severity, message: err.message }
+    }
+    const fresh = await refusal()
+    t.same(
+      fresh,
+      { code: '22023', severity: 'FATAL', message: 'invalid value for parameter "TimeZone": "nonsense"' },
+      'a fresh login with a bad TimeZone is refused by the server',
+    )
+    const good = await linked(proxy, { TimeZone: 'UTC' })
+    await good.end()
+    await pooled(proxy)
+    t.same(await refusal(), fresh, 'the link refuses it the same way')
+    await pooled(proxy)
+    const after = await linked(proxy, { TimeZone: 'Europe/Paris' })
+    await after.end()
+    t.equal(after.pid, good.pid, 'the connection went back to the pool and serves the next client')
+    t.equal(after.settings.timezone, 'Europe/Paris')
+    t.equal(
+      await metric(proxy, 'pg_vault_proxy_upstream_logins_total', 'route="default"'),
+      2,
+      'the refused fresh login and the first good one: the second refusal came from the link',
+    )
+  },
+)
+
+void t.test('psql with PGTZ, PGAPPNAME and PGCLIENTENCODING: two runs, one backend, each its own values', async (t) => {
+  const proxy = await startProxy(t, cluster)
+  const psql = (env: Record<string, string>): Promise<string> =>
+    runClient(
+      'psql',
+      [
+        '-X',
+        '-At',
+        '-h',
+        proxy.host,
+        '-p',
+        String(proxy.port),
+        '-U',
+        'anyone',
+        '-d',
+        cluster.database,
+        '-c',
+        "select pg_backend_pid(), current_setting('application_name'), current_setting('TimeZone'), current_setting('client_encoding')",
+      ],
+      { env },
+    ).then((r) => {
+      if (r.code !== 0) throw new Error(r.out)
+      return r.stdout.trim()
+    })
+  const [firstPid, ...first] = (await psql({ PGTZ: 'UTC', PGAPPNAME: 'one', PGCLIENTENCODING: 'UTF8' })).split('|')
+  await pooled(proxy)
+  const [secondPid, ...second] = (
+    await psql({ PGTZ: 'America/New_York', PGAPPNAME: 'two', PGCLIENTENCODING: 'LATIN1' })
+  ).split('|')
+  t.same(first, ['one', 'UTC', 'UTF8'])
+  t.same(second, ['two', 'America/New_York', 'LATIN1'])
+  t.equal(secondPid, firstPid, 'the same backend')
 })
 
 void t.test('unclean ends close the connection instead of pooling it', async (t) => {

@@ -1,0 +1,125 @@
+import { serialize } from 'pg-protocol'
+import type { ErrorFields } from '../pgwire/backend-messages.js'
+import { decodeErrorFields } from '../pgwire/backend-messages.js'
+import { BackendCode } from '../pgwire/codes.js'
+import { MessageReader } from '../pgwire/message-reader.js'
+import { quoteLiteral } from '../pgwire/sql-text.js'
+import type { StartupParameter } from '../pgwire/startup-packet.js'
+import { linkableName } from './linkable-parameters.js'
+import { UpstreamRefusedError } from './proxy-error.js'
+import type { UpstreamSession } from './upstream-connector.js'
+
+/** The answer is a DataRow, a CommandComplete, a few ParameterStatus and a ReadyForQuery: far less than this. */
+const MAX_LINK_BYTES = 64 * 1024
+const LINK_TIMEOUT_MS = 5_000
+
+/**
+ * The linkable parameters a client sent that its pooled connection does not have yet, as one
+ * `SELECT set_config(...)` (name, value) list, in the client's order; the last of several values for
+ * a name wins, as at login. client_encoding goes last: an error about another parameter stops the
+ * statement before it, so the error arrives in the connection's encoding, not the client's. A value
+ * the connection reports exactly is skipped; any other is set, even when it only spells the current
+ * one differently (`utf8` for `UTF8`): setting it again is harmless, and the server's answer gives
+ * the spelling a fresh login would have reported.
+ */
+export function linkSettings(
+  parameters: ReadonlyMap<string, string>,
+  forwarded: readonly StartupParameter[],
+): Array<[string, string]> {
+  const wanted = new Map<string, string>()
+  for (const [name, value] of forwarded) {
+    const reported = linkableName(name)
+    if (reported === undefined) continue
+    wanted.delete(reported)
+    wanted.set(reported, value)
+  }
+  const encoding = wanted.get('client_encoding')
+  if (encoding !== undefined) {
+    wanted.delete('client_encoding')
+    wanted.set('client_encoding', encoding)
+  }
+  return [...wanted].filter(([name, value]) => parameters.get(name) !== value)
+}
+
+/** What linking a pooled connection to a client came to. */
+export type LinkOutcome =
+  /** The connection now has the client's values; its parameters map says so. */
+  | { linked: true }
+  /** The server refused a value (its ErrorResponse): a fresh login would have been refused the same way. */
+  | { linked: false; refusal: ErrorFields }
+  /** The connection broke, said too much, was too slow, or cannot be linked: it is destroyed. */
+  | { linked: false; refusal: undefined; why: string }
+
+/**
+ * Gives a pooled connection (reset, idle) the linkable startup parameters of its new client with
+ * one simple Query of set_config() calls (https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADMIN-SET):
+ * set_config, unlike `SET name TO 'value'`, takes the value as the startup packet does, a list
+ * (search_path) included. The ParameterStatus messages that answer update `session.parameters`, so
+ * the client's greeting carries its own values. One statement runs in one implicit transaction: if
+ * any value is refused none is applied, and the connection is idle and unchanged afterwards.
+ */
+export async function linkServer(
+  session: UpstreamSession,
+  forwarded: readonly StartupParameter[],
+): Promise<LinkOutcome> {
+  const settings = linkSettings(session.parameters, forwarded)
+  if (settings.length === 0) return { linked: true }
+  const encoding = session.parameters.get('client_encoding')
+  if (encoding !== 'UTF8' && encoding !== 'SQL_ASCII' && settings.some(([, value]) => !isAscii(value))) {
+    // The query text is UTF-8, and the server would convert it from another client_encoding.
+    return broken(session, `a non-ASCII value cannot be sent while client_encoding is ${encoding ?? 'unknown'}`)
+  }
+  const sql = `SELECT ${settings.map(([name, value]) => `pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`).join(', ')}`
+  const { socket } = session
+  if (session.pending.length > 0) socket.unshift(session.pending)
+  const reader = new MessageReader(socket)
+  const timer = setTimeout(() => socket.destroy(new Error(`no answer within ${LINK_TIMEOUT_MS} ms`)), LINK_TIMEOUT_MS)
+  let refusal: ErrorFields | undefined
+  let received = 0
+  try {
+    socket.write(serialize.query(sql))
+    for (;;) {
+      const { code, body } = await reader.readMessage(MAX_LINK_BYTES)
+      received += 5 + body.length
+      if (received > MAX_LINK_BYTES) throw new Error(`the server sent more than ${MAX_LINK_BYTES} bytes in answer`)
+      if (code === BackendCode.ErrorResponse) refusal ??= decodeErrorFields(body)
+      else if (code === BackendCode.ParameterStatus) {
+        const nameEnd = body.indexOf(0)
+        session.parameters.set(body.toString('utf8', 0, nameEnd), body.toString('utf8', nameEnd + 1, body.length - 1))
+      } else if (code === BackendCode.ReadyForQuery) {
+        if (body[0] !== 0x49)
+          throw new Error(`the server is not idle afterwards (status ${String.fromCharCode(body[0] ?? 0)})`)
+        break
+      }
+    }
+  } catch (err) {
+    reader.detach()
+    return broken(session, (err as Error).message)
+  } finally {
+    clearTimeout(timer)
+  }
+  session.pending = reader.detach()
+  return refusal ? { linked: false, refusal } : { linked: true }
+}
+
+function broken(session: UpstreamSession, why: string): LinkOutcome {
+  session.socket.destroy()
+  return { linked: false, refusal: undefined, why }
+}
+
+function isAscii(text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) > 0x7f) return false
+  return true
+}
+
+/**
+ * The refusal a client gets when its value was refused on link: the server's own fields, as FATAL,
+ * with the detail the connector adds to a refused login, so it reads as a fresh login's refusal.
+ */
+export function linkRefusedError(refusal: ErrorFields, upstreamAddress: string): UpstreamRefusedError {
+  const fields = new Map(refusal)
+  fields.set('S', 'FATAL')
+  fields.set('V', 'FATAL')
+  if (!fields.has('D')) fields.set('D', `Reported to pg-vault-proxy by the upstream server at ${upstreamAddress}.`)
+  return new UpstreamRefusedError(fields)
+}
