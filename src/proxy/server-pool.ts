@@ -20,8 +20,15 @@ export interface PoolSettings {
   serverLifetimeMs: number
 }
 
-/** A pooled connection whose credential ends sooner than this is not handed out (the session could not settle on it). */
-const CREDENTIAL_END_MARGIN_MS = 60_000
+/**
+ * A pooled connection whose credential ends sooner than this is closed, not handed out. The same
+ * margin a fresh login gets: the Vault source hands a credential to new sessions until at most 2 s
+ * before its end (minRemainingMs in src/vault/dynamic-source.ts), and supersedes it before that
+ * when it can, which closes its pooled connections anyway. A wider margin only made clients log in
+ * afresh with that same credential, and pooled nothing at all for leases shorter than it
+ * (test/integration/pool-rotation.test.ts).
+ */
+const CREDENTIAL_END_MARGIN_MS = 2_000
 /** How long the reset query may take before the connection is closed instead of pooled. */
 const RESET_TIMEOUT_MS = 5_000
 const SWEEP_INTERVAL_MS = 1_000
