@@ -5,6 +5,7 @@ import { FrontendCode } from '../pgwire/codes.js'
 import type { StartupParameter } from '../pgwire/startup-packet.js'
 import type { CredentialSource } from '../vault/credential-source.js'
 import type { UpstreamLogin } from './session-mover.js'
+import { releaseWhenClosed } from './release-when-closed.js'
 import { resetServer } from './server-reset.js'
 
 export interface PoolSettings {
@@ -226,8 +227,9 @@ export class ServerPool {
     const { socket } = login.session
     guardErrors(socket)
     if (!socket.destroyed) socket.end(TERMINATE)
-    setTimeout(() => socket.destroy(), RESET_TIMEOUT_MS).unref()
-    login.hold.release()
+    // Not at once: released before the backend has gone, the last hold of a superseded lease would
+    // have the revocation terminate it mid-exit (test/integration/pool-rotation.test.ts).
+    releaseWhenClosed(socket, login.hold, RESET_TIMEOUT_MS)
   }
 
   private ensureSweep(): void {
