@@ -14,6 +14,11 @@ export function releaseWhenClosed(socket: Socket, hold: CredentialHold, timeoutM
     hold.release()
     return
   }
-  socket.once('close', () => hold.release())
-  setTimeout(() => socket.destroy(), timeoutMs).unref()
+  const timer = setTimeout(() => socket.destroy(), timeoutMs)
+  timer.unref()
+  // The timer goes with the socket, so a closed socket is not kept alive by it.
+  socket.once('close', () => {
+    clearTimeout(timer)
+    hold.release()
+  })
 }
