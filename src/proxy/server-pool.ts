@@ -6,6 +6,7 @@ import type { StartupParameter } from '../pgwire/startup-packet.js'
 import type { CredentialSource } from '../vault/credential-source.js'
 import type { UpstreamLogin } from './session-mover.js'
 import { linkableName } from './linkable-parameters.js'
+import { releaseWhenClosed } from './release-when-closed.js'
 import { resetServer } from './server-reset.js'
 
 export interface PoolSettings {
@@ -21,8 +22,15 @@ export interface PoolSettings {
   serverLifetimeMs: number
 }
 
-/** A pooled connection whose credential ends sooner than this is not handed out (the session could not settle on it). */
-const CREDENTIAL_END_MARGIN_MS = 60_000
+/**
+ * A pooled connection whose credential ends sooner than this is closed, not handed out. The same
+ * margin a fresh login gets: the Vault source hands a credential to new sessions until at most 2 s
+ * before its end (minRemainingMs in src/vault/dynamic-source.ts), and supersedes it before that
+ * when it can, which closes its pooled connections anyway. A wider margin only made clients log in
+ * afresh with that same credential, and pooled nothing at all for leases shorter than it
+ * (test/integration/pool-rotation.test.ts).
+ */
+const CREDENTIAL_END_MARGIN_MS = 2_000
 /** How long the reset query may take before the connection is closed instead of pooled. */
 const RESET_TIMEOUT_MS = 5_000
 const SWEEP_INTERVAL_MS = 1_000
@@ -232,8 +240,9 @@ export class ServerPool {
     const { socket } = login.session
     guardErrors(socket)
     if (!socket.destroyed) socket.end(TERMINATE)
-    setTimeout(() => socket.destroy(), RESET_TIMEOUT_MS).unref()
-    login.hold.release()
+    // Not at once: released before the backend has gone, the last hold of a superseded lease would
+    // have the revocation terminate it mid-exit (test/integration/pool-rotation.test.ts).
+    releaseWhenClosed(socket, login.hold, RESET_TIMEOUT_MS)
   }
 
   private ensureSweep(): void {

@@ -7,6 +7,7 @@ import { MessageReader } from '../pgwire/message-reader.js'
 import type { CredentialHold, CredentialSource, DbCredential } from '../vault/credential-source.js'
 import { setLongTimeout, type LongTimer } from '../vault/long-timer.js'
 import { ProxyError } from './proxy-error.js'
+import { releaseWhenClosed } from './release-when-closed.js'
 import { rewriteNotifyPid, type Relay, type UpstreamLoss } from './relay.js'
 import { SessionState } from './session-state.js'
 import { exchange, ExchangeClosedError } from './upstream-exchange.js'
@@ -120,7 +121,8 @@ export class SessionMover {
     this.closed = true
     clearTimeout(this.swapTimer)
     this.endTimer?.clear()
-    this.login.hold.release()
+    // The relay is closing the connection; the lease may be revoked once it has.
+    releaseWhenClosed(this.login.session.socket, this.login.hold, STEP_TIMEOUT_MS)
     this.dropNext()
   }
 
@@ -535,7 +537,7 @@ export class SessionMover {
 
   private discard(next: UpstreamLogin): void {
     next.session.socket.end(TERMINATE)
-    next.hold.release()
+    releaseWhenClosed(next.session.socket, next.hold, STEP_TIMEOUT_MS)
   }
 
   /** Notifications, and ParameterStatus values the client has not seen, from a connection the relay was not reading. */
