@@ -16,15 +16,17 @@ import { StartupPacketError, type StartupParameter } from '../pgwire/startup-pac
 import type { CredentialSource, DbCredential } from '../vault/credential-source.js'
 import type { CancelRegistry } from './cancel-registry.js'
 import { readClientGreeting, startupRefusal } from './client-handshake.js'
-import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
+import { watchDeparture } from './client-departure.js'
+import { ProxyError } from './proxy-error.js'
 import { Relay } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
-import { ServerPool } from './server-pool.js'
+import { ServerPool, type PoolTarget } from './server-pool.js'
 import { SessionMover, type RotationSettings, type UpstreamLogin } from './session-mover.js'
 import { SessionState } from './session-state.js'
 import { splitClientStartup, type ClientStartup } from './startup-parameters.js'
 import { TransactionTracker } from './transaction-tracker.js'
 import type { UpstreamConnector } from './upstream-connector.js'
+import { refusedCredential, upstreamStartupParameters } from './upstream-login.js'
 
 export interface SessionSettings {
   ownerRole: string
@@ -213,20 +215,45 @@ export class ClientSession {
    * cannot be revoked while this session is still logging in with it; the caller releases it.
    */
   private async loginUpstream(startup: ClientStartup): Promise<UpstreamLogin> {
-    const { credentials, pool } = this.chosen
-    const pooled = pool?.enabled ? pool.take(this.poolKey(startup)) : undefined
-    if (pooled) {
-      this.reused = true
-      if (this.phase !== SessionPhase.Relay) this.credential = pooled.credential
-      return pooled
+    const { pool } = this.chosen
+    if (!pool) return this.loginFresh(startup)
+    // A new client may wait at pool.max_server_connections; a running session's reconnect never does.
+    const waiting = this.phase === SessionPhase.Relay ? undefined : watchDeparture(this.socket)
+    try {
+      const linked = await pool.link(this.poolTarget(startup), () => this.loginFresh(startup), {
+        wait: waiting !== undefined,
+        signal: waiting?.signal,
+      })
+      if (linked.reused) {
+        this.reused = true
+        if (this.phase !== SessionPhase.Relay) this.credential = linked.login.credential
+      }
+      return linked.login
+    } finally {
+      waiting?.stop()
     }
+  }
+
+  /** A move's connection to `credential`: a pooled one of it if ready, else a login; counted by the pool, never waiting. */
+  private async connectForMove(startup: ClientStartup, credential: DbCredential): Promise<UpstreamLogin> {
+    const { pool } = this.chosen
+    if (!pool) return this.connectWith(startup, credential)
+    const linked = await pool.link(this.poolTarget(startup), () => this.connectWith(startup, credential), {
+      wait: false,
+      credential,
+    })
+    return linked.login
+  }
+
+  private async loginFresh(startup: ClientStartup): Promise<UpstreamLogin> {
+    const { credentials, pool } = this.chosen
     pool?.countLogin()
     const credential = await credentials.get()
     try {
       return await this.connectWith(startup, credential)
     } catch (err) {
       // A refused credential may have been rotated or revoked: one fresh credential, one retry.
-      if (!(err instanceof UpstreamRefusedError) || !['28P01', '28000'].includes(err.sqlState)) throw err
+      if (!refusedCredential(err)) throw err
       this.log.warn(
         { user: credential.username, origin: credential.origin, sqlState: err.sqlState },
         'upstream refused the credential',
@@ -259,15 +286,17 @@ export class ClientSession {
     return ServerPool.key(this.database(startup), startup.forwarded)
   }
 
+  private poolTarget(startup: ClientStartup): PoolTarget {
+    return { key: this.poolKey(startup), database: this.database(startup), forwarded: startup.forwarded }
+  }
+
   private upstreamParameters(startup: ClientStartup, credential: DbCredential): StartupParameter[] {
-    return [
-      ['user', credential.username],
-      ['database', this.database(startup)],
-      ...startup.forwarded,
-      // Last, so nothing the client sent can override it. As a startup parameter (not SET ROLE),
-      // RESET ROLE and DISCARD ALL return to it, and a missing role or grant fails the login cleanly.
-      ['role', this.chosen.settings.ownerRole],
-    ]
+    return upstreamStartupParameters(
+      credential,
+      this.database(startup),
+      startup.forwarded,
+      this.chosen.settings.ownerRole,
+    )
   }
 
   private startRelay(login: UpstreamLogin, startup: ClientStartup, minorVersion: number, clientPending: Buffer): void {
@@ -349,7 +378,7 @@ export class ClientSession {
       state,
       login,
       credentials,
-      connect: (next) => this.connectWith(startup, next),
+      connect: (next) => this.connectForMove(startup, next),
       relogin: () => this.loginUpstream(startup),
       ownerRole: settings.ownerRole,
       clientParameters,
