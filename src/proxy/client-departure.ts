@@ -6,7 +6,7 @@ import { ConnectionClosedError } from '../pgwire/message-reader.js'
  * pool.max_server_connections). A client sends nothing until it is greeted, so reading only shows
  * its end; anything it does send stays with the socket's MessageReader, which pauses after one chunk.
  */
-export function watchDeparture(socket: Socket): { signal: AbortSignal; stop(): void } {
+export function watchDeparture(socket: Socket): { signal: AbortSignal; abort(reason: Error): void; stop(): void } {
   const controller = new AbortController()
   const left = (): void =>
     controller.abort(new ConnectionClosedError('the client left while waiting for a server connection'))
@@ -17,6 +17,8 @@ export function watchDeparture(socket: Socket): { signal: AbortSignal; stop(): v
   else socket.resume()
   return {
     signal: controller.signal,
+    /** Ends the wait for another reason (the proxy drains). */
+    abort: (reason) => controller.abort(reason),
     stop: () => {
       socket.off('end', left)
       socket.off('close', left)

@@ -97,6 +97,8 @@ export class ClientSession {
   )
   /** The session runs on a pooled server connection (the audit line says so). */
   private reused = false
+  /** Set while the client may wait for a server connection (pool.max_server_connections): a drain ends the wait. */
+  private waiting: ReturnType<typeof watchDeparture> | undefined
   /** ParameterStatus values as the client last saw them, handed to the pool with the connection. */
   private clientParameters: Map<string, string> | undefined
 
@@ -207,6 +209,7 @@ export class ClientSession {
    */
   drain(): void {
     this.draining = true
+    this.waiting?.abort(shuttingDown())
     if (this.relay?.isIdle || this.mover?.isParked) this.relay?.stop('shutdown')
   }
 
@@ -219,6 +222,7 @@ export class ClientSession {
     if (!pool) return this.loginFresh(startup)
     // A new client may wait at pool.max_server_connections; a running session's reconnect never does.
     const waiting = this.phase === SessionPhase.Relay ? undefined : watchDeparture(this.socket)
+    this.waiting = waiting
     try {
       const linked = await pool.link(this.poolTarget(startup), () => this.loginFresh(startup), {
         wait: waiting !== undefined,
@@ -231,6 +235,7 @@ export class ClientSession {
       return linked.login
     } finally {
       waiting?.stop()
+      this.waiting = undefined
     }
   }
 

@@ -310,6 +310,8 @@ export class ProxyServer {
     for (const prefetch of this.prefetches) prefetch.stop()
     logger.info({ sessions: this.sessions.size, graceMs }, 'draining: no new sessions; open ones end when idle')
     for (const session of this.sessions.keys()) session.drain()
+    // No client will take an idle connection now (new ones are refused): close them, and stop pre-warming.
+    for (const route of this.routes) route.pool?.close()
     let timer: NodeJS.Timeout | undefined
     const graceOver = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), graceMs)))
     const allEnded = await Promise.race([this.sessionsEnded().then(() => true), graceOver])

@@ -287,6 +287,11 @@ export class ServerPool {
         if (!this.remove(entry)) return
         hold.release()
         this.log.debug({ upstreamPid: session.processId }, 'a pooled server connection closed')
+        // The server closed it (idle_session_timeout, pg_terminate_backend, a restart): a pause
+        // before pre-warming replaces it, so a server that closes every new connection is not
+        // met with a login loop.
+        this.warmRetryAt = Math.max(this.warmRetryAt, Date.now() + WARM_BACKOFF_MIN_MS)
+        this.scheduleWarmRetry(WARM_BACKOFF_MIN_MS)
       },
     }
     hold.onChange(() => {
@@ -593,6 +598,11 @@ export class ServerPool {
         'pre-warming a server connection failed; retrying with backoff (logged once until it works again)',
       )
     this.warmRetryAt = Date.now() + delay
+    this.scheduleWarmRetry(delay)
+  }
+
+  private scheduleWarmRetry(delay: number): void {
+    if (this.closed) return
     clearTimeout(this.warmTimer)
     this.warmTimer = setTimeout(() => this.scheduleWarm(), delay)
     this.warmTimer.unref()

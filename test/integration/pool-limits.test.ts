@@ -118,6 +118,23 @@ void t.test('a waiting client that leaves leaves the line', async (t) => {
   await client.end()
 })
 
+void t.test('a drain refuses the clients waiting in line with 57P03', async (t) => {
+  const proxy = await startProxy(t, cluster, {
+    pool: { max_server_connections: 1, min_idle: 0, wait_timeout_ms: 60_000 },
+  })
+  const holder = await connected(proxy)
+  const waiter = connected(proxy).then(
+    () => undefined,
+    (err: pg.DatabaseError) => err,
+  )
+  await until('the second client waits', () => poolOf(proxy).waiting === 1)
+  const drained = proxy.server.drain(10_000)
+  t.equal((await waiter)?.code, '57P03', 'refused as shutting down, not left waiting')
+  await drained
+  t.equal(poolOf(proxy).waiting, 0)
+  await holder.end().catch(() => undefined)
+})
+
 void t.test('at the limit an idle connection of another key is closed to make room', async (t) => {
   const proxy = await startProxy(t, cluster, { pool: { max_server_connections: 1, min_idle: 0 } })
   const a = await connected(proxy, { application_name: 'key-one' })
@@ -182,11 +199,12 @@ void t.test('pool.min_idle: a connection is logged in ahead of the next client',
 })
 
 void t.test('pool.min_idle never goes past max_server_connections', async (t) => {
-  const proxy = await startProxy(t, cluster, { pool: { max_server_connections: 1, min_idle: 3 } })
+  const proxy = await startProxy(t, cluster, { pool: { max_server_connections: 2, min_idle: 3 } })
   const client = await connected(proxy)
-  await new Promise((resolve) => setTimeout(resolve, 300))
-  t.match(poolOf(proxy), { linked: 1, idle: 0, opening: 0 }, 'no room: nothing pre-warmed')
-  t.equal(await metric(proxy, 'pg_vault_proxy_pool_prewarms_total', { outcome: 'ok' }), 0)
+  // Pre-warming opens what is missing at once, within the limit: one, not three.
+  await until('the one connection that fits is warm', () => poolOf(proxy).idle === 1 && poolOf(proxy).opening === 0)
+  t.match(poolOf(proxy), { linked: 1, idle: 1, opening: 0, max: 2 }, 'the limit, and no more')
+  t.equal(await metric(proxy, 'pg_vault_proxy_pool_prewarms_total', { outcome: 'ok' }), 1)
   await client.end()
 })
 
