@@ -6,6 +6,7 @@ import type { StartupParameter } from '../pgwire/startup-packet.js'
 import type { CredentialSource, DbCredential } from '../vault/credential-source.js'
 import { ProxyError } from './proxy-error.js'
 import type { UpstreamLogin } from './session-mover.js'
+import { PoolWarmer, type WarmHost } from './pool-warmer.js'
 import { resetServer } from './server-reset.js'
 
 export interface PoolSettings {
@@ -75,11 +76,6 @@ const CREDENTIAL_END_MARGIN_MS = 60_000
 /** How long the reset query may take before the connection is closed instead of pooled. */
 const RESET_TIMEOUT_MS = 5_000
 const SWEEP_INTERVAL_MS = 1_000
-/** Pool keys kept warm (pool.min_idle): the most recently used ones, so a client with ever new parameters cannot make the pool log in without end. */
-export const MAX_WARM_KEYS = 8
-/** Pre-warming that fails waits this long before the next try, doubling up to WARM_BACKOFF_MAX_MS. */
-const WARM_BACKOFF_MIN_MS = 1_000
-const WARM_BACKOFF_MAX_MS = 60_000
 const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 
 interface IdleServer {
@@ -99,11 +95,6 @@ interface Waiter {
 
 function asError(reason: unknown): Error {
   return reason instanceof Error ? reason : new Error(String(reason))
-}
-
-interface WarmKey {
-  target: PoolTarget
-  usedAt: number
 }
 
 /** Nothing is read while pooled; an error (the server going away) only closes the socket. */
@@ -138,14 +129,8 @@ export class ServerPool {
   private readonly waiters: Waiter[] = []
   /** When each connection first came back to the pool (or was pre-warmed), for server_lifetime_ms. */
   private readonly firstPooled = new WeakMap<UpstreamLogin['session'], number>()
-  /** Keys to keep min_idle connections ready for, least recently used first. */
-  private readonly warm = new Map<string, WarmKey>()
-  /** Pre-warming logins under way, by key (also counted in `opening`). */
-  private readonly warming = new Map<string, number>()
-  private warmFailures = 0
-  private warmRetryAt = 0
-  private warmTimer: NodeJS.Timeout | undefined
-  private warmScheduled = false
+  /** pool.min_idle; none without an `open`. */
+  private readonly warmer: PoolWarmer | undefined
   private pumping = false
   private sweepTimer: NodeJS.Timeout | undefined
   private closed = false
@@ -157,8 +142,10 @@ export class ServerPool {
     private readonly metrics: PoolMetrics,
     private readonly log: Logger,
     /** Logs in connections the pool opens itself (pre-warming); without it the pool never pre-warms. */
-    private readonly open?: OpenServer,
-  ) {}
+    open?: OpenServer,
+  ) {
+    this.warmer = open && new PoolWarmer(this.warmHost(), open, metrics, log)
+  }
 
   get enabled(): boolean {
     return this.settings.mode === 'session' && !this.closed
@@ -199,7 +186,7 @@ export class ServerPool {
    * a connection to come back or close, and after wait_timeout_ms is refused with 53300.
    */
   async link(target: PoolTarget, login: () => Promise<UpstreamLogin>, options: LinkOptions): Promise<Linked> {
-    this.touch(target)
+    this.warmer?.touch(target)
     const inLine = options.wait && this.waiters.length > 0
     const pooled = inLine ? undefined : this.takeIdle(target.key, options.credential)
     if (pooled) return { login: pooled, reused: true }
@@ -268,8 +255,7 @@ export class ServerPool {
     this.closed = true
     clearInterval(this.sweepTimer)
     this.sweepTimer = undefined
-    clearTimeout(this.warmTimer)
-    this.warm.clear()
+    this.warmer?.close()
     for (const stack of [...this.idle.values()]) {
       for (const entry of [...stack]) this.evict(entry, 'the proxy is closing the pool')
     }
@@ -287,11 +273,8 @@ export class ServerPool {
         if (!this.remove(entry)) return
         hold.release()
         this.log.debug({ upstreamPid: session.processId }, 'a pooled server connection closed')
-        // The server closed it (idle_session_timeout, pg_terminate_backend, a restart): a pause
-        // before pre-warming replaces it, so a server that closes every new connection is not
-        // met with a login loop.
-        this.warmRetryAt = Math.max(this.warmRetryAt, Date.now() + WARM_BACKOFF_MIN_MS)
-        this.scheduleWarmRetry(WARM_BACKOFF_MIN_MS)
+        // The server closed it: pre-warming pauses before it replaces it.
+        this.warmer?.pause()
       },
     }
     hold.onChange(() => {
@@ -408,7 +391,7 @@ export class ServerPool {
     } finally {
       this.pumping = false
     }
-    this.scheduleWarm()
+    this.warmer?.schedule()
   }
 
   /** Counts a connection until it closes (or the pool retires it). */
@@ -485,9 +468,9 @@ export class ServerPool {
    */
   private sweep(): void {
     const now = Date.now()
-    this.coolDown(now)
+    this.warmer?.coolDown(now)
     for (const [key, stack] of [...this.idle]) {
-      const spared = this.warm.has(key) ? this.settings.minIdle : 0
+      const spared = this.warmer?.spared(key) ?? 0
       stack.slice().forEach((entry, index) => {
         const timedOut = now - entry.idleSince >= this.settings.idleTimeoutMs && index < stack.length - spared
         const why = timedOut ? 'pool.idle_timeout_ms reached' : this.unusable(entry.login)
@@ -500,112 +483,33 @@ export class ServerPool {
     }
   }
 
-  // Pre-warming (pool.min_idle).
-
-  /** A client asked for `target`: it becomes (or stays) the most recently used warm key. */
-  private touch(target: PoolTarget): void {
-    if (!this.warmable) return
-    this.warm.delete(target.key)
-    this.warm.set(target.key, { target, usedAt: Date.now() })
-    for (const key of this.warm.keys()) {
-      if (this.warm.size <= MAX_WARM_KEYS) break
-      this.warm.delete(key)
-    }
-  }
-
-  private get warmable(): boolean {
-    return this.enabled && this.settings.minIdle > 0 && this.open !== undefined
-  }
-
-  /** Keys unused for idle_timeout_ms are no longer kept warm (their idle connections then time out). */
-  private coolDown(now: number): void {
-    for (const [key, warm] of this.warm) if (now - warm.usedAt >= this.settings.idleTimeoutMs) this.warm.delete(key)
-  }
-
-  private scheduleWarm(): void {
-    if (this.warmScheduled || !this.warmable || this.warm.size === 0) return
-    this.warmScheduled = true
-    setImmediate(() => {
-      this.warmScheduled = false
-      this.warmUp()
-    })
-  }
-
-  /** Opens connections in the background until each warm key has min_idle idle ones, within the limits. */
-  private warmUp(): void {
-    if (!this.warmable || Date.now() < this.warmRetryAt) return
-    this.coolDown(Date.now())
-    for (const { target } of [...this.warm.values()].reverse()) {
-      const have = (this.idle.get(target.key)?.length ?? 0) + (this.warming.get(target.key) ?? 0)
-      for (let missing = this.settings.minIdle - have; missing > 0 && this.roomToWarm(); missing--)
-        this.openWarm(target, this.open as OpenServer)
-    }
-  }
-
-  /** Pre-warming never takes a slot a waiting client could use, nor goes past max_idle. */
-  private roomToWarm(): boolean {
-    let warming = 0
-    for (const n of this.warming.values()) warming += n
-    return (
-      this.waiters.length === 0 &&
-      this.members.size + this.opening < this.settings.maxServerConnections &&
-      this.idleCount + warming < this.settings.maxIdle
-    )
-  }
-
-  private openWarm(target: PoolTarget, open: OpenServer): void {
-    const { key } = target
-    this.opening++
-    this.warming.set(key, (this.warming.get(key) ?? 0) + 1)
-    const done = (): void => {
-      this.opening--
-      const left = (this.warming.get(key) ?? 1) - 1
-      if (left > 0) this.warming.set(key, left)
-      else this.warming.delete(key)
-    }
-    open(target).then(
-      (login) => {
-        done()
+  /** The pool as its warmer sees it. */
+  private warmHost(): WarmHost {
+    return {
+      route: this.route,
+      enabled: () => this.enabled,
+      minIdle: this.settings.minIdle,
+      idleTimeoutMs: this.settings.idleTimeoutMs,
+      idleFor: (key) => this.idle.get(key)?.length ?? 0,
+      // Pre-warming never takes a slot a waiting client could use, nor goes past max_idle.
+      roomToWarm: (warming) =>
+        this.waiters.length === 0 &&
+        this.members.size + this.opening < this.settings.maxServerConnections &&
+        this.idleCount + warming < this.settings.maxIdle,
+      startOpening: () => void this.opening++,
+      finishOpening: (key, login) => {
+        this.opening--
+        if (!login) {
+          this.changed()
+          return undefined
+        }
         this.track(login.session.socket)
         const why = this.closed ? 'the pool is closed' : this.unusable(login)
-        if (why) {
-          this.retire(login, why)
-          if (!this.closed) this.warmFailed(new Error(`the new connection is not usable: ${why}`))
-          return
-        }
-        this.metrics.poolPrewarmed(this.route, 'ok')
-        if (this.warmFailures > 0) this.log.info('pre-warming server connections works again')
-        this.warmFailures = 0
-        this.log.debug({ upstreamPid: login.session.processId }, 'pre-warmed a server connection')
-        this.keep(key, login)
+        if (why) this.retire(login, why)
+        else this.keep(key, login)
+        return why
       },
-      (err: unknown) => {
-        done()
-        if (!this.closed) this.warmFailed(err)
-        this.changed()
-      },
-    )
-  }
-
-  /** Backs off, doubling; logs the first failure of a run only. */
-  private warmFailed(err: unknown): void {
-    this.metrics.poolPrewarmed(this.route, 'failed')
-    this.warmFailures++
-    const delay = Math.min(WARM_BACKOFF_MIN_MS * 2 ** (this.warmFailures - 1), WARM_BACKOFF_MAX_MS)
-    if (this.warmFailures === 1)
-      this.log.warn(
-        { err: (err as Error).message },
-        'pre-warming a server connection failed; retrying with backoff (logged once until it works again)',
-      )
-    this.warmRetryAt = Date.now() + delay
-    this.scheduleWarmRetry(delay)
-  }
-
-  private scheduleWarmRetry(delay: number): void {
-    if (this.closed) return
-    clearTimeout(this.warmTimer)
-    this.warmTimer = setTimeout(() => this.scheduleWarm(), delay)
-    this.warmTimer.unref()
+    }
   }
 }
 
