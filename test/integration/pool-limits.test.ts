@@ -208,6 +208,29 @@ void t.test('pool.min_idle never goes past max_server_connections', async (t) =>
   await client.end()
 })
 
+void t.test('pre-warming that fails backs off, logs once, and recovers', async (t) => {
+  // One connection for the login user: the client's own; the pool's pre-warm logins are refused (53300).
+  await cluster.query(`alter role ${cluster.users.scram.user} connection limit 1`)
+  t.teardown(() => cluster.query(`alter role ${cluster.users.scram.user} connection limit -1`))
+  const proxy = await startProxy(t, cluster)
+  const client = await connected(proxy)
+  await until('pre-warming failed twice', async () => {
+    return (await metric(proxy, 'pg_vault_proxy_pool_prewarms_total', { outcome: 'failed' })) >= 2
+  })
+  const warnings = (): number =>
+    proxy.logs.filter((l) => String(l.msg).startsWith('pre-warming a server connection failed')).length
+  t.equal(warnings(), 1, 'one warning for the run of failures, not one per attempt')
+  t.equal(await one(client), 1, "the client's session is unaffected")
+  await cluster.query(`alter role ${cluster.users.scram.user} connection limit -1`)
+  await until('a connection is pre-warmed once logins work again', () => poolOf(proxy).idle === 1)
+  t.ok(
+    proxy.logs.some((l) => l.msg === 'pre-warming server connections works again'),
+    'and says so',
+  )
+  t.equal(warnings(), 1)
+  await client.end()
+})
+
 void t.test('after a credential switch the pre-warmed connections use the new credential', async (t) => {
   const vault = await vaultFor(t, cluster)
   const db = await vault.database()
