@@ -187,7 +187,8 @@ void t.test('pgjdbc-style S_1 after five executions, and postgres.js named state
 })
 
 void t.test('a node-postgres Client without an error listener lives through a swap and a reconnect', async (t) => {
-  const proxy = await rotatingProxy(t, 'swap_noerr', 4)
+  // No pre-warmed connection (pool.min_idle 0): backendOf finds the session's backend by application_name.
+  const proxy = await rotatingProxy(t, 'swap_noerr', 4, { pool: { min_idle: 0 } })
   const client = new pg.Client({
     host: proxy.host,
     port: proxy.port,
@@ -354,7 +355,7 @@ void t.test('idle_session_timeout (57P05): reconnects when the client next speak
 })
 
 void t.test('rotation.reconnect: false relays the FATAL, as a direct connection would', async (t) => {
-  const proxy = await startProxy(t, cluster, { rotation: { reconnect: false } })
+  const proxy = await startProxy(t, cluster, { rotation: { reconnect: false }, pool: { min_idle: 0 } })
   const client = await proxy.client({ application_name: 'no-reconnect' })
   const ended = new Promise<Error & { code?: string }>((resolve) => client.on('error', resolve))
   await terminate(await backendOf('no-reconnect'))
