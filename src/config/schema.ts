@@ -71,6 +71,11 @@ export const configSchema = z
         max_idle: z.number().int().min(0).default(20),
         idle_timeout_ms: positiveMs.default(600_000),
         server_lifetime_ms: positiveMs.default(3_600_000),
+        // Idle, linked and opening server connections per route; clients beyond it wait, then get 53300.
+        max_server_connections: z.number().int().positive().default(100),
+        wait_timeout_ms: z.number().int().min(0).default(5_000),
+        // Idle connections kept logged in ahead of clients, for each of the 8 most recently used keys.
+        min_idle: z.number().int().min(0).default(1),
       })
       .strict()
       .default({
@@ -79,6 +84,9 @@ export const configSchema = z
         max_idle: 20,
         idle_timeout_ms: 600_000,
         server_lifetime_ms: 3_600_000,
+        max_server_connections: 100,
+        wait_timeout_ms: 5_000,
+        min_idle: 1,
       }),
     ops: z
       .object({

@@ -40,6 +40,21 @@ export interface PoolMetrics {
   poolReset(route: string, outcome: 'ok' | 'failed'): void
   /** A connection was closed instead of pooled or reused (reset failed, credential superseded, limits). */
   poolClosed(route: string): void
+  /** A client waited in line at pool.max_server_connections, for this long, whatever the outcome. */
+  poolWaited(route: string, seconds: number): void
+  /** A client waited pool.wait_timeout_ms in vain and was refused. */
+  poolWaitTimedOut(route: string): void
+  /** The pool logged in a connection ahead of clients (pool.min_idle), or failed to. */
+  poolPrewarmed(route: string, outcome: 'ok' | 'failed'): void
+}
+
+/** A route's server connections by state (src/proxy/server-pool.ts), read at scrape time. */
+export interface PoolGauges {
+  route: string
+  idle: number
+  linked: number
+  opening: number
+  waiting: number
 }
 
 /** swap: planned, to a fresh credential; reconnect: after the upstream went away. */
@@ -66,8 +81,8 @@ export interface MetricsState {
   ready(): boolean
   /** When the credential new sessions get stops being valid (epoch ms), if it expires. */
   credentialExpiresAt(): number | undefined
-  /** Idle pooled server connections, by route. */
-  poolIdle?(): Array<[route: string, idle: number]>
+  /** Server connections of each route's pool, by state. */
+  pools?(): PoolGauges[]
 }
 
 /** For parts built without metrics (tests that construct a source directly). */
@@ -86,6 +101,9 @@ export const noMetrics: CredentialMetrics & VaultRequestMetrics & SessionMetrics
   upstreamLogin: () => undefined,
   poolReset: () => undefined,
   poolClosed: () => undefined,
+  poolWaited: () => undefined,
+  poolWaitTimedOut: () => undefined,
+  poolPrewarmed: () => undefined,
 }
 
 const PREFIX = 'pg_vault_proxy_'
@@ -115,6 +133,9 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
   private readonly upstreamLogins: Counter<'route'>
   private readonly poolResets: Counter<'route' | 'outcome'>
   private readonly poolCloses: Counter<'route'>
+  private readonly poolWait: Histogram<'route'>
+  private readonly poolWaitTimeouts: Counter<'route'>
+  private readonly poolPrewarms: Counter<'route' | 'outcome'>
   /** Bytes of the sessions that ended; live sessions' bytes are added at scrape time. */
   private readonly endedBytes: RelayedBytes = { bytesFromClient: 0, bytesFromUpstream: 0 }
 
@@ -228,16 +249,38 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
       labelNames: ['outcome'],
       registers,
     })
-    const idle: Gauge<'route'> = new Gauge({
-      name: `${PREFIX}pool_idle_connections`,
-      help: 'Logged-in server connections waiting in the pool for a client, by route.',
-      labelNames: ['route'],
-      registers,
-      collect: () => {
-        idle.reset()
-        for (const [route, count] of state()?.poolIdle?.() ?? []) idle.set({ route }, count)
-      },
-    })
+    const poolGauge = (name: string, help: string, read: (pool: PoolGauges) => number): void => {
+      const gauge: Gauge<'route'> = new Gauge({
+        name: `${PREFIX}${name}`,
+        help,
+        labelNames: ['route'],
+        registers,
+        collect: () => {
+          gauge.reset()
+          for (const pool of state()?.pools?.() ?? []) gauge.set({ route: pool.route }, read(pool))
+        },
+      })
+    }
+    poolGauge(
+      'pool_idle_connections',
+      'Logged-in server connections waiting in the pool for a client, by route.',
+      (p) => p.idle,
+    )
+    poolGauge(
+      'pool_linked_connections',
+      'Server connections in use by a client session (a moving session counts both of its connections), by route.',
+      (p) => p.linked,
+    )
+    poolGauge(
+      'pool_opening_connections',
+      'Server connections logging in (for a client, or pre-warming), by route.',
+      (p) => p.opening,
+    )
+    poolGauge(
+      'pool_waiting_clients',
+      'Clients waiting for a server connection at pool.max_server_connections, by route.',
+      (p) => p.waiting,
+    )
     this.poolReuses = new Counter({
       name: `${PREFIX}pool_reuses_total`,
       help: 'Client sessions given a pooled server connection (no Vault call, no upstream login), by route.',
@@ -253,6 +296,25 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
     this.poolResets = new Counter({
       name: `${PREFIX}pool_resets_total`,
       help: 'Reset queries run on server connections whose client ended cleanly, by route and outcome.',
+      labelNames: ['route', 'outcome'],
+      registers,
+    })
+    this.poolWait = new Histogram({
+      name: `${PREFIX}pool_wait_seconds`,
+      help: 'Time clients waited in line for a server connection at pool.max_server_connections, whatever the outcome, by route.',
+      labelNames: ['route'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    })
+    this.poolWaitTimeouts = new Counter({
+      name: `${PREFIX}pool_wait_timeouts_total`,
+      help: 'Clients refused (53300) after waiting pool.wait_timeout_ms for a server connection, by route.',
+      labelNames: ['route'],
+      registers,
+    })
+    this.poolPrewarms = new Counter({
+      name: `${PREFIX}pool_prewarms_total`,
+      help: 'Server connections the pool logged in ahead of clients (pool.min_idle), by route and outcome.',
       labelNames: ['route', 'outcome'],
       registers,
     })
@@ -340,6 +402,18 @@ export class ProxyMetrics implements CredentialMetrics, VaultRequestMetrics, Ses
 
   poolClosed(route: string): void {
     this.poolCloses.inc({ route })
+  }
+
+  poolWaited(route: string, seconds: number): void {
+    this.poolWait.observe({ route }, seconds)
+  }
+
+  poolWaitTimedOut(route: string): void {
+    this.poolWaitTimeouts.inc({ route })
+  }
+
+  poolPrewarmed(route: string, outcome: 'ok' | 'failed'): void {
+    this.poolPrewarms.inc({ route, outcome })
   }
 
   configReload(outcome: 'applied' | 'refused'): void {

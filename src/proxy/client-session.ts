@@ -16,16 +16,18 @@ import { StartupPacketError, type StartupParameter } from '../pgwire/startup-pac
 import type { CredentialSource, DbCredential } from '../vault/credential-source.js'
 import type { CancelRegistry } from './cancel-registry.js'
 import { readClientGreeting, startupRefusal } from './client-handshake.js'
-import { ProxyError, UpstreamRefusedError } from './proxy-error.js'
+import { watchDeparture } from './client-departure.js'
+import { ProxyError } from './proxy-error.js'
 import { Relay } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
 import { linkRefusedError, linkServer } from './server-link.js'
-import { ServerPool } from './server-pool.js'
+import { ServerPool, type Linked, type PoolTarget } from './server-pool.js'
 import { SessionMover, type RotationSettings, type UpstreamLogin } from './session-mover.js'
 import { SessionState } from './session-state.js'
 import { splitClientStartup, type ClientStartup } from './startup-parameters.js'
 import { TransactionTracker } from './transaction-tracker.js'
 import type { UpstreamConnector } from './upstream-connector.js'
+import { refusedCredential, upstreamStartupParameters } from './upstream-login.js'
 
 export interface SessionSettings {
   ownerRole: string
@@ -96,6 +98,8 @@ export class ClientSession {
   )
   /** The session runs on a pooled server connection (the audit line says so). */
   private reused = false
+  /** Set while the client may wait for a server connection (pool.max_server_connections): a drain ends the wait. */
+  private waiting: ReturnType<typeof watchDeparture> | undefined
   /** ParameterStatus values as the client last saw them, handed to the pool with the connection. */
   private clientParameters: Map<string, string> | undefined
 
@@ -206,6 +210,7 @@ export class ClientSession {
    */
   drain(): void {
     this.draining = true
+    this.waiting?.abort(shuttingDown())
     if (this.relay?.isIdle || this.mover?.isParked) this.relay?.stop('shutdown')
   }
 
@@ -214,28 +219,73 @@ export class ClientSession {
    * cannot be revoked while this session is still logging in with it; the caller releases it.
    */
   private async loginUpstream(startup: ClientStartup): Promise<UpstreamLogin> {
-    const { credentials, pool } = this.chosen
-    const pooled = pool?.enabled ? pool.take(this.poolKey(startup)) : undefined
-    if (pooled) {
-      const link = await linkServer(pooled.session, startup.forwarded)
-      if (link.linked) {
-        this.reused = true
-        if (this.phase !== SessionPhase.Relay) this.credential = pooled.credential
-        return pooled
+    const { pool } = this.chosen
+    if (!pool) return this.loginFresh(startup)
+    // A new client may wait at pool.max_server_connections; a running session's reconnect never does.
+    const waiting = this.phase === SessionPhase.Relay ? undefined : watchDeparture(this.socket)
+    this.waiting = waiting
+    try {
+      // Each pooled connection that cannot take this client's parameters is destroyed or given back,
+      // so this ends: with a linked pooled connection, a refusal, or a fresh login.
+      for (;;) {
+        const linked = await pool.link(this.poolTarget(startup), () => this.loginFresh(startup), {
+          wait: waiting !== undefined,
+          signal: waiting?.signal,
+        })
+        const login = await this.applyClientParameters(startup, linked)
+        if (!login) continue
+        if (linked.reused) {
+          this.reused = true
+          if (this.phase !== SessionPhase.Relay) this.credential = login.credential
+        }
+        return login
       }
-      // Refused: nothing was applied and the connection is idle, so it goes back to the pool (after a
-      // reset, as ever). Broken: it is destroyed already, and the pool only closes it.
-      void pool?.give(this.poolKey(startup), pooled, pooled.session.parameters)
-      if (link.refusal) throw linkRefusedError(link.refusal, this.chosen.connector.endpoint.address)
-      this.log.debug({ why: link.why }, 'a pooled server connection could not be linked; logging in afresh')
+    } finally {
+      waiting?.stop()
+      this.waiting = undefined
     }
+  }
+
+  /** A move's connection to `credential`: a pooled one of it if ready, else a login; counted by the pool, never waiting. */
+  private async connectForMove(startup: ClientStartup, credential: DbCredential): Promise<UpstreamLogin> {
+    const { pool } = this.chosen
+    if (!pool) return this.connectWith(startup, credential)
+    for (;;) {
+      const linked = await pool.link(this.poolTarget(startup), () => this.connectWith(startup, credential), {
+        wait: false,
+        credential,
+      })
+      const login = await this.applyClientParameters(startup, linked)
+      if (login) return login
+    }
+  }
+
+  /**
+   * A pooled connection shares this client's key, but its linkable parameters (application_name,
+   * TimeZone...) may hold another client's values: set this client's own (server-link.ts). One that
+   * refuses them goes back to the pool and the client is refused as a fresh login would be; one
+   * whose link broke is destroyed, and undefined asks for another connection.
+   */
+  private async applyClientParameters(startup: ClientStartup, linked: Linked): Promise<UpstreamLogin | undefined> {
+    if (!linked.reused) return linked.login
+    const pooled = linked.login
+    const link = await linkServer(pooled.session, startup.forwarded)
+    if (link.linked) return pooled
+    void this.chosen.pool?.give(this.poolKey(startup), pooled, pooled.session.parameters)
+    if (link.refusal) throw linkRefusedError(link.refusal, this.chosen.connector.endpoint.address)
+    this.log.debug({ why: link.why }, 'a pooled server connection could not be linked; logging in afresh')
+    return undefined
+  }
+
+  private async loginFresh(startup: ClientStartup): Promise<UpstreamLogin> {
+    const { credentials, pool } = this.chosen
     pool?.countLogin()
     const credential = await credentials.get()
     try {
       return await this.connectWith(startup, credential)
     } catch (err) {
       // A refused credential may have been rotated or revoked: one fresh credential, one retry.
-      if (!(err instanceof UpstreamRefusedError) || !['28P01', '28000'].includes(err.sqlState)) throw err
+      if (!refusedCredential(err)) throw err
       this.log.warn(
         { user: credential.username, origin: credential.origin, sqlState: err.sqlState },
         'upstream refused the credential',
@@ -268,15 +318,17 @@ export class ClientSession {
     return ServerPool.key(this.database(startup), startup.forwarded)
   }
 
+  private poolTarget(startup: ClientStartup): PoolTarget {
+    return { key: this.poolKey(startup), database: this.database(startup), forwarded: startup.forwarded }
+  }
+
   private upstreamParameters(startup: ClientStartup, credential: DbCredential): StartupParameter[] {
-    return [
-      ['user', credential.username],
-      ['database', this.database(startup)],
-      ...startup.forwarded,
-      // Last, so nothing the client sent can override it. As a startup parameter (not SET ROLE),
-      // RESET ROLE and DISCARD ALL return to it, and a missing role or grant fails the login cleanly.
-      ['role', this.chosen.settings.ownerRole],
-    ]
+    return upstreamStartupParameters(
+      credential,
+      this.database(startup),
+      startup.forwarded,
+      this.chosen.settings.ownerRole,
+    )
   }
 
   private startRelay(login: UpstreamLogin, startup: ClientStartup, minorVersion: number, clientPending: Buffer): void {
@@ -358,7 +410,7 @@ export class ClientSession {
       state,
       login,
       credentials,
-      connect: (next) => this.connectWith(startup, next),
+      connect: (next) => this.connectForMove(startup, next),
       relogin: () => this.loginUpstream(startup),
       ownerRole: settings.ownerRole,
       clientParameters,

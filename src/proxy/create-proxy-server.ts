@@ -22,6 +22,7 @@ import { listenerKey, ProxyServer, type ListenerSpec, type RouteProfile, type Se
 import { ServerPool } from './server-pool.js'
 import { UpstreamConnector } from './upstream-connector.js'
 import { UpstreamEndpoint } from './upstream-endpoint.js'
+import { loginForRoute } from './upstream-login.js'
 
 /** Composition root: turns a validated Config into a ready-to-start ProxyServer. */
 export function createProxyServer(config: Config, logger: Logger, env: NodeJS.ProcessEnv = process.env): ProxyServer {
@@ -67,20 +68,25 @@ export function createRouteProfiles(
       name: route.name,
       users: route.users ? new Set(route.users) : undefined,
       listener: listenerKey(route.config.listen),
-      pool: createServerPool(route.name, route.config, profile.credentials, metrics, logger),
+      pool: createServerPool(route.name, route.config, profile, metrics, logger),
     }
   })
 }
 
-/** The route's pool of logged-in server connections (pool.mode none: one that never keeps any). */
+/**
+ * The route's pool of logged-in server connections (pool.mode none: one that never keeps any, but
+ * still counts them against pool.max_server_connections). It pre-warms with the same login a
+ * client's session makes on this route.
+ */
 export function createServerPool(
   route: string,
   config: Readonly<ParsedConfig>,
-  credentials: CredentialSource,
+  profile: Pick<SessionProfile, 'credentials' | 'connector' | 'settings'>,
   metrics: PoolMetrics,
   logger: Logger,
 ): ServerPool {
   const { pool } = config
+  const { credentials, connector, settings } = profile
   return new ServerPool(
     route,
     {
@@ -89,10 +95,15 @@ export function createServerPool(
       maxIdle: pool.max_idle,
       idleTimeoutMs: pool.idle_timeout_ms,
       serverLifetimeMs: pool.server_lifetime_ms,
+      maxServerConnections: pool.max_server_connections,
+      waitTimeoutMs: pool.wait_timeout_ms,
+      minIdle: pool.min_idle,
     },
     credentials,
     metrics,
     logger.child({ component: 'pool', route }),
+    (target) =>
+      loginForRoute({ credentials, connector, ownerRole: settings.ownerRole }, target.database, target.forwarded),
   )
 }
 

@@ -11,8 +11,11 @@ import { isLoopbackHost } from './loopback.js'
 import { ProxyError } from './proxy-error.js'
 import { StartupSlots } from './startup-slots.js'
 import { listenUnixSocket, prepareSocketDir } from './unix-socket.js'
-import type { ServerPool } from './server-pool.js'
+import type { PoolCounts, ServerPool } from './server-pool.js'
 import type { UpstreamConnector } from './upstream-connector.js'
+
+/** A route built without a pool (tests that build profiles by hand): nothing counted, no limit. */
+const NO_POOL: PoolCounts = { idle: 0, linked: 0, opening: 0, waiting: 0, max: 0 }
 
 /** Idle time before the first TCP keepalive probe on a client connection. */
 export const CLIENT_KEEPALIVE_DELAY_MS = 60_000
@@ -75,8 +78,11 @@ export interface ProxyStatus {
     ownerRole: string
     upstream: string
     credentialsReady: boolean
-    /** Server connections kept between clients: the mode and how many wait, logged in, for a client. */
-    pool: { mode: 'session' | 'none'; idle: number }
+    /**
+     * Server connections: the pool mode; how many wait, logged in, for a client (idle), serve one
+     * (linked), are logging in (opening); clients waiting at the limit; the limit (max).
+     */
+    pool: { mode: 'session' | 'none' } & PoolCounts
   }>
   ownerRole: string
   upstream: { address: string; database: string | undefined; sslmode: string }
@@ -147,7 +153,7 @@ export class ProxyServer {
       clientConnections: () => this.sessions.size,
       ready: () => this.health.readiness().ready,
       credentialExpiresAt: () => combinedStatus(this.routes.map((r) => r.credentials.status())).expiresAt,
-      poolIdle: () => this.routes.map((r) => [r.name, r.pool?.idleConnections ?? 0]),
+      pools: () => this.routes.flatMap((r) => (r.pool ? [{ route: r.name, ...r.pool.counts }] : [])),
     })
   }
 
@@ -268,7 +274,7 @@ export class ProxyServer {
         ownerRole: r.settings.ownerRole,
         upstream: r.connector.endpoint.address,
         credentialsReady: r.credentials.status().ready,
-        pool: { mode: r.pool?.settings.mode ?? 'none', idle: r.pool?.idleConnections ?? 0 },
+        pool: { mode: r.pool?.settings.mode ?? 'none', ...(r.pool?.counts ?? NO_POOL) },
       })),
       ownerRole: settings.ownerRole,
       upstream: {
@@ -304,6 +310,8 @@ export class ProxyServer {
     for (const prefetch of this.prefetches) prefetch.stop()
     logger.info({ sessions: this.sessions.size, graceMs }, 'draining: no new sessions; open ones end when idle')
     for (const session of this.sessions.keys()) session.drain()
+    // No client will take an idle connection now (new ones are refused): close them, and stop pre-warming.
+    for (const route of this.routes) route.pool?.close()
     let timer: NodeJS.Timeout | undefined
     const graceOver = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), graceMs)))
     const allEnded = await Promise.race([this.sessionsEnded().then(() => true), graceOver])

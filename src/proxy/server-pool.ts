@@ -3,9 +3,11 @@ import type { Logger } from 'pino'
 import type { PoolMetrics } from '../ops/metrics.js'
 import { FrontendCode } from '../pgwire/codes.js'
 import type { StartupParameter } from '../pgwire/startup-packet.js'
-import type { CredentialSource } from '../vault/credential-source.js'
+import type { CredentialSource, DbCredential } from '../vault/credential-source.js'
+import { ProxyError } from './proxy-error.js'
 import type { UpstreamLogin } from './session-mover.js'
 import { linkableName } from './linkable-parameters.js'
+import { PoolWarmer, type WarmHost } from './pool-warmer.js'
 import { releaseWhenClosed } from './release-when-closed.js'
 import { resetServer } from './server-reset.js'
 
@@ -20,6 +22,55 @@ export interface PoolSettings {
   idleTimeoutMs: number
   /** A connection older than this (counted from its first return to the pool) is closed when it next goes idle. */
   serverLifetimeMs: number
+  /** Server connections of the route, idle, linked and opening together, at most (pool.max_server_connections). */
+  maxServerConnections: number
+  /** How long a client waits for a server connection at that limit before it is refused (pool.wait_timeout_ms). */
+  waitTimeoutMs: number
+  /** Idle connections kept logged in for each recently used key (pool.min_idle). */
+  minIdle: number
+}
+
+/** What a client is linked to: its pool key, and what a login for that key sends upstream. */
+export interface PoolTarget {
+  key: string
+  database: string
+  forwarded: readonly StartupParameter[]
+}
+
+/**
+ * Logs in a new server connection for `target` exactly as a client's fresh login would (the
+ * route's credential, held; the owner role as the `role` startup parameter). Injected by the
+ * route's builder, so the pool knows nothing of client sessions.
+ */
+export type OpenServer = (target: PoolTarget) => Promise<UpstreamLogin>
+
+export interface LinkOptions {
+  /**
+   * true: at the limit, wait in line (a new client). false: never wait, and count even beyond the
+   * limit (a running session's move or reconnect: it replaces a connection it holds, and waiting
+   * for a slot held by sessions that wait in turn could deadlock).
+   */
+  wait: boolean
+  /** A wait ends with the signal's reason when it aborts (the client left). */
+  signal?: AbortSignal | undefined
+  /** Only a pooled connection logged in with this credential will do (a move to it). */
+  credential?: DbCredential | undefined
+}
+
+export interface Linked {
+  login: UpstreamLogin
+  /** A pooled connection, not a fresh login. */
+  reused: boolean
+}
+
+/** Server connections of a route by state, for /status and the metrics. */
+export interface PoolCounts {
+  idle: number
+  linked: number
+  opening: number
+  /** Clients waiting for a connection at the limit. */
+  waiting: number
+  max: number
 }
 
 /**
@@ -43,6 +94,18 @@ interface IdleServer {
   onClose: () => void
 }
 
+interface Waiter {
+  target: PoolTarget
+  since: number
+  /** A pooled connection, or undefined: a login slot is reserved for the waiter. */
+  grant(login: UpstreamLogin | undefined): void
+  fail(err: unknown): void
+}
+
+function asError(reason: unknown): Error {
+  return reason instanceof Error ? reason : new Error(String(reason))
+}
+
 /** Nothing is read while pooled; an error (the server going away) only closes the socket. */
 const ignoreError = (): void => undefined
 
@@ -58,12 +121,26 @@ function guardErrors(socket: Socket): void {
  * and the client's startup parameters, for the next client with the same key: no Vault call, no
  * authentication, no backend fork. A pooled connection keeps a hold on its credential, so its lease
  * is not revoked under it; connections whose credential was superseded are closed, never handed out.
+ *
+ * The pool also counts every server connection of its route, idle, linked to a client, or opening
+ * (logging in), and keeps them within max_server_connections: a client beyond it waits in line
+ * (pgbouncer's cl_waiting, https://www.pgbouncer.org/usage.html#show-pools) and is refused with
+ * 53300 after wait_timeout_ms. With min_idle it keeps connections logged in ahead of clients for the
+ * keys used lately (pgbouncer's min_pool_size, https://www.pgbouncer.org/config.html).
  */
 export class ServerPool {
   private readonly idle = new Map<string, IdleServer[]>()
   private idleCount = 0
-  /** When each connection first came back to the pool, for server_lifetime_ms. */
+  /** Every open server connection of the route that the pool counts: idle ones and those linked to a client. */
+  private readonly members = new Set<Socket>()
+  /** Logins under way (clients' and pre-warming), each holding a slot. */
+  private opening = 0
+  private readonly waiters: Waiter[] = []
+  /** When each connection first came back to the pool (or was pre-warmed), for server_lifetime_ms. */
   private readonly firstPooled = new WeakMap<UpstreamLogin['session'], number>()
+  /** pool.min_idle; none without an `open`. */
+  private readonly warmer: PoolWarmer | undefined
+  private pumping = false
   private sweepTimer: NodeJS.Timeout | undefined
   private closed = false
 
@@ -73,7 +150,11 @@ export class ServerPool {
     private readonly credentials: CredentialSource,
     private readonly metrics: PoolMetrics,
     private readonly log: Logger,
-  ) {}
+    /** Logs in connections the pool opens itself (pre-warming); without it the pool never pre-warms. */
+    open?: OpenServer,
+  ) {
+    this.warmer = open && new PoolWarmer(this.warmHost(), open, metrics, log)
+  }
 
   get enabled(): boolean {
     return this.settings.mode === 'session' && !this.closed
@@ -81,6 +162,16 @@ export class ServerPool {
 
   get idleConnections(): number {
     return this.idleCount
+  }
+
+  get counts(): PoolCounts {
+    return {
+      idle: this.idleCount,
+      linked: this.members.size - this.idleCount,
+      opening: this.opening,
+      waiting: this.waiters.length,
+      max: this.settings.maxServerConnections,
+    }
   }
 
   /**
@@ -110,21 +201,35 @@ export class ServerPool {
     this.metrics.upstreamLogin(this.route)
   }
 
-  /** A reset, logged-in connection for `key`, or undefined when none is ready (the caller logs in). */
-  take(key: string): UpstreamLogin | undefined {
-    const stack = this.idle.get(key)
-    while (stack && stack.length > 0) {
-      const entry = stack.pop() as IdleServer
-      this.forget(entry, stack)
-      const why = this.unusable(entry.login)
-      if (why) {
-        this.retire(entry.login, why)
-        continue
-      }
-      this.metrics.poolReused(this.route)
-      return entry.login
+  /**
+   * A server connection for a client: a pooled one for its key when one is ready, else one that
+   * `login` opens, within max_server_connections. At the limit a new client waits in line (FIFO) for
+   * a connection to come back or close, and after wait_timeout_ms is refused with 53300.
+   */
+  async link(target: PoolTarget, login: () => Promise<UpstreamLogin>, options: LinkOptions): Promise<Linked> {
+    this.warmer?.touch(target)
+    const inLine = options.wait && this.waiters.length > 0
+    const pooled = inLine ? undefined : this.takeIdle(target.key, options.credential)
+    if (pooled) return { login: pooled, reused: true }
+    if (inLine || !this.makeRoom()) {
+      if (options.wait) {
+        // Granted a pooled connection, or a login slot (already counted in `opening`).
+        const granted = await this.waitInLine(target, options.signal)
+        if (granted) return { login: granted, reused: true }
+      } else this.opening++ // a move or reconnect: counted, beyond the limit if need be
+    } else this.opening++
+    let opened: UpstreamLogin
+    try {
+      opened = await login()
+    } catch (err) {
+      this.opening--
+      this.changed()
+      throw err
     }
-    return undefined
+    this.opening--
+    this.track(opened.session.socket)
+    this.changed()
+    return { login: opened, reused: false }
   }
 
   /**
@@ -159,20 +264,38 @@ export class ServerPool {
     session.notices = []
     session.pending = Buffer.alloc(0)
     session.transactionStatus = 'I'
-    if (!this.firstPooled.has(session)) this.firstPooled.set(session, Date.now())
     // A fresh hold for the pool's stay: the client's hold goes, and with it the listeners its session
     // registered (a hold cannot unregister them), so nothing accumulates over a connection's reuses.
     const hold = this.credentials.use(login.credential)
     login.hold.release()
-    const pooled: UpstreamLogin = { ...login, hold }
+    this.keep(key, { ...login, hold })
+  }
+
+  /** Closes every idle connection and stops pre-warming (shutdown, or a reload that replaced the route). */
+  close(): void {
+    this.closed = true
+    clearInterval(this.sweepTimer)
+    this.sweepTimer = undefined
+    this.warmer?.close()
+    for (const stack of [...this.idle.values()]) {
+      for (const entry of [...stack]) this.evict(entry, 'the proxy is closing the pool')
+    }
+  }
+
+  /** Puts a reset (or freshly pre-warmed) connection among the idle ones, and hands it to a waiting client if one fits. */
+  private keep(key: string, login: UpstreamLogin): void {
+    const { session, hold } = login
+    if (!this.firstPooled.has(session)) this.firstPooled.set(session, Date.now())
     const entry: IdleServer = {
       key,
-      login: pooled,
+      login,
       idleSince: Date.now(),
       onClose: () => {
         if (!this.remove(entry)) return
-        pooled.hold.release()
+        hold.release()
         this.log.debug({ upstreamPid: session.processId }, 'a pooled server connection closed')
+        // The server closed it: pre-warming pauses before it replaces it.
+        this.warmer?.pause()
       },
     }
     hold.onChange(() => {
@@ -185,16 +308,121 @@ export class ServerPool {
     this.idle.set(key, stack)
     this.idleCount++
     this.ensureSweep()
+    this.changed()
   }
 
-  /** Closes every idle connection (shutdown, or a reload that replaced the route). */
-  close(): void {
-    this.closed = true
-    clearInterval(this.sweepTimer)
-    this.sweepTimer = undefined
-    for (const stack of [...this.idle.values()]) {
-      for (const entry of [...stack]) this.evict(entry, 'the proxy is closing the pool')
+  /** A reset, logged-in connection for `key` (and `credential`, if given), or undefined when none is ready. */
+  private takeIdle(key: string, credential?: DbCredential): UpstreamLogin | undefined {
+    if (!this.enabled) return undefined
+    const stack = this.idle.get(key)
+    for (let i = (stack?.length ?? 0) - 1; stack && i >= 0; i--) {
+      const entry = stack[i] as IdleServer
+      if (credential !== undefined && entry.login.credential !== credential) continue
+      stack.splice(i, 1)
+      this.forget(entry, stack)
+      const why = this.unusable(entry.login)
+      if (why) {
+        this.retire(entry.login, why)
+        continue
+      }
+      this.metrics.poolReused(this.route)
+      this.changed()
+      return entry.login
     }
+    return undefined
+  }
+
+  /** True when one more connection fits under the limit, after closing the longest idle one if it must. */
+  private makeRoom(): boolean {
+    if (this.members.size + this.opening < this.settings.maxServerConnections) return true
+    let oldest: IdleServer | undefined
+    for (const stack of this.idle.values()) {
+      const bottom = stack[0]
+      if (bottom && (!oldest || bottom.idleSince < oldest.idleSince)) oldest = bottom
+    }
+    if (!oldest) return false
+    // pgbouncer does the same: an idle connection of another key gives way to a waiting client.
+    this.evict(oldest, 'pool.max_server_connections reached and a client of another key needs the slot')
+    return this.members.size + this.opening < this.settings.maxServerConnections
+  }
+
+  /** Waits for a pooled connection of the key, or for a login slot (reserved in `opening`), in FIFO order. */
+  private waitInLine(target: PoolTarget, signal: AbortSignal | undefined): Promise<UpstreamLogin | undefined> {
+    return new Promise((resolve, reject) => {
+      const since = Date.now()
+      const leave = (): void => {
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        const index = this.waiters.indexOf(waiter)
+        if (index >= 0) this.waiters.splice(index, 1)
+        this.metrics.poolWaited(this.route, (Date.now() - since) / 1000)
+      }
+      const waiter: Waiter = {
+        target,
+        since,
+        grant: (login) => {
+          leave()
+          resolve(login)
+        },
+        fail: (err) => {
+          leave()
+          reject(asError(err))
+        },
+      }
+      const onAbort = (): void => waiter.fail(signal?.reason)
+      const timer = setTimeout(() => {
+        this.metrics.poolWaitTimedOut(this.route)
+        this.log.warn(
+          { database: target.database, waitTimeoutMs: this.settings.waitTimeoutMs, ...this.counts },
+          'a client waited pool.wait_timeout_ms for a server connection and was refused',
+        )
+        waiter.fail(serverLimitReached(this.route, this.settings, target))
+      }, this.settings.waitTimeoutMs)
+      if (signal?.aborted) {
+        reject(asError(signal.reason))
+        clearTimeout(timer)
+        return
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      this.waiters.push(waiter)
+      this.log.debug(
+        { database: target.database, waiting: this.waiters.length },
+        'a client waits for a server connection',
+      )
+      this.changed()
+    })
+  }
+
+  /** Something freed or added a connection: serve the clients in line, then top up the warm keys. */
+  private changed(): void {
+    if (this.pumping) return
+    this.pumping = true
+    try {
+      while (this.waiters.length > 0) {
+        const head = this.waiters[0] as Waiter
+        const pooled = this.takeIdle(head.target.key)
+        if (pooled) {
+          head.grant(pooled)
+          continue
+        }
+        if (!this.makeRoom()) break
+        this.opening++
+        head.grant(undefined)
+      }
+    } finally {
+      this.pumping = false
+    }
+    this.warmer?.schedule()
+  }
+
+  /** Counts a connection until it closes (or the pool retires it). */
+  private track(socket: Socket): void {
+    if (this.members.has(socket)) return
+    this.members.add(socket)
+    guardErrors(socket)
+    socket.once('close', () => {
+      if (this.members.delete(socket)) this.changed()
+    })
   }
 
   /** Why a connection must not be (re)used, or undefined. */
@@ -202,7 +430,8 @@ export class ServerPool {
     const { session, hold } = login
     if (session.socket.destroyed || !session.socket.writable) return 'its socket is closed'
     // Anything the server said while pooled (a FATAL before it closes, a shutdown WARNING) is not for a new client.
-    if (session.socket.readableLength > 0) return 'the server sent something while it was pooled'
+    if (session.socket.readableLength > 0 || session.pending.length > 0)
+      return 'the server sent something while it was pooled'
     if (hold.superseded) return 'its credential was superseded'
     if (hold.endsAt !== undefined && hold.endsAt - Date.now() < CREDENTIAL_END_MARGIN_MS)
       return 'its credential ends soon'
@@ -233,7 +462,10 @@ export class ServerPool {
     if (stack.length === 0) this.idle.delete(entry.key)
   }
 
-  /** Closes a connection politely and gives its credential back (which may revoke the lease). */
+  /**
+   * Closes a connection politely and gives its credential back (which may revoke the lease). Its
+   * slot is free at once: the backend ends on Terminate.
+   */
   private retire(login: UpstreamLogin, why: string): void {
     this.metrics.poolClosed(this.route)
     this.log.debug({ upstreamPid: login.session.processId, why }, 'closing a server connection instead of pooling it')
@@ -243,29 +475,74 @@ export class ServerPool {
     // Not at once: released before the backend has gone, the last hold of a superseded lease would
     // have the revocation terminate it mid-exit (test/integration/pool-rotation.test.ts).
     releaseWhenClosed(socket, login.hold, RESET_TIMEOUT_MS)
+    if (this.members.delete(socket)) this.changed()
   }
 
   private ensureSweep(): void {
-    if (this.sweepTimer) return
+    if (this.sweepTimer || this.closed) return
     this.sweepTimer = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS)
     this.sweepTimer.unref()
   }
 
-  /** Closes connections idle past idle_timeout_ms, past their lifetime, or whose credential is ending. */
+  /**
+   * Closes connections idle past idle_timeout_ms (except the min_idle newest of a warm key), past
+   * their lifetime, or whose credential is ending.
+   */
   private sweep(): void {
     const now = Date.now()
-    for (const stack of [...this.idle.values()]) {
-      for (const entry of [...stack]) {
-        const why =
-          now - entry.idleSince >= this.settings.idleTimeoutMs
-            ? 'pool.idle_timeout_ms reached'
-            : this.unusable(entry.login)
+    this.warmer?.coolDown(now)
+    for (const [key, stack] of [...this.idle]) {
+      const spared = this.warmer?.spared(key) ?? 0
+      stack.slice().forEach((entry, index) => {
+        const timedOut = now - entry.idleSince >= this.settings.idleTimeoutMs && index < stack.length - spared
+        const why = timedOut ? 'pool.idle_timeout_ms reached' : this.unusable(entry.login)
         if (why) this.evict(entry, why)
-      }
+      })
     }
     if (this.idleCount === 0) {
       clearInterval(this.sweepTimer)
       this.sweepTimer = undefined
     }
   }
+
+  /** The pool as its warmer sees it. */
+  private warmHost(): WarmHost {
+    return {
+      route: this.route,
+      enabled: () => this.enabled,
+      minIdle: this.settings.minIdle,
+      idleTimeoutMs: this.settings.idleTimeoutMs,
+      idleFor: (key) => this.idle.get(key)?.length ?? 0,
+      // Pre-warming never takes a slot a waiting client could use, nor goes past max_idle.
+      roomToWarm: (warming) =>
+        this.waiters.length === 0 &&
+        this.members.size + this.opening < this.settings.maxServerConnections &&
+        this.idleCount + warming < this.settings.maxIdle,
+      startOpening: () => void this.opening++,
+      finishOpening: (key, login) => {
+        this.opening--
+        if (!login) {
+          this.changed()
+          return undefined
+        }
+        this.track(login.session.socket)
+        const why = this.closed ? 'the pool is closed' : this.unusable(login)
+        if (why) this.retire(login, why)
+        else this.keep(key, login)
+        return why
+      },
+    }
+  }
+}
+
+/** The refusal for a client that waited wait_timeout_ms at max_server_connections. */
+function serverLimitReached(route: string, settings: PoolSettings, target: PoolTarget): ProxyError {
+  // The database and application_name say which clients compete; other startup values may be private.
+  const app = target.forwarded.find(([name]) => name === 'application_name')?.[1]
+  const who = `route "${route}", database "${target.database}"${app ? `, application_name "${app}"` : ''}`
+  return new ProxyError('too_many_server_connections', {
+    sqlState: '53300',
+    message: `sorry, too many server connections: pg-vault-proxy pool.max_server_connections (${settings.maxServerConnections}) reached for ${who}, and none came free within pool.wait_timeout_ms (${settings.waitTimeoutMs} ms)`,
+    hint: 'Retry shortly. If it keeps happening, close idle client sessions (each holds a server connection), or raise pool.max_server_connections (keeping the total under the server max_connections) or pool.wait_timeout_ms in the proxy configuration.',
+  })
 }

@@ -29,6 +29,14 @@ async function rotatingProxy(
   return startProxy(t, cluster, { vault: viaRoot, credentials: { vault: { role } }, ...overrides })
 }
 
+/**
+ * A proxy that pre-warms no server connections (pool.min_idle 0): these tests find a session's
+ * backend by its application_name, which a pre-warmed connection of the same key shares.
+ */
+function startUnwarmed(t: Test): Promise<RunningProxy> {
+  return startProxy(t, cluster, { pool: { min_idle: 0 } })
+}
+
 async function one<T>(client: pg.Client, sql: string, values?: unknown[]): Promise<T> {
   const result = await client.query<Record<string, T>>(sql, values)
   return Object.values(result.rows[0] ?? {})[0] as T
@@ -179,7 +187,8 @@ void t.test('pgjdbc-style S_1 after five executions, and postgres.js named state
 })
 
 void t.test('a node-postgres Client without an error listener lives through a swap and a reconnect', async (t) => {
-  const proxy = await rotatingProxy(t, 'swap_noerr', 4)
+  // No pre-warmed connection (pool.min_idle 0): backendOf finds the session's backend by application_name.
+  const proxy = await rotatingProxy(t, 'swap_noerr', 4, { pool: { min_idle: 0 } })
   const client = new pg.Client({
     host: proxy.host,
     port: proxy.port,
@@ -254,7 +263,7 @@ void t.test('a WITH HOLD cursor or a session advisory lock blocks the swap too, 
 })
 
 void t.test('a backend terminated mid-transaction: a prompt error, nothing replayed', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startUnwarmed(t)
   await cluster.query('create table if not exists rotation_tx (n int)')
   await cluster.query('grant all on rotation_tx to app_owner')
   const client = await proxy.client({ application_name: 'mid-tx' })
@@ -299,7 +308,7 @@ void t.test('a backend terminated mid-transaction: a prompt error, nothing repla
 })
 
 void t.test('an idle session whose backend is terminated reconnects with its state', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startUnwarmed(t)
   const client = await proxy.client({ application_name: 'idle-kill' })
   await client.query('set search_path = pg_catalog, public')
   await client.query('listen reconnect_chan')
@@ -328,7 +337,7 @@ void t.test('an idle session whose backend is terminated reconnects with its sta
 })
 
 void t.test('idle_session_timeout (57P05): reconnects when the client next speaks', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startUnwarmed(t)
   const client = await proxy.client({ application_name: 'idle-timeout' })
   await client.query("set idle_session_timeout = '300ms'")
   await new Promise((resolve) => setTimeout(resolve, 1_000))
@@ -346,7 +355,7 @@ void t.test('idle_session_timeout (57P05): reconnects when the client next speak
 })
 
 void t.test('rotation.reconnect: false relays the FATAL, as a direct connection would', async (t) => {
-  const proxy = await startProxy(t, cluster, { rotation: { reconnect: false } })
+  const proxy = await startProxy(t, cluster, { rotation: { reconnect: false }, pool: { min_idle: 0 } })
   const client = await proxy.client({ application_name: 'no-reconnect' })
   const ended = new Promise<Error & { code?: string }>((resolve) => client.on('error', resolve))
   await terminate(await backendOf('no-reconnect'))
@@ -388,7 +397,7 @@ void t.test('notifications keep flowing through a swap: none is lost', async (t)
 })
 
 void t.test('a backend crash: idle sessions reconnect once the server has recovered', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startUnwarmed(t)
   const victim = await proxy.client({ application_name: 'crash-victim' })
   const bystander = await proxy.client({ application_name: 'crash-bystander' })
   await victim.query('set search_path = pg_catalog, public')
@@ -643,7 +652,7 @@ void t.test('a session parked after 57P05 still honours idle_client_timeout_ms a
 })
 
 void t.test('an upstream lost during COPY, or while holding a temp table: a prompt error that says why', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startUnwarmed(t)
   await cluster.query('create table if not exists rotation_copy (n int)')
   await cluster.query('grant all on rotation_copy to app_owner')
   const raw = await rawSession(proxy, 'in-copy')

@@ -1,5 +1,5 @@
 import pg from 'pg'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy-harness.js'
 import { runClient } from '../support/run-client.js'
@@ -8,6 +8,13 @@ import { runClient } from '../support/run-client.js'
 // its logged-in connection, reset with DISCARD ALL, for the next client with the same database and
 // startup parameters. Each test reads the backend pid to tell a reused connection from a fresh login.
 const cluster = await clusterFor(t)
+
+/**
+ * A proxy whose pool keeps only what clients leave (pool.min_idle 0): the tests of reuse tell a
+ * connection's next client by its backend pid, which a pre-warmed connection would muddle.
+ */
+const startPool = (t: Test, pool: Record<string, unknown> = {}): Promise<RunningProxy> =>
+  startProxy(t, cluster, { pool: { min_idle: 0, ...pool } })
 
 async function once<T>(
   proxy: RunningProxy,
@@ -49,7 +56,7 @@ async function metric(proxy: RunningProxy, name: string, labels = ''): Promise<n
 }
 
 void t.test('consecutive clients reuse one logged-in server connection', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const first = await once(proxy, pid)
   await pooled(proxy)
   const second = await once(proxy, pid)
@@ -71,7 +78,7 @@ void t.test('consecutive clients reuse one logged-in server connection', async (
 })
 
 void t.test('psql twice: the same backend, and the owner role as ever', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const psql = (): Promise<string> =>
     runClient('psql', [
       '-X',
@@ -98,7 +105,7 @@ void t.test('psql twice: the same backend, and the owner role as ever', async (t
 })
 
 void t.test('nothing a client leaves behind reaches the next client', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const firstPid = await once(proxy, async (client) => {
     await client.query('set search_path = pg_catalog')
     await client.query("set statement_timeout = '1234ms'")
@@ -154,7 +161,7 @@ void t.test('nothing a client leaves behind reaches the next client', async (t) 
 })
 
 void t.test('the greeting after reuse carries the reset values, as a fresh login would', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const greeting = async (
     setup?: (client: pg.Client) => Promise<unknown>,
   ): Promise<{ pid: number; params: Map<string, string> }> => {
@@ -197,7 +204,7 @@ void t.test('the greeting after reuse carries the reset values, as a fresh login
 })
 
 void t.test('different startup parameters do not share connections', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const a = await once(proxy, pid, { options: '-c work_mem=4MB' })
   await pooled(proxy)
   const b = await once(proxy, pid, { options: '-c work_mem=8MB' })
@@ -248,7 +255,7 @@ async function linked(proxy: RunningProxy, extra: Record<string, string>): Promi
 void t.test(
   'clients that differ only in linkable parameters share a connection, each with its own values',
   async (t) => {
-    const proxy = await startProxy(t, cluster)
+    const proxy = await startPool(t)
     // `timezone` as libpq sends it for PGTZ; the second client spells it `TimeZone`: one parameter.
     const first = await linked(proxy, {
       application_name: 'first',
@@ -299,7 +306,7 @@ void t.test(
 )
 
 void t.test('search_path, not reported before PostgreSQL 18, is set on every link, as a list', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const path = async (value: string): Promise<{ pid: number; path: string }> => {
     const client = clientWith(proxy, { search_path: value })
     await client.connect()
@@ -326,7 +333,7 @@ void t.test('search_path, not reported before PostgreSQL 18, is set on every lin
 })
 
 void t.test("after the reset the pool knows the connection is back at its first client's values", async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const values = { application_name: 'second', TimeZone: 'Asia/Tokyo' }
   const first = await linked(proxy, { application_name: 'first', TimeZone: 'UTC' })
   await first.end()
@@ -345,7 +352,7 @@ void t.test("after the reset the pool knows the connection is back at its first 
 })
 
 void t.test('a client without a linkable parameter does not get a connection whose first client sent it', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const named = await once(proxy, pid, { application_name: 'named' })
   await pooled(proxy)
   const unnamed = await once(proxy, async (client) => ({
@@ -361,7 +368,7 @@ void t.test('a client without a linkable parameter does not get a connection who
 void t.test(
   'a value the server refuses on link is refused as at a fresh login, and the connection stays pooled',
   async (t) => {
-    const proxy = await startProxy(t, cluster)
+    const proxy = await startPool(t)
     const refusal = async (): Promise<Record<string, unknown>> => {
       const client = clientWith(proxy, { TimeZone: 'nonsense' })
       const err = (await client.connect().then(
@@ -394,7 +401,7 @@ void t.test(
 )
 
 void t.test('psql with PGTZ, PGAPPNAME and PGCLIENTENCODING: two runs, one backend, each its own values', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const psql = (env: Record<string, string>): Promise<string> =>
     runClient(
       'psql',
@@ -428,7 +435,7 @@ void t.test('psql with PGTZ, PGAPPNAME and PGCLIENTENCODING: two runs, one backe
 })
 
 void t.test('unclean ends close the connection instead of pooling it', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   // Inside a transaction: Terminate while status is T.
   const inTx = await once(proxy, async (client) => {
     await client.query('begin')
@@ -458,7 +465,7 @@ void t.test('unclean ends close the connection instead of pooling it', async (t)
 })
 
 void t.test('a reset that fails closes the connection', async (t) => {
-  const proxy = await startProxy(t, cluster, { pool: { reset_query: 'select 1/0' } })
+  const proxy = await startPool(t, { reset_query: 'select 1/0' })
   const first = await once(proxy, pid)
   // The reset runs after the client has gone: wait for its outcome.
   for (let i = 0; i < 250 && (await metric(proxy, 'pg_vault_proxy_pool_resets_total', 'outcome="failed"')) === 0; i++)
@@ -469,7 +476,7 @@ void t.test('a reset that fails closes the connection', async (t) => {
 
 void t.test('pool.mode none and max_idle 0: a fresh login for every client', async (t) => {
   for (const pool of [{ mode: 'none' }, { max_idle: 0 }]) {
-    const proxy = await startProxy(t, cluster, { pool })
+    const proxy = await startPool(t, pool)
     const first = await once(proxy, pid)
     await new Promise((resolve) => setTimeout(resolve, 200))
     t.not(await once(proxy, pid), first, JSON.stringify(pool))
@@ -493,7 +500,7 @@ void t.test('pgbench with a new connection per transaction runs on a handful of 
 })
 
 void t.test('stopping the proxy closes pooled connections', async (t) => {
-  const proxy = await startProxy(t, cluster)
+  const proxy = await startPool(t)
   const p = await once(proxy, pid)
   await pooled(proxy)
   await proxy.stop()

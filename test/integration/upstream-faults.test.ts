@@ -141,8 +141,15 @@ async function fakeUpstream(t: Test, script: Script): Promise<Fake> {
   return fake
 }
 
+/**
+ * A proxy in front of a fake upstream. It pre-warms nothing (pool.min_idle 0): each fake scripts its
+ * connections in order, and a background login of the pool would take a client's turn.
+ */
 async function proxyFor(t: Test, fake: Fake, upstream: Record<string, unknown> = {}): Promise<RunningProxy> {
-  return startProxy(t, cluster, { upstream: { host: '127.0.0.1', port: fake.port, sslmode: 'disable', ...upstream } })
+  return startProxy(t, cluster, {
+    upstream: { host: '127.0.0.1', port: fake.port, sslmode: 'disable', ...upstream },
+    pool: { min_idle: 0 },
+  })
 }
 
 /** The fake's side of a successful trust login: R(0), ParameterStatus, K, Z(I). */

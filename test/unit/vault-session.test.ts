@@ -154,7 +154,11 @@ void t.test('a batch token is never renewed: the proxy logs in again before it e
   t.teardown(() => source.close())
   await source.get()
   await new Promise((r) => setTimeout(r, 3_000))
-  t.equal(h.count('sys/leases/renew'), 0, "a lease that dies with the token is not renewed (Vault would cap it at the token's end)")
+  t.equal(
+    h.count('sys/leases/renew'),
+    0,
+    "a lease that dies with the token is not renewed (Vault would cap it at the token's end)",
+  )
   t.equal(h.count('auth/token/renew-self'), 0, 'no renew-self for a token that cannot be renewed')
   t.equal(h.count('auth/approle/login'), 2, 'logged in again at 2/3 of the TTL (2 s), once')
   t.equal(announced, 1, 'the credential sources were told')
