@@ -61,7 +61,8 @@ async function running(backendPid: number, sql: string): Promise<boolean> {
 }
 
 void t.test("an ended client's cancel key does not reach the next client on its pooled backend", async (t) => {
-  const proxy = await startProxy(t, cluster)
+  // No pre-warmed connection: B must get A's backend.
+  const proxy = await startProxy(t, cluster, { pool: { min_idle: 0 } })
 
   const a = await connectClient(proxy)
   const aPid = await pid(a)

@@ -137,11 +137,12 @@ void t.test('a drain refuses the clients waiting in line with 57P03', async (t) 
 
 void t.test('at the limit an idle connection of another key is closed to make room', async (t) => {
   const proxy = await startProxy(t, cluster, { pool: { max_server_connections: 1, min_idle: 0 } })
-  const a = await connected(proxy, { application_name: 'key-one' })
+  // work_mem must match by value (application_name would be set on link: the same key).
+  const a = await connected(proxy, { options: '-c work_mem=4MB' })
   const aPid = await pid(a)
   await a.end()
   await until('its connection is pooled', () => poolOf(proxy).idle === 1)
-  const b = await connected(proxy, { application_name: 'key-two' })
+  const b = await connected(proxy, { options: '-c work_mem=8MB' })
   t.not(await pid(b), aPid, 'another key: another connection')
   t.match(poolOf(proxy), { idle: 0, linked: 1 }, 'the idle one gave way')
   t.ok(await eventually(5, async () => !(await backendAlive(aPid))), 'its backend ended')

@@ -47,6 +47,8 @@ async function setup(t: Test, overrides: Record<string, unknown> = {}): Promise<
       credentials: { static: { username: 'unused', password: 'unused' } },
       upstream: { host: '127.0.0.1', port: upstream.port, sslmode: 'disable' },
       ...overrides,
+      // The fake scripts connections in order: no background logins ahead of clients (pool.min_idle).
+      pool: { min_idle: 0, ...(overrides.pool as Record<string, unknown> | undefined) },
     },
     { credentials: source, database: 'app', prefetchCredentials: false },
   )
