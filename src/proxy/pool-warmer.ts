@@ -134,6 +134,12 @@ export class PoolWarmer {
       (login) => {
         const why = done(login)
         if (this.closed) return
+        if (why && login.hold.superseded) {
+          // A credential switch during the login: not a failure, warm again at once with the new credential.
+          this.log.debug({ why }, 'a pre-warmed connection was not kept')
+          this.schedule()
+          return
+        }
         if (why) {
           this.failed(new Error(`the new connection is not usable: ${why}`))
           return

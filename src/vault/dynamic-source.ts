@@ -40,6 +40,12 @@ interface Lease {
 
 /** How long close() waits for a credential being issued, so it can revoke that lease too. */
 const CLOSE_WAITS_FOR_ISSUE_MS = 5_000
+/**
+ * How long close() waits for the connections still on a lease to close before revoking it: a
+ * revocation that terminates the role's backends (pg_terminate_backend) would otherwise reach
+ * backends still reading their Terminate, a lease revoked under a live connection.
+ */
+const CLOSE_WAITS_FOR_HOLDS_MS = 3_000
 const RENEW_AT = 2 / 3 // renew renewable leases at 2/3 of their TTL (Vault Agent's rule)
 const REFETCH_AT = 0.85 // fetch the next credential at 85% of a lease that cannot be renewed further
 /**
@@ -77,6 +83,8 @@ export class DynamicCredentialSource implements CredentialSource {
   private readonly distrustBackoff = new RefusalBackoff()
   private readonly log: Logger
   private closed = false
+  /** close() waiting for the last hold to go. */
+  private unheld: (() => void) | undefined
 
   constructor(
     private readonly vault: VaultSession,
@@ -160,6 +168,7 @@ export class DynamicCredentialSource implements CredentialSource {
         for (const listener of mine) lease.listeners.delete(listener)
         lease.sessions--
         if (lease.retired && lease.sessions === 0) void this.revoke(lease)
+        if (this.unheld && !this.held) this.unheld()
       },
       get endsAt() {
         return lease.expiresAt
@@ -200,8 +209,29 @@ export class DynamicCredentialSource implements CredentialSource {
       clearTimeout(timer)
     }
     for (const lease of this.leases.values()) lease.timer?.clear()
-    if (this.options.revokeOnShutdown) await Promise.all([...this.leases.values()].map((lease) => this.revoke(lease)))
+    if (this.options.revokeOnShutdown) {
+      await this.holdsGone(CLOSE_WAITS_FOR_HOLDS_MS)
+      await Promise.all([...this.leases.values()].map((lease) => this.revoke(lease)))
+    }
     this.vault.stop()
+  }
+
+  /** Whether any connection still holds one of the leases. */
+  private get held(): boolean {
+    for (const lease of this.leases.values()) if (lease.sessions > 0) return true
+    return false
+  }
+
+  /** Resolves once no lease is held (connections give their hold back once closed), or after `timeoutMs`. */
+  private async holdsGone(timeoutMs: number): Promise<void> {
+    if (!this.held) return
+    let timer: NodeJS.Timeout | undefined
+    await new Promise<void>((resolve) => {
+      this.unheld = resolve
+      timer = setTimeout(resolve, timeoutMs)
+    })
+    clearTimeout(timer)
+    this.unheld = undefined
   }
 
   /** Single flight: every caller waiting for a new credential shares one Vault request. */

@@ -262,5 +262,11 @@ void t.test(
     )
     const backendsLeft = await cluster.query('select 1 from pg_stat_activity where usename = any($1)', [all])
     t.equal(backendsLeft.length, 0, 'and no backend of them')
+    // Shutdown closes pooled and linked connections first, and revokes once they have gone.
+    t.notMatch(
+      (await readFile(cluster.logFile, 'utf8')).slice(logFrom),
+      /terminating connection due to administrator command/,
+      "shutdown's revocation terminated no backend: it waited for the connections to close",
+    )
   },
 )
