@@ -47,12 +47,12 @@ export type LinkOutcome =
   | { linked: true }
   /** The server refused a value (its ErrorResponse): a fresh login would have been refused the same way. */
   | { linked: false; refusal: ErrorFields }
-  /** The connection broke, said too much, was too slow, or cannot be linked: it is destroyed. */
+  /** The connection broke, lost its login role, said too much, was too slow, or cannot be linked: it is destroyed. */
   | { linked: false; refusal: undefined; why: string }
 
 /**
- * Gives a pooled connection (reset, idle) the linkable startup parameters of its new client with
- * one simple Query of set_config() calls (https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADMIN-SET):
+ * Checks that a pooled connection (reset, idle) still runs as its login role, and gives it the
+ * linkable startup parameters of its new client with one simple Query of set_config() calls (https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADMIN-SET):
  * set_config, unlike `SET name TO 'value'`, takes the value as the startup packet does, a list
  * (search_path) included. The ParameterStatus messages that answer update `session.parameters`, so
  * the client's greeting carries its own values. One statement runs in one implicit transaction: if
@@ -63,18 +63,23 @@ export async function linkServer(
   forwarded: readonly StartupParameter[],
 ): Promise<LinkOutcome> {
   const settings = linkSettings(session.parameters, forwarded)
-  if (settings.length === 0) return { linked: true }
   const encoding = session.parameters.get('client_encoding')
   if (encoding !== 'UTF8' && encoding !== 'SQL_ASCII' && settings.some(([, value]) => !isAscii(value))) {
     // The query text is UTF-8, and the server would convert it from another client_encoding.
     return broken(session, `a non-ASCII value cannot be sent while client_encoding is ${encoding ?? 'unknown'}`)
   }
-  const sql = `SELECT ${settings.map(([name, value]) => `pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`).join(', ')}`
+  // First, whether the connection's login role still exists: a lease revoked behind the proxy's
+  // back (`vault lease revoke`) drops the role without ending its sessions, and such a session
+  // fails later with "invalid role OID" (GetUserNameFromId, src/backend/utils/init/miscinit.c).
+  let sql = 'SELECT session_user'
+  if (settings.length > 0)
+    sql += `; SELECT ${settings.map(([name, value]) => `pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`).join(', ')}`
   const { socket } = session
   if (session.pending.length > 0) socket.unshift(session.pending)
   const reader = new MessageReader(socket)
   const timer = setTimeout(() => socket.destroy(new Error(`no answer within ${LINK_TIMEOUT_MS} ms`)), LINK_TIMEOUT_MS)
   let refusal: ErrorFields | undefined
+  let checked = false
   let received = 0
   try {
     socket.write(serialize.query(sql))
@@ -82,7 +87,11 @@ export async function linkServer(
       const { code, body } = await reader.readMessage(MAX_LINK_BYTES)
       received += 5 + body.length
       if (received > MAX_LINK_BYTES) throw new Error(`the server sent more than ${MAX_LINK_BYTES} bytes in answer`)
-      if (code === BackendCode.ErrorResponse) refusal ??= decodeErrorFields(body)
+      if (code === BackendCode.ErrorResponse) {
+        const fields = decodeErrorFields(body)
+        if (!checked) throw new Error(`its login role is gone: ${fields.get('M') ?? 'no message'}`)
+        refusal ??= fields
+      } else if (code === BackendCode.CommandComplete) checked = true
       else if (code === BackendCode.ParameterStatus) {
         const nameEnd = body.indexOf(0)
         session.parameters.set(body.toString('utf8', 0, nameEnd), body.toString('utf8', nameEnd + 1, body.length - 1))
