@@ -34,8 +34,11 @@ export interface TypedMessage {
  * it was asked for: the socket is paused while nobody waits, so a peer cannot make us hold unbounded
  * data. After startup, `detach()` hands any bytes already read to the relay, so none are lost.
  */
+/** Zero bytes, shared: nothing can be written into it. */
+const NO_BYTES = Buffer.alloc(0)
+
 export class MessageReader {
-  private buffered: Buffer = Buffer.alloc(0)
+  private buffered: Buffer = NO_BYTES
   private ended: Error | undefined
   private wake: (() => void) | undefined
   private readonly onData = (chunk: Buffer): void => {
@@ -109,12 +112,15 @@ export class MessageReader {
     return { code, body }
   }
 
-  /** Stops reading and returns whatever was received but not consumed. */
+  /**
+   * Stops reading and returns whatever was received but not consumed. Nothing left is a shared empty
+   * buffer: an empty slice of the last chunk read would keep that whole chunk alive for the session.
+   */
   detach(): Buffer {
     this.detachListeners()
     const rest = this.buffered
-    this.buffered = Buffer.alloc(0)
-    return rest
+    this.buffered = NO_BYTES
+    return rest.length > 0 ? rest : NO_BYTES
   }
 
   private attach(socket: Socket): void {

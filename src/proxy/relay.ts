@@ -20,6 +20,8 @@ const FRONTEND_KNOWN = new Set<number>([...FRONTEND_LARGE, ...[0x43, 0x44, 0x45,
 // R K Z T N A G W I V n s t 1 2 3 v S E C D H d c
 const BACKEND_KNOWN = new Set<number>(Array.from('RKZTNAGWIVnst123vSECDHdc', (c) => c.charCodeAt(0)))
 const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
+/** Zero bytes, shared: what a relay holds once pending bytes were passed on. */
+const NO_BYTES = Buffer.alloc(0)
 /** NotificationResponse payloads are at most 8000 bytes plus a channel name. */
 const MAX_INSPECTED = 16 * 1024
 /** Client Query/Parse messages up to this size are read for session state; longer ones mark it unknown. */
@@ -196,6 +198,8 @@ export class Relay {
     client.on('close', () => this.sideEnded('client'))
     client.on('error', (err: NodeJS.ErrnoException) => this.sideEnded('client', err))
     if (clientPending.length > 0) client.unshift(clientPending)
+    // Passed on: holding it would keep the chunk it was cut from for the life of the session.
+    this.options.clientPending = NO_BYTES
     this.attachUpstream(this.upstream)
     client.resume()
     return this
@@ -280,7 +284,7 @@ export class Relay {
     socket.on('close', this.upstreamListeners.end)
     socket.on('error', this.upstreamListeners.error)
     if (pending.length > 0) socket.unshift(pending)
-    upstream.pending = Buffer.alloc(0)
+    upstream.pending = NO_BYTES
     socket.resume()
   }
 

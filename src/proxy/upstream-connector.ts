@@ -242,7 +242,10 @@ export class UpstreamConnector {
           // We always ask for protocol 3.0, whose cancel key is exactly 4 bytes.
           if (body.length !== 8) throw this.protocolError(`BackendKeyData of ${body.length} bytes`)
           processId = body.readUInt32BE(0)
-          secretKey = Buffer.from(body.subarray(4))
+          // A buffer of its own: a small Buffer.from() is a slice of a shared 8 KiB pool, which one
+          // session holding its key for hours would keep alive whole.
+          secretKey = Buffer.allocUnsafeSlow(4)
+          body.copy(secretKey, 0, 4)
           break
         case BackendCode.ReadyForQuery: {
           if (!authenticated) throw this.protocolError('ReadyForQuery before authentication')
