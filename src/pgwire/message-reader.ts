@@ -34,6 +34,12 @@ export interface TypedMessage {
  * it was asked for: the socket is paused while nobody waits, so a peer cannot make us hold unbounded
  * data. After startup, `detach()` hands any bytes already read to the relay, so none are lost.
  */
+interface SocketListeners {
+  data: (chunk: Buffer) => void
+  end: () => void
+  error: (err: Error) => void
+}
+
 /** Zero bytes, shared: nothing can be written into it. */
 const NO_BYTES = Buffer.alloc(0)
 
@@ -41,19 +47,11 @@ export class MessageReader {
   private buffered: Buffer = NO_BYTES
   private ended: Error | undefined
   private wake: (() => void) | undefined
-  private readonly onData = (chunk: Buffer): void => {
-    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk])
-    this.socket.pause()
-    this.notify()
-  }
-  private readonly onEnd = (): void => {
-    this.ended ??= new ConnectionClosedError('connection closed by peer')
-    this.notify()
-  }
-  private readonly onError = (err: Error): void => {
-    this.ended ??= new ConnectionClosedError(`connection error: ${err.message}`, { cause: err })
-    this.notify()
-  }
+  /**
+   * The socket listeners while reading. Dropped on detach: the session may keep this reader (and
+   * so anything it holds) for as long as it lives.
+   */
+  private listeners: SocketListeners | undefined
 
   constructor(private socket: Socket) {
     socket.pause()
@@ -124,17 +122,36 @@ export class MessageReader {
   }
 
   private attach(socket: Socket): void {
-    socket.on('data', this.onData)
-    socket.on('end', this.onEnd)
-    socket.on('close', this.onEnd)
-    socket.on('error', this.onError)
+    const listeners: SocketListeners = {
+      data: (chunk) => {
+        this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk])
+        this.socket.pause()
+        this.notify()
+      },
+      end: () => {
+        this.ended ??= new ConnectionClosedError('connection closed by peer')
+        this.notify()
+      },
+      error: (err) => {
+        this.ended ??= new ConnectionClosedError(`connection error: ${err.message}`, { cause: err })
+        this.notify()
+      },
+    }
+    this.listeners = listeners
+    socket.on('data', listeners.data)
+    socket.on('end', listeners.end)
+    socket.on('close', listeners.end)
+    socket.on('error', listeners.error)
   }
 
   private detachListeners(): void {
-    this.socket.off('data', this.onData)
-    this.socket.off('end', this.onEnd)
-    this.socket.off('close', this.onEnd)
-    this.socket.off('error', this.onError)
+    const { listeners } = this
+    if (!listeners) return
+    this.listeners = undefined
+    this.socket.off('data', listeners.data)
+    this.socket.off('end', listeners.end)
+    this.socket.off('close', listeners.end)
+    this.socket.off('error', listeners.error)
     // Keep an error listener so a late socket error cannot crash the process before the next owner attaches.
     if (this.socket.listenerCount('error') === 0) this.socket.on('error', () => {})
   }
