@@ -5,6 +5,7 @@ import { decodeErrorFields, encodeMessage, type ErrorFields } from '../pgwire/ba
 import { AuthCode, BackendCode, MAX_STARTUP_PACKET_BODY, type TransactionStatus } from '../pgwire/codes.js'
 import { encodeStartupMessage } from '../pgwire/frontend-messages.js'
 import { md5PasswordResponse } from '../pgwire/md5-password.js'
+import { sharedParameterString } from '../pgwire/parameter-strings.js'
 import {
   ConnectionClosedError,
   FramingError,
@@ -233,9 +234,9 @@ export class UpstreamConnector {
           const nameEnd = body.indexOf(0)
           const valueEnd = body.indexOf(0, nameEnd + 1)
           if (nameEnd < 0 || valueEnd < 0) throw this.protocolError('malformed ParameterStatus')
-          const name = body.toString('utf8', 0, nameEnd)
+          const name = sharedParameterString(body.toString('utf8', 0, nameEnd))
           parameters.delete(name) // keep arrival order of the latest value
-          parameters.set(name, body.toString('utf8', nameEnd + 1, valueEnd))
+          parameters.set(name, sharedParameterString(body.toString('utf8', nameEnd + 1, valueEnd)))
           break
         }
         case BackendCode.BackendKeyData:
