@@ -124,6 +124,9 @@ export async function writeProxyConfig(
   return { config, port }
 }
 
+/** Node flags the proxy runs with in production (bin/pg-vault-proxy.js's shebang, the Dockerfile's ENTRYPOINT). */
+export const PROXY_NODE_FLAGS = ['--max-semi-space-size=1']
+
 export async function startProxy(
   psql: string,
   cluster: PgCluster,
@@ -135,6 +138,7 @@ export async function startProxy(
   const child = spawn(
     process.execPath,
     [
+      ...PROXY_NODE_FLAGS,
       ...nodeFlags,
       path.join(ROOT, 'bin', 'pg-vault-proxy.js'),
       'run',

@@ -1,5 +1,14 @@
+import { createRequire } from 'node:module'
 import { pino, type Logger, type LevelWithSilent } from 'pino'
-import pretty from 'pino-pretty'
+import type pinoPretty from 'pino-pretty'
+
+/**
+ * pino-pretty and its dependencies are loaded only for a human-readable log: the JSON log, what a
+ * deployment writes, does not keep them in memory.
+ */
+function loadPretty(): typeof pinoPretty {
+  return createRequire(import.meta.url)('pino-pretty') as typeof pinoPretty
+}
 
 export type LogFormat = 'auto' | 'json' | 'pretty'
 
@@ -25,7 +34,7 @@ export function createLogger(
   if (format === 'pretty' || (format === 'auto' && isTerminal)) {
     return pino(
       options,
-      pretty({
+      loadPretty()({
         destination,
         colorize: isTerminal,
         sync: true,

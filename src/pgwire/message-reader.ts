@@ -34,23 +34,24 @@ export interface TypedMessage {
  * it was asked for: the socket is paused while nobody waits, so a peer cannot make us hold unbounded
  * data. After startup, `detach()` hands any bytes already read to the relay, so none are lost.
  */
+interface SocketListeners {
+  data: (chunk: Buffer) => void
+  end: () => void
+  error: (err: Error) => void
+}
+
+/** Zero bytes, shared: nothing can be written into it. */
+const NO_BYTES = Buffer.alloc(0)
+
 export class MessageReader {
-  private buffered: Buffer = Buffer.alloc(0)
+  private buffered: Buffer = NO_BYTES
   private ended: Error | undefined
   private wake: (() => void) | undefined
-  private readonly onData = (chunk: Buffer): void => {
-    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk])
-    this.socket.pause()
-    this.notify()
-  }
-  private readonly onEnd = (): void => {
-    this.ended ??= new ConnectionClosedError('connection closed by peer')
-    this.notify()
-  }
-  private readonly onError = (err: Error): void => {
-    this.ended ??= new ConnectionClosedError(`connection error: ${err.message}`, { cause: err })
-    this.notify()
-  }
+  /**
+   * The socket listeners while reading. Dropped on detach: the session may keep this reader (and
+   * so anything it holds) for as long as it lives.
+   */
+  private listeners: SocketListeners | undefined
 
   constructor(private socket: Socket) {
     socket.pause()
@@ -109,26 +110,48 @@ export class MessageReader {
     return { code, body }
   }
 
-  /** Stops reading and returns whatever was received but not consumed. */
+  /**
+   * Stops reading and returns whatever was received but not consumed. Nothing left is a shared empty
+   * buffer: an empty slice of the last chunk read would keep that whole chunk alive for the session.
+   */
   detach(): Buffer {
     this.detachListeners()
     const rest = this.buffered
-    this.buffered = Buffer.alloc(0)
-    return rest
+    this.buffered = NO_BYTES
+    return rest.length > 0 ? rest : NO_BYTES
   }
 
   private attach(socket: Socket): void {
-    socket.on('data', this.onData)
-    socket.on('end', this.onEnd)
-    socket.on('close', this.onEnd)
-    socket.on('error', this.onError)
+    const listeners: SocketListeners = {
+      data: (chunk) => {
+        this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk])
+        this.socket.pause()
+        this.notify()
+      },
+      end: () => {
+        this.ended ??= new ConnectionClosedError('connection closed by peer')
+        this.notify()
+      },
+      error: (err) => {
+        this.ended ??= new ConnectionClosedError(`connection error: ${err.message}`, { cause: err })
+        this.notify()
+      },
+    }
+    this.listeners = listeners
+    socket.on('data', listeners.data)
+    socket.on('end', listeners.end)
+    socket.on('close', listeners.end)
+    socket.on('error', listeners.error)
   }
 
   private detachListeners(): void {
-    this.socket.off('data', this.onData)
-    this.socket.off('end', this.onEnd)
-    this.socket.off('close', this.onEnd)
-    this.socket.off('error', this.onError)
+    const { listeners } = this
+    if (!listeners) return
+    this.listeners = undefined
+    this.socket.off('data', listeners.data)
+    this.socket.off('end', listeners.end)
+    this.socket.off('close', listeners.end)
+    this.socket.off('error', listeners.error)
     // Keep an error listener so a late socket error cannot crash the process before the next owner attaches.
     if (this.socket.listenerCount('error') === 0) this.socket.on('error', () => {})
   }

@@ -386,7 +386,10 @@ export class ClientSession {
       'session started',
     )
     const state = new SessionState()
-    const clientParameters = new Map(upstream.parameters)
+    // Not a copy: from here on the login's map is what the client saw, which is also what this
+    // upstream last reported. Nothing reads the login's own values after the greeting (a move reads
+    // the new login's, and the pool rebuilds them when it takes the connection back).
+    const clientParameters = upstream.parameters
     this.clientParameters = clientParameters
     const relay = new Relay({
       client: this.socket,

@@ -20,10 +20,32 @@ const FRONTEND_KNOWN = new Set<number>([...FRONTEND_LARGE, ...[0x43, 0x44, 0x45,
 // R K Z T N A G W I V n s t 1 2 3 v S E C D H d c
 const BACKEND_KNOWN = new Set<number>(Array.from('RKZTNAGWIVnst123vSECDHdc', (c) => c.charCodeAt(0)))
 const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
+/** Zero bytes, shared: what a relay holds once pending bytes were passed on. */
+const NO_BYTES = Buffer.alloc(0)
 /** NotificationResponse payloads are at most 8000 bytes plus a channel name. */
 const MAX_INSPECTED = 16 * 1024
 /** Client Query/Parse messages up to this size are read for session state; longer ones mark it unknown. */
 const MAX_CLIENT_INSPECTED = 64 * 1024
+
+// How each side is framed, shared by every relay: only `onMessage` belongs to one relay.
+const isFrontendCode = (code: number): boolean => FRONTEND_KNOWN.has(code)
+const frontendMaxLength = (code: number): number =>
+  FRONTEND_LARGE.has(code) ? LARGE_MESSAGE_LIMIT : SMALL_MESSAGE_LIMIT
+/** Client messages read whole when the session's state is followed. */
+const changesState = (code: number): boolean =>
+  code === FrontendCode.Query || code === FrontendCode.Parse || code === FrontendCode.Close
+const readsNothingWhole = (): boolean => false
+const UPSTREAM_FRAMING = {
+  isKnownCode: (code: number): boolean => BACKEND_KNOWN.has(code),
+  maxLength: (): number => LARGE_MESSAGE_LIMIT,
+  wantsWhole: (code: number): boolean =>
+    code === BackendCode.ReadyForQuery ||
+    code === BackendCode.NotificationResponse ||
+    code === BackendCode.ErrorResponse ||
+    code === BackendCode.NoticeResponse ||
+    code === BackendCode.ParameterStatus,
+  maxInspectLength: MAX_INSPECTED,
+} as const
 /** What the upstream sends when it is about to go away: SQLSTATEs of class 57 (src/backend/utils/errcodes.txt; ProcessInterrupts in src/backend/tcop/postgres.c). */
 const LOSS_SQLSTATES = new Set(['57P01', '57P02', '57P05'])
 
@@ -146,11 +168,9 @@ export class Relay {
     this.upstream = options.upstream
     const { tracker, state } = options
     this.clientFramer = new MessageFramer({
-      isKnownCode: (code) => FRONTEND_KNOWN.has(code),
-      maxLength: (code) => (FRONTEND_LARGE.has(code) ? LARGE_MESSAGE_LIMIT : SMALL_MESSAGE_LIMIT),
-      wantsWhole: (code) =>
-        state !== undefined &&
-        (code === FrontendCode.Query || code === FrontendCode.Parse || code === FrontendCode.Close),
+      isKnownCode: isFrontendCode,
+      maxLength: frontendMaxLength,
+      wantsWhole: state ? changesState : readsNothingWhole,
       maxInspectLength: state ? MAX_CLIENT_INSPECTED : 0,
       onMessage: (code, whole) => {
         // Nothing a client sends after its Terminate reaches a connection kept for the next client.
@@ -175,18 +195,7 @@ export class Relay {
   }
 
   private newUpstreamFramer(): MessageFramer {
-    return new MessageFramer({
-      isKnownCode: (code) => BACKEND_KNOWN.has(code),
-      maxLength: () => LARGE_MESSAGE_LIMIT,
-      wantsWhole: (code) =>
-        code === BackendCode.ReadyForQuery ||
-        code === BackendCode.NotificationResponse ||
-        code === BackendCode.ErrorResponse ||
-        code === BackendCode.NoticeResponse ||
-        code === BackendCode.ParameterStatus,
-      maxInspectLength: MAX_INSPECTED,
-      onMessage: (code, whole) => this.onUpstreamMessage(code, whole),
-    })
+    return new MessageFramer({ ...UPSTREAM_FRAMING, onMessage: (code, whole) => this.onUpstreamMessage(code, whole) })
   }
 
   start(): this {
@@ -196,6 +205,8 @@ export class Relay {
     client.on('close', () => this.sideEnded('client'))
     client.on('error', (err: NodeJS.ErrnoException) => this.sideEnded('client', err))
     if (clientPending.length > 0) client.unshift(clientPending)
+    // Passed on: holding it would keep the chunk it was cut from for the life of the session.
+    this.options.clientPending = NO_BYTES
     this.attachUpstream(this.upstream)
     client.resume()
     return this
@@ -280,7 +291,7 @@ export class Relay {
     socket.on('close', this.upstreamListeners.end)
     socket.on('error', this.upstreamListeners.error)
     if (pending.length > 0) socket.unshift(pending)
-    upstream.pending = Buffer.alloc(0)
+    upstream.pending = NO_BYTES
     socket.resume()
   }
 

@@ -80,9 +80,11 @@ export class SessionState {
   exceeded: string | undefined
   private recordedParseBytes = 0
   private trackedNameBytes = 0
-  private readonly parses = new Map<string, Buffer>()
+  // The collections below are made on first use: most sessions never fill them, and an empty Map
+  // or Set still costs a hash table per idle client.
+  private parses: Map<string, Buffer> | undefined
   /** Dotted settings the client may have set: PostgreSQL lists them nowhere, so they are asked for by name. */
-  private readonly customSettings = new Set<string>()
+  private customSettings: Set<string> | undefined
   /**
    * The client's unnamed statement (the last unnamed Parse), which PostgreSQL keeps until the next
    * unnamed Parse or simple Query: clients that Parse+Describe in one round trip and Bind+Execute in
@@ -90,7 +92,7 @@ export class SessionState {
    */
   private unnamedParse: Buffer | undefined
   /** Named statements whose query may change state (a set_config with parameters): each run of one does. */
-  private readonly stateChanging = new Set<string>()
+  private stateChanging: Set<string> | undefined
 
   /** A client message the relay inspected (Query, Parse, Close), header included. */
   onClientMessage(code: number, message: Buffer): void {
@@ -106,8 +108,8 @@ export class SessionState {
           // Copied: the chunk it came in belongs to the relay.
           this.recordParse(name.value, message)
           this.dirty = true
-          if (mayChangeSessionState(query.value)) this.trackName(this.stateChanging, name.value)
-          else this.stateChanging.delete(name.value)
+          if (mayChangeSessionState(query.value)) this.stateChanging = this.trackName(this.stateChanging, name.value)
+          else this.stateChanging?.delete(name.value)
         } else {
           this.unnamedParse = Buffer.from(message)
         }
@@ -118,7 +120,7 @@ export class SessionState {
         if (message[5] === 0x53 /* S */) {
           const name = cstringAt(message, 6).value
           this.forgetParse(name)
-          this.stateChanging.delete(name)
+          this.stateChanging?.delete(name)
           if (name === '') this.unnamedParse = undefined
           // The snapshot still lists the statement: without a new probe a reconnect would re-create it.
           if (name !== '') this.dirty = true
@@ -132,7 +134,7 @@ export class SessionState {
    * statement that may change state, such as `select set_config('app.user', $1, false)`, does.
    */
   onBind(): void {
-    if (this.stateChanging.size > 0) this.dirty = true
+    if (this.stateChanging?.size) this.dirty = true
   }
 
   /** A Query or Parse too long to inspect: assume the worst. */
@@ -147,33 +149,36 @@ export class SessionState {
     const executes = this.snapshot.prepared.some((p) => p.fromSql) && hasStatementStartingWith(sql, 'execute')
     if (!executes && !mayChangeSessionState(sql)) return
     this.dirty = true
-    for (const name of customSettingNames(sql)) this.trackName(this.customSettings, name)
+    for (const name of customSettingNames(sql)) this.customSettings = this.trackName(this.customSettings, name)
   }
 
   /** A named Parse, copied (the chunk it came in belongs to the relay) while within its bound. */
   private recordParse(name: string, message: Buffer): void {
     this.forgetParse(name)
     if (this.recordedParseBytes + message.length > SESSION_BOUNDS.recordedParseBytes) return
-    this.parses.set(name, Buffer.from(message))
+    ;(this.parses ??= new Map()).set(name, Buffer.from(message))
     this.recordedParseBytes += message.length
   }
 
   private forgetParse(name: string): void {
-    const kept = this.parses.get(name)
+    const kept = this.parses?.get(name)
     if (!kept) return
     this.recordedParseBytes -= kept.length
-    this.parses.delete(name)
+    this.parses?.delete(name)
   }
 
-  /** Adds a name to a set the probe or the relay relies on, while the session's names stay within bound. */
-  private trackName(set: Set<string>, name: string): void {
-    if (set.has(name) || this.exceeded) return
+  /**
+   * Adds a name to a set the probe or the relay relies on, while the session's names stay within
+   * bound; returns the set, made if there was none yet.
+   */
+  private trackName(set: Set<string> | undefined, name: string): Set<string> | undefined {
+    if (set?.has(name) || this.exceeded) return set
     if (this.trackedNameBytes + name.length > SESSION_BOUNDS.trackedNameBytes) {
       this.exceeded = `more prepared-statement and setting names than pg-vault-proxy follows (${SESSION_BOUNDS.trackedNameBytes} bytes)`
-      return
+      return set
     }
     this.trackedNameBytes += name.length
-    set.add(name)
+    return (set ?? new Set()).add(name)
   }
 
   /**
@@ -182,7 +187,7 @@ export class SessionState {
    * schema-qualified: the client's search_path must not be able to shadow a catalog.
    */
   probeQuery(): string {
-    const custom = [...this.customSettings]
+    const custom = [...(this.customSettings ?? [])]
       .map(
         (name) =>
           `pg_catalog.json_build_array(${quoteLiteral(name)}, pg_catalog.current_setting(${quoteLiteral(name)}, true))`,
@@ -232,12 +237,12 @@ export class SessionState {
       advisoryLocks: number
       tempRelations: number
     }
-    const settings = raw.settings.filter(([name]) => !this.customSettings.has(name))
+    const settings = raw.settings.filter(([name]) => !this.customSettings?.has(name))
     // NULL: the setting does not exist (never set). '' is a value like any other.
     for (const [name, value] of raw.custom) if (value !== null) settings.push([name, value])
     const prepared = raw.prepared.map((p) => ({ ...p, parameterTypes: p.parameterTypes.map(Number) }))
     const protocolNames = new Set(prepared.filter((p) => !p.fromSql).map((p) => p.name))
-    for (const name of [...this.parses.keys()]) if (!protocolNames.has(name)) this.forgetParse(name)
+    for (const name of [...(this.parses?.keys() ?? [])]) if (!protocolNames.has(name)) this.forgetParse(name)
     this.snapshot = {
       settings,
       role: raw.role,
@@ -308,7 +313,7 @@ export class SessionState {
     const rebuilt: Buffer[] = []
     const inOrder: Buffer[] = []
     for (const p of parses) {
-      const bytes = this.parses.get(p.name)
+      const bytes = this.parses?.get(p.name)
       const message =
         bytes && cstringAt(bytes, cstringAt(bytes, 5).end).value === p.statement
           ? bytes

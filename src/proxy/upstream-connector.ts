@@ -5,6 +5,7 @@ import { decodeErrorFields, encodeMessage, type ErrorFields } from '../pgwire/ba
 import { AuthCode, BackendCode, MAX_STARTUP_PACKET_BODY, type TransactionStatus } from '../pgwire/codes.js'
 import { encodeStartupMessage } from '../pgwire/frontend-messages.js'
 import { md5PasswordResponse } from '../pgwire/md5-password.js'
+import { sharedParameterString } from '../pgwire/parameter-strings.js'
 import {
   ConnectionClosedError,
   FramingError,
@@ -233,16 +234,19 @@ export class UpstreamConnector {
           const nameEnd = body.indexOf(0)
           const valueEnd = body.indexOf(0, nameEnd + 1)
           if (nameEnd < 0 || valueEnd < 0) throw this.protocolError('malformed ParameterStatus')
-          const name = body.toString('utf8', 0, nameEnd)
+          const name = sharedParameterString(body.toString('utf8', 0, nameEnd))
           parameters.delete(name) // keep arrival order of the latest value
-          parameters.set(name, body.toString('utf8', nameEnd + 1, valueEnd))
+          parameters.set(name, sharedParameterString(body.toString('utf8', nameEnd + 1, valueEnd)))
           break
         }
         case BackendCode.BackendKeyData:
           // We always ask for protocol 3.0, whose cancel key is exactly 4 bytes.
           if (body.length !== 8) throw this.protocolError(`BackendKeyData of ${body.length} bytes`)
           processId = body.readUInt32BE(0)
-          secretKey = Buffer.from(body.subarray(4))
+          // A buffer of its own: a small Buffer.from() is a slice of a shared 8 KiB pool, which one
+          // session holding its key for hours would keep alive whole.
+          secretKey = Buffer.allocUnsafeSlow(4)
+          body.copy(secretKey, 0, 4)
           break
         case BackendCode.ReadyForQuery: {
           if (!authenticated) throw this.protocolError('ReadyForQuery before authentication')

@@ -109,7 +109,7 @@ void t.test('Dockerfile: multi-stage, slim, non-root, HEALTHCHECK', async (t) =>
   ])
   const probeTimeout = /--timeout=(\d+)s/.exec(healthcheck.slice(0, Math.max(0, cmdAt)))?.[1]
   t.ok(Number(probeTimeout) > 2, 'Docker waits longer than the probe itself (2 s) plus Node starting')
-  t.same(JSON.parse(last('ENTRYPOINT') ?? 'null'), ['node', '/app/bin/pg-vault-proxy.js'])
+  t.same(JSON.parse(last('ENTRYPOINT') ?? 'null'), ['node', '--max-semi-space-size=1', '/app/bin/pg-vault-proxy.js'])
   t.same(JSON.parse(last('CMD') ?? 'null'), ['run'])
   t.equal(last('ENV'), 'PGVP_CONFIG=/etc/pg-vault-proxy/proxy.yaml', 'run and healthcheck read the same file')
   t.match(last('EXPOSE') ?? '', /\b6432\b/)
