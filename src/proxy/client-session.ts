@@ -270,8 +270,10 @@ export class ClientSession {
     if (!linked.reused) return linked.login
     const pooled = linked.login
     const link = await linkServer(pooled.session, startup.forwarded)
-    if (link.linked) return pooled
+    // Superseded while the link's query ran: the pool closes it (give), and never hands it out.
+    if (link.linked && !pooled.hold.superseded) return pooled
     void this.chosen.pool?.give(this.poolKey(startup), pooled, pooled.session.parameters)
+    if (link.linked) return undefined
     if (link.refusal) throw linkRefusedError(link.refusal, this.chosen.connector.endpoint.address)
     this.log.debug({ why: link.why }, 'a pooled server connection could not be linked; logging in afresh')
     return undefined
