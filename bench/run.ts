@@ -18,9 +18,9 @@
  * left out of the medians if they stay disturbed. docs/performance.md has the recorded figures.
  *
  * Environment: BENCH_SECONDS (15), BENCH_ROUNDS (3), BENCH_WARMUP_SECONDS (5), BENCH_SCALE (10),
- * BENCH_RETRIES (2) and BENCH_QUIET_WAIT_SECONDS (60) for disturbed runs, BENCH_PROFILE=1
- * (afterwards, one extra c16 run against a proxy started with --cpu-prof, and a summary of where
- * the proxy spends its CPU), BENCH_PIN=1 (the intermediaries on the last CPU alone, pgbench and
+ * BENCH_RETRIES (2) and BENCH_QUIET_WAIT_SECONDS (60) for disturbed runs, BENCH_MODES (c16,c1,c8conn:
+ * the modes to run), BENCH_PROFILE=1 or a mode's id (afterwards, one extra run of the first mode, or
+ * that one, against a proxy started with --cpu-prof, and a summary of where the proxy spends its CPU), BENCH_PIN=1 (the intermediaries on the last CPU alone, pgbench and
  * PostgreSQL on the others: what a sidecar with a core of its own sees; the direct connection then
  * has one CPU fewer, so compare the intermediaries with each other), BENCH_JSON=file (also write the results as JSON), PGBOUNCER_BIN
  * (/usr/sbin/pgbouncer), PGVP_PG_BIN (the server binaries, as for the tests).
@@ -69,7 +69,7 @@ const QUIET_WAIT_SECONDS = intEnv('BENCH_QUIET_WAIT_SECONDS', 60, 0)
 /** A run during which other processes used more than this % of the machine is repeated, then left out. */
 const OTHER_LIMIT_PCT = 10
 const RETRIES = intEnv('BENCH_RETRIES', 2, 0)
-const PROFILE = process.env.BENCH_PROFILE === '1'
+const PROFILE = process.env.BENCH_PROFILE !== undefined && process.env.BENCH_PROFILE !== '0'
 const JSON_OUT = process.env.BENCH_JSON
 /** BENCH_PIN=1: the CPU lists, worked out once in main(). */
 let pinned: { load: string; intermediary: string } | undefined
@@ -85,13 +85,21 @@ interface Mode {
   label: string
   args: string[]
 }
-const MODES: Mode[] = [
+const ALL_MODES: Mode[] = [
   { id: 'c16', label: '-S -M prepared -c 16 -j 2', args: ['-S', '-M', 'prepared', '-c', '16', '-j', '2'] },
   { id: 'c1', label: '-S -c 1', args: ['-S', '-c', '1'] },
   // A new connection per transaction (-C): Django's CONN_MAX_AGE = 0, PHP, cron jobs. Every
   // transaction pays the whole login through the intermediary, so this is where pooling shows.
   { id: 'c8conn', label: '-S -C -c 8 -j 2', args: ['-S', '-C', '-c', '8', '-j', '2'] },
 ]
+/** BENCH_MODES=c8conn,c16: only these modes (all by default). */
+const MODES: Mode[] = ((): Mode[] => {
+  const wanted = process.env.BENCH_MODES?.split(',').filter(Boolean)
+  if (!wanted) return ALL_MODES
+  const unknown = wanted.filter((id) => !ALL_MODES.some((m) => m.id === id))
+  if (unknown.length > 0) throw new Error(`BENCH_MODES: unknown mode ${unknown.join(', ')} (known: c16, c1, c8conn)`)
+  return ALL_MODES.filter((m) => wanted.includes(m.id))
+})()
 
 interface Target {
   name: TargetName
@@ -347,7 +355,9 @@ async function profileProxy(
   const keep = await mkdtemp(path.join(os.tmpdir(), 'pgvp-bench-profile-')) // kept for inspection
   const profiled = await startProxy(psql, cluster, config, ['--cpu-prof', `--cpu-prof-dir=${keep}`])
   const target: Target = { name: 'proxy', port: profiled.port, pid: profiled.pid }
-  const mode = MODES[0] as Mode
+  // BENCH_PROFILE=c8conn (or another mode's id) profiles that mode; 1, the first mode.
+  const mode = MODES.find((m) => m.id === process.env.BENCH_PROFILE) ?? MODES[0]
+  if (!mode) throw new Error('no benchmark mode to profile')
   const ours: Ours = { postmasterPid, pids: () => [profiled.pid()] }
   const sample = await pgbench(pgbenchBin, target, mode, SECONDS, cluster.users.scram.user, ours)
   await stopChild(profiled.entry) // SIGTERM: a clean exit writes the profile
