@@ -441,7 +441,8 @@ async function main(): Promise<void> {
     if (WARMUP_SECONDS > 0) {
       console.log(`warm-up: ${WARMUP_SECONDS} s per target ...`)
       for (const target of targets) {
-        const running = pgbench(pgbenchBin, target, MODES[0] as Mode, WARMUP_SECONDS, user, ours)
+        // -c 16 whatever BENCH_MODES says: the check below counts its connections.
+        const running = pgbench(pgbenchBin, target, ALL_MODES[0] as Mode, WARMUP_SECONDS, user, ours)
         // Meanwhile, make sure no server connection uses TLS (the intermediaries' neither).
         await sleep((WARMUP_SECONDS * 1000) / 2)
         const [tls] = await cluster.query<{ total: string; tls: string }>(
