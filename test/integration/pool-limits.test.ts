@@ -11,18 +11,9 @@ import { startupMessage } from '../support/wire-builder.js'
 // logged in ahead of clients), against the real cluster; backend pids tell connections apart.
 const cluster = await clusterFor(t)
 
-async function connected(proxy: RunningProxy, options: pg.ClientConfig = {}): Promise<pg.Client> {
-  const client = new pg.Client({
-    host: proxy.host,
-    port: proxy.port,
-    user: 'app',
-    database: cluster.database,
-    ...options,
-  })
-  client.on('error', () => {})
-  await client.connect()
-  return client
-}
+/** A client of the proxy as user app (ended at the proxy's teardown if the test does not end it). */
+const connected = (proxy: RunningProxy, options: pg.ClientConfig = {}): Promise<pg.Client> =>
+  proxy.client({ user: 'app', ...options })
 
 const pid = (client: pg.Client): Promise<number> =>
   client.query<{ pid: number }>('select pg_backend_pid() as pid').then((r) => r.rows[0]!.pid)

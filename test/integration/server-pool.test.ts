@@ -16,6 +16,14 @@ const cluster = await clusterFor(t)
 const startPool = (t: Test, pool: Record<string, unknown> = {}): Promise<RunningProxy> =>
   startProxy(t, cluster, { pool: { min_idle: 0, ...pool } })
 
+/** One psql run of `sql` through the proxy, unaligned and tuples only; its output, or an error with what psql said. */
+async function psqlOnce(proxy: RunningProxy, sql: string, env: Record<string, string> = {}): Promise<string> {
+  const args = ['-X', '-At', '-h', proxy.host, '-p', String(proxy.port), '-U', 'anyone', '-d', cluster.database]
+  const r = await runClient('psql', [...args, '-c', sql], { env })
+  if (r.code !== 0) throw new Error(r.out)
+  return r.stdout.trim()
+}
+
 async function once<T>(
   proxy: RunningProxy,
   run: (client: pg.Client) => Promise<T>,
@@ -79,24 +87,7 @@ void t.test('consecutive clients reuse one logged-in server connection', async (
 
 void t.test('psql twice: the same backend, and the owner role as ever', async (t) => {
   const proxy = await startPool(t)
-  const psql = (): Promise<string> =>
-    runClient('psql', [
-      '-X',
-      '-At',
-      '-h',
-      proxy.host,
-      '-p',
-      String(proxy.port),
-      '-U',
-      'anyone',
-      '-d',
-      cluster.database,
-      '-c',
-      'select pg_backend_pid(), current_user',
-    ]).then((r) => {
-      if (r.code !== 0) throw new Error(r.out)
-      return r.stdout.trim()
-    })
+  const psql = (): Promise<string> => psqlOnce(proxy, 'select pg_backend_pid(), current_user')
   const first = await psql()
   await pooled(proxy)
   const second = await psql()
@@ -403,27 +394,11 @@ void t.test(
 void t.test('psql with PGTZ, PGAPPNAME and PGCLIENTENCODING: two runs, one backend, each its own values', async (t) => {
   const proxy = await startPool(t)
   const psql = (env: Record<string, string>): Promise<string> =>
-    runClient(
-      'psql',
-      [
-        '-X',
-        '-At',
-        '-h',
-        proxy.host,
-        '-p',
-        String(proxy.port),
-        '-U',
-        'anyone',
-        '-d',
-        cluster.database,
-        '-c',
-        "select pg_backend_pid(), current_setting('application_name'), current_setting('TimeZone'), current_setting('client_encoding')",
-      ],
-      { env },
-    ).then((r) => {
-      if (r.code !== 0) throw new Error(r.out)
-      return r.stdout.trim()
-    })
+    psqlOnce(
+      proxy,
+      "select pg_backend_pid(), current_setting('application_name'), current_setting('TimeZone'), current_setting('client_encoding')",
+      env,
+    )
   const [firstPid, ...first] = (await psql({ PGTZ: 'UTC', PGAPPNAME: 'one', PGCLIENTENCODING: 'UTF8' })).split('|')
   await pooled(proxy)
   const [secondPid, ...second] = (
