@@ -207,7 +207,19 @@ export class ServerPool {
    * a connection to come back or close, and after wait_timeout_ms is refused with 53300.
    */
   async link(target: PoolTarget, login: () => Promise<UpstreamLogin>, options: LinkOptions): Promise<Linked> {
+    const linked = await this.linkOnce(target, login, options)
+    // Kept warm from now on; not before, so pre-warming never competes with a key's first login
+    // (for the server's connection slots, or for a role's CONNECTION LIMIT).
     this.warmer?.touch(target)
+    this.warmer?.schedule()
+    return linked
+  }
+
+  private async linkOnce(
+    target: PoolTarget,
+    login: () => Promise<UpstreamLogin>,
+    options: LinkOptions,
+  ): Promise<Linked> {
     const inLine = options.wait && this.waiters.length > 0
     const pooled = inLine ? undefined : this.takeIdle(target.key, options.credential)
     if (pooled) return { login: pooled, reused: true }
