@@ -399,7 +399,7 @@ export class ClientSession {
       clientProcessId: key.processId,
       parameters: clientParameters,
       state,
-      onUpstreamLost: (loss) => this.mover?.onUpstreamLost(loss),
+      onUpstreamLost: (loss) => this.mover?.onUpstreamLost(loss) ?? { kind: 'end' },
       onIdle: () => this.onIdle(),
       onClientData: () => this.onClientData(),
       onOutgrown: (why) =>

@@ -57,6 +57,15 @@ export interface RelayUpstream {
   processId: number
 }
 
+/**
+ * What the session decided about a lost upstream: take over and reconnect (the relay withholds
+ * the news, suspends, and waits for resume() or stop()), or let the relay end the session, `why`
+ * being added to what the client is told as the reason it was not reconnected.
+ */
+export type LossDecision = { kind: 'reconnect' } | { kind: 'end'; why?: string }
+
+const END: LossDecision = { kind: 'end' }
+
 /** How the upstream went away, for the session to decide whether to reconnect. */
 export interface UpstreamLoss {
   /** The FATAL (or shutdown WARNING) the server sent, if any: '57P01 terminating connection ...'. */
@@ -78,12 +87,8 @@ export interface RelayOptions {
   parameters: Map<string, string>
   /** Told about client messages that may change session state, so it can be rebuilt elsewhere. */
   state?: SessionState
-  /**
-   * The upstream is going away (a FATAL such as 57P01, or its socket closed). Return true to take
-   * over: the relay withholds the news from the client, suspends, and waits for resume() or stop().
-   * A string declines and is added to what the client is told, as the reason it was not reconnected.
-   */
-  onUpstreamLost?: (loss: UpstreamLoss) => boolean | string | undefined
+  /** The upstream is going away (a FATAL such as 57P01, or its socket closed): see LossDecision. */
+  onUpstreamLost?: (loss: UpstreamLoss) => LossDecision
   /** Called after upstream bytes were passed to the client, whenever the session is then idle (see isIdle). */
   onIdle?: () => void
   /** Called for every chunk the client sends. */
@@ -150,7 +155,7 @@ export class Relay {
   /** The upstream's FATAL with the proxy's reason added, written in its place. */
   private explainedFatal: Buffer | undefined
   private lossReported = false
-  private lastLossDecision: boolean | string | undefined
+  private lastLossDecision: LossDecision = END
   /** Set while a lost session waits for its client to speak before reconnecting. */
   private wake: (() => void) | undefined
   /** Why the session was not reconnected after its upstream closed without a word. */
@@ -250,7 +255,7 @@ export class Relay {
     this.upstreamLost = false
     if (next) {
       this.lossReported = false
-      this.lastLossDecision = undefined
+      this.lastLossDecision = END
       this.upstream = next
       this.upstreamFramer = this.newUpstreamFramer()
     }
@@ -451,16 +456,16 @@ export class Relay {
         if (!fatal && !warned) break
         const announced = `${sqlState ?? '?'} ${fields.get('M') ?? ''}`
         const decision = LOSS_SQLSTATES.has(sqlState ?? '')
-          ? this.options.onUpstreamLost?.({ announced, sqlState })
-          : undefined
-        if (decision === true) {
+          ? (this.options.onUpstreamLost?.({ announced, sqlState }) ?? END)
+          : END
+        if (decision.kind === 'reconnect') {
           this.upstreamLost = true
           return false
         }
         if (fatal) this.upstreamSentFatal = announced
-        if (fatal && typeof decision === 'string') {
+        if (fatal && decision.why !== undefined) {
           // The server's words stay; the proxy says why it could not keep the session.
-          fields.set('D', [fields.get('D'), decision].filter(Boolean).join(' '))
+          fields.set('D', [fields.get('D'), decision.why].filter(Boolean).join(' '))
           this.explainedFatal = encodeErrorResponse(fields)
           return false
         }
@@ -472,10 +477,10 @@ export class Relay {
   }
 
   /** Asks the session about a lost upstream, once per upstream (a shutdown WARNING is followed by the socket's end). */
-  private reportLoss(loss: UpstreamLoss): boolean | string | undefined {
+  private reportLoss(loss: UpstreamLoss): LossDecision {
     if (this.lossReported) return this.lastLossDecision
     this.lossReported = true
-    this.lastLossDecision = this.options.onUpstreamLost?.(loss)
+    this.lastLossDecision = this.options.onUpstreamLost?.(loss) ?? END
     return this.lastLossDecision
   }
 
@@ -522,13 +527,13 @@ export class Relay {
     if (side === 'upstream' && this.upstreamSentFatal === undefined && !this.clientSentTerminate) {
       // Closed without a word (a socket error, a killed server): the session may reconnect.
       const decision = this.upstreamFramer.isMidMessage
-        ? undefined
+        ? END
         : this.reportLoss(err?.code ? { errorCode: err.code } : {})
-      if (decision === true) {
+      if (decision.kind === 'reconnect') {
         this.loseUpstream()
         return
       }
-      if (typeof decision === 'string') this.lossDetail = decision
+      if (decision.why !== undefined) this.lossDetail = decision.why
     }
     if (side === 'client') {
       this.finish(this.clientSentTerminate ? 'client_terminated' : 'client_closed', err?.code)

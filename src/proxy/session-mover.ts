@@ -8,7 +8,7 @@ import type { CredentialHold, CredentialSource, DbCredential } from '../vault/cr
 import { setLongTimeout, type LongTimer } from '../vault/long-timer.js'
 import { ProxyError } from './proxy-error.js'
 import { releaseWhenClosed } from './release-when-closed.js'
-import { rewriteNotifyPid, type Relay, type UpstreamLoss } from './relay.js'
+import { rewriteNotifyPid, type LossDecision, type Relay, type UpstreamLoss } from './relay.js'
 import { SessionState } from './session-state.js'
 import { exchange, ExchangeClosedError } from './upstream-exchange.js'
 import type { UpstreamSession } from './upstream-connector.js'
@@ -154,20 +154,20 @@ export class SessionMover {
     else if (state.dirty && settings.reconnect && Date.now() >= this.probeAfter) void this.refreshSnapshot()
   }
 
-  /** The relay's hook: the upstream is going away. True takes over (reconnect); a string says why not. */
-  onUpstreamLost(loss: UpstreamLoss): boolean | string | undefined {
-    if (this.closed || this.busy || !this.options.settings.reconnect) return undefined
+  /** The relay's hook: the upstream is going away. Reconnect (taking over), or end, saying why when it matters. */
+  onUpstreamLost(loss: UpstreamLoss): LossDecision {
+    if (this.closed || this.busy || !this.options.settings.reconnect) return { kind: 'end' }
     return this.takeOver(loss, this.options.relay.isIdle)
   }
 
   /** Decides about a lost upstream; when it can, starts the reconnect (or parks until the client speaks). */
-  private takeOver(loss: UpstreamLoss, idle: boolean): true | string {
+  private takeOver(loss: UpstreamLoss, idle: boolean): LossDecision {
     const { relay, state, metrics, log } = this.options
     const why = this.whyNotReconnect(idle)
     if (why !== undefined) {
       metrics.sessionMoved('reconnect', 'declined')
       log.warn({ loss, why }, 'upstream connection lost; not reconnecting')
-      return why
+      return { kind: 'end', why }
     }
     this.busy = true
     this.dropNext()
@@ -183,11 +183,11 @@ export class SessionMover {
           void this.reconnect(loss)
         }),
       )
-      return true
+      return { kind: 'reconnect' }
     }
     log.info({ loss, upstreamPid: this.upstream.processId }, 'upstream connection lost at an idle point; reconnecting')
     void this.reconnect(loss)
-    return true
+    return { kind: 'reconnect' }
   }
 
   private whyNotReconnect(idle: boolean): string | undefined {
@@ -564,8 +564,10 @@ export class SessionMover {
     const loss: UpstreamLoss = fatal
       ? { announced: `${sqlState ?? '?'} ${fatal.get('M') ?? ''}`, ...(sqlState ? { sqlState } : {}) }
       : { errorCode: (err as NodeJS.ErrnoException).code ?? 'closed' }
-    const decision = settings.reconnect ? this.takeOver(loss, true) : 'rotation.reconnect is off.'
-    if (decision === true) return
+    const decision: LossDecision = settings.reconnect
+      ? this.takeOver(loss, true)
+      : { kind: 'end', why: 'rotation.reconnect is off.' }
+    if (decision.kind === 'reconnect') return
     const fields =
       fatal ??
       errorFields({
@@ -573,7 +575,7 @@ export class SessionMover {
         sqlState: '08006',
         message: `pg-vault-proxy lost the connection to the upstream server: ${(err as Error).message}`,
       })
-    fields.set('D', [fields.get('D'), decision].filter(Boolean).join(' '))
+    fields.set('D', [fields.get('D'), decision.why].filter(Boolean).join(' '))
     relay.stop('upstream_lost', fields)
   }
 
