@@ -509,7 +509,7 @@ export class ClientSession {
       onClientData: () => this.dispatch({ kind: 'client_message' }),
       onOutgrown: (why) =>
         this.log.warn({ why }, 'session outgrew what pg-vault-proxy follows: it keeps working, but cannot move'),
-      keepUpstream: () => this.dispatch({ kind: 'client_terminate' }),
+      onClientTerminate: () => this.dispatch({ kind: 'client_terminate' }),
     })
     this.relay = relay
     this.mover = new SessionMover({

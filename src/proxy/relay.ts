@@ -94,10 +94,11 @@ export interface RelayOptions {
   /** Called for every chunk the client sends. */
   onClientData?: () => void
   /**
-   * The client sent Terminate at an idle point: return true to keep the upstream connection for the
-   * pool. It is then not sent the Terminate, and is detached (not closed) when the relay ends.
+   * The client sent Terminate while nothing was under way on the upstream connection. The session
+   * answers: true keeps that connection for the pool (it is not sent the Terminate, and is detached,
+   * not closed, when the relay ends); false forwards the Terminate as usual.
    */
-  keepUpstream?: () => boolean
+  onClientTerminate?: () => boolean
   /** Once, when the session outgrows what the proxy follows (see TransactionTracker, SESSION_BOUNDS). */
   onOutgrown?: (why: string) => void
 }
@@ -121,7 +122,7 @@ export type RelayEndReason =
 export interface RelayResult {
   reason: RelayEndReason
   detail?: string
-  /** The upstream connection was left open, detached, for the pool (see RelayOptions.keepUpstream). */
+  /** The upstream connection was left open, detached, for the pool (see RelayOptions.onClientTerminate). */
   upstreamKept: boolean
   bytesFromClient: number
   bytesFromUpstream: number
@@ -131,6 +132,11 @@ export interface RelayResult {
  * Relays a running session in both directions, framing by message headers only. Each side is
  * paused while the other cannot take more (backpressure), so a slow reader never makes the proxy
  * buffer without bound. One idempotent `finish` closes both sockets, whichever side ends first.
+ *
+ * A byte pump: it reports what it sees (client data, idle points, a lost upstream, a client's
+ * Terminate) and does what the session answers; what the session does next is decided by the
+ * session's dispatcher (src/proxy/session-phase.ts). It can be suspended from one upstream
+ * connection and resumed on another (a move).
  */
 export class Relay {
   readonly done: Promise<RelayResult>
@@ -182,7 +188,7 @@ export class Relay {
         if (this.keepingUpstream) return false
         if (code === FrontendCode.Terminate) {
           this.clientSentTerminate = true
-          if (this.mayKeepUpstream() && options.keepUpstream?.()) {
+          if (this.mayKeepUpstream() && options.onClientTerminate?.()) {
             this.keepingUpstream = true
             return false
           }
