@@ -65,7 +65,9 @@ const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 
 /** What happens to a session; the dispatcher switches on the kind, then on the phase. */
 export type SessionEvent =
-  { kind: 'upstream_lost'; loss: UpstreamLoss } | { kind: Exclude<SessionEventKind, 'upstream_lost'> }
+  | { kind: 'upstream_lost'; loss: UpstreamLoss }
+  | { kind: 'credential_changed' | 'credential_ending'; act: () => void }
+  | { kind: Exclude<SessionEventKind, 'upstream_lost' | 'credential_changed' | 'credential_ending'> }
 
 /** What an event is answered with: the relay asks about a lost upstream and a client's Terminate. */
 type Answer<E extends SessionEvent> = E extends { kind: 'upstream_lost' }
@@ -281,6 +283,14 @@ export class ClientSession {
           relay.stop('idle_timeout', idleTimeoutFields(timeoutMs))
         return undefined as Answer<E>
       }
+      case 'credential_changed':
+        // The mover plans (or re-plans) its move whatever it is doing, until the session is over.
+        if (this.enter(event.kind) && from !== SessionPhase.Closed) event.act()
+        return undefined as Answer<E>
+      case 'credential_ending':
+        // A probe or move under way settles it (re-arming the check if the session is still on the credential).
+        if (this.enter(event.kind) && (from === SessionPhase.Relaying || from === SessionPhase.Draining)) event.act()
+        return undefined as Answer<E>
       case 'drain': {
         this.shutdownRequested = true
         this.waiting?.abort(shuttingDown())
@@ -312,6 +322,7 @@ export class ClientSession {
   private readonly moverHost: MoverHost = {
     phase: () => this.current,
     report: (step) => this.dispatch({ kind: step }),
+    credential: (kind, act) => this.dispatch({ kind, act }),
   }
 
   /**

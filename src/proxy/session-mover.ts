@@ -37,6 +37,12 @@ export interface UpstreamLogin {
 export interface MoverHost {
   phase(): SessionPhase
   report(step: 'probe_started' | 'move_started' | 'parked' | 'move_ended'): void
+  /**
+   * The session's credential was superseded or its end changed (`act` plans the move), or its end
+   * is near (`act` closes the session if it cannot move): the session's dispatcher runs `act` when
+   * its phase calls for it.
+   */
+  credential(event: 'credential_changed' | 'credential_ending', act: () => void): void
 }
 
 export interface SessionMoverOptions {
@@ -228,7 +234,7 @@ export class SessionMover {
         this.wakeAfter(delay)
       }
     }
-    hold.onChange(plan)
+    hold.onChange(() => this.options.host.credential('credential_changed', plan))
     plan()
   }
 
@@ -249,7 +255,10 @@ export class SessionMover {
     this.endTimer?.clear()
     if (hold.endsAt === undefined || this.ended) return
     // A lease may run for months: a plain setTimeout would fire at once (src/vault/long-timer.ts).
-    this.endTimer = setLongTimeout(() => this.credentialEnding(hold), hold.endsAt - HARD_END_MARGIN_MS - Date.now())
+    this.endTimer = setLongTimeout(
+      () => this.options.host.credential('credential_ending', () => this.credentialEnding(hold)),
+      hold.endsAt - HARD_END_MARGIN_MS - Date.now(),
+    )
   }
 
   private swapDue(): boolean {

@@ -45,6 +45,10 @@ export const SESSION_EVENTS = [
   'upstream_lost',
   /** idle_client_timeout_ms ran out. */
   'idle_timeout',
+  /** The session's credential was superseded, or its end moved: plan a move. */
+  'credential_changed',
+  /** The session's credential ends within a second and the session is still on it. */
+  'credential_ending',
   /** The mover suspended the relay to probe the session's state. */
   'probe_started',
   /** The mover switches the session to another server connection (swap, or reconnect). */
@@ -90,6 +94,8 @@ export const TRANSITIONS: Table = {
     // Reconnect or park: the mover's move_started or parked does the transition.
     upstream_lost: [Relaying],
     idle_timeout: [Relaying],
+    credential_changed: [Relaying],
+    credential_ending: [Relaying],
     probe_started: [Probing],
     move_started: [Moving],
     parked: [Parked],
@@ -104,6 +110,9 @@ export const TRANSITIONS: Table = {
     idle: [Probing],
     upstream_lost: [Probing],
     idle_timeout: [Probing],
+    // A move under way settles the credential's end: it re-arms the check afterwards.
+    credential_changed: [Probing],
+    credential_ending: [Probing],
     // A swap's probe found the session movable.
     move_started: [Moving],
     move_ended: [Relaying, Draining],
@@ -118,6 +127,8 @@ export const TRANSITIONS: Table = {
     idle: [Moving],
     upstream_lost: [Moving],
     idle_timeout: [Moving],
+    credential_changed: [Moving],
+    credential_ending: [Moving],
     move_ended: [Relaying, Draining],
     drain: [Moving],
     stop: [Moving],
@@ -129,6 +140,8 @@ export const TRANSITIONS: Table = {
     client_message: [Parked],
     upstream_lost: [Parked],
     idle_timeout: [Parked],
+    credential_changed: [Parked],
+    credential_ending: [Parked],
     drain: [Parked],
     stop: [Parked],
     ended: [Closed],
@@ -140,6 +153,8 @@ export const TRANSITIONS: Table = {
     idle: [Draining],
     upstream_lost: [Draining],
     idle_timeout: [Draining],
+    credential_changed: [Draining],
+    credential_ending: [Draining],
     probe_started: [Probing],
     move_started: [Moving],
     parked: [Parked],
@@ -150,6 +165,8 @@ export const TRANSITIONS: Table = {
   closed: {
     // Shutdown reaches every session it knows of, ended or not.
     drain: [Closed],
+    // A connection handed to the pool keeps its credential, whose news may still reach the session.
+    credential_changed: [Closed],
     stop: [Closed],
   },
 }
