@@ -18,11 +18,12 @@ import type { CancelRegistry } from './cancel-registry.js'
 import { readClientGreeting, startupRefusal } from './client-handshake.js'
 import { watchDeparture } from './client-departure.js'
 import { ProxyError } from './proxy-error.js'
-import { Relay } from './relay.js'
+import { Relay, type LossDecision, type UpstreamLoss } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
 import { linkRefusedError, linkServer } from './server-link.js'
 import { ServerPool, type Linked, type PoolTarget } from './server-pool.js'
-import { SessionMover, type RotationSettings, type UpstreamLogin } from './session-mover.js'
+import { SessionMover, type MoverHost, type RotationSettings, type UpstreamLogin } from './session-mover.js'
+import { isMoving, SessionPhase, transition, type SessionEventKind } from './session-phase.js'
 import { SessionState } from './session-state.js'
 import { splitClientStartup, type ClientStartup } from './startup-parameters.js'
 import { TransactionTracker } from './transaction-tracker.js'
@@ -62,13 +63,18 @@ export interface SessionContext {
 }
 const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 
-export const SessionPhase = {
-  Handshake: 'handshake',
-  Login: 'login',
-  Relay: 'relay',
-  Closed: 'closed',
-} as const
-export type SessionPhase = (typeof SessionPhase)[keyof typeof SessionPhase]
+/** What happens to a session; the dispatcher switches on the kind, then on the phase. */
+export type SessionEvent =
+  | { kind: 'upstream_lost'; loss: UpstreamLoss }
+  | { kind: 'credential_changed' | 'credential_ending'; act: () => void }
+  | { kind: Exclude<SessionEventKind, 'upstream_lost' | 'credential_changed' | 'credential_ending'> }
+
+/** What an event is answered with: the relay asks about a lost upstream and a client's Terminate. */
+type Answer<E extends SessionEvent> = E extends { kind: 'upstream_lost' }
+  ? LossDecision
+  : E extends { kind: 'client_terminate' }
+    ? boolean
+    : void
 
 /**
  * One client connection, start to end: read its startup packet, log in upstream with a credential
@@ -77,7 +83,8 @@ export type SessionPhase = (typeof SessionPhase)[keyof typeof SessionPhase]
  * ErrorResponse for this client alone.
  */
 export class ClientSession {
-  phase: SessionPhase = SessionPhase.Handshake
+  /** Changed only by `dispatch`, as src/proxy/session-phase.ts allows. */
+  private current: SessionPhase = SessionPhase.Handshake
   private relay: Relay | undefined
   private mover: SessionMover | undefined
   private readonly startedAt = Date.now()
@@ -85,7 +92,11 @@ export class ClientSession {
   /** Known once read, for the audit line. */
   private startup: ClientStartup | undefined
   private credential: DbCredential | undefined
-  private draining = false
+  /**
+   * Shutdown asked this session to end at its next idle point. Not a phase: a probe or move under
+   * way finishes first, and its end (move_ended) then leads to draining.
+   */
+  private shutdownRequested = false
   /** Chosen by client user name once the startup packet is read. */
   private route: SessionRoute | undefined
   private idleTimer: NodeJS.Timeout | undefined
@@ -118,6 +129,15 @@ export class ClientSession {
     return this.route
   }
 
+  get phase(): SessionPhase {
+    return this.current
+  }
+
+  /** The session relays (or probes, moves, drains): counted as active. */
+  get isRelaying(): boolean {
+    return this.relay !== undefined && this.current !== SessionPhase.Closed
+  }
+
   /** The route this session runs on, once chosen. */
   get routeName(): string | undefined {
     return this.route?.name
@@ -142,7 +162,7 @@ export class ClientSession {
         socket.end()
         return
       }
-      this.phase = SessionPhase.Login
+      this.dispatch({ kind: 'startup_read' })
       const { packet, reader } = greeting
       const startup = splitClientStartup(packet.parameters)
       this.startup = startup
@@ -156,7 +176,7 @@ export class ClientSession {
       const upstream = await this.loginUpstream(startup)
       // The credential stays held until the session ends (or moves), so its lease is never revoked under it.
       try {
-        if (this.draining || this.refused) {
+        if (this.current === SessionPhase.Draining || this.refused) {
           // Shutdown began (or the session failed) during the login: the client never got AuthenticationOk, so it can be refused.
           upstream.session.socket.end(TERMINATE)
           throw shuttingDown()
@@ -179,7 +199,10 @@ export class ClientSession {
           result,
         )
       } finally {
-        const kept = this.relay?.upstreamKept ? this.mover?.detach() : undefined
+        // A connection left mid-move (or parked) is not the pool's to keep.
+        const settled = !isMoving(this.current)
+        if (this.relay) this.dispatch({ kind: 'ended' })
+        const kept = this.relay?.upstreamKept && settled ? this.mover?.detach() : undefined
         if (kept && this.clientParameters) void route.pool?.give(this.poolKey(startup), kept, this.clientParameters)
         else if (this.mover) this.mover.close()
         else upstream.hold.release()
@@ -188,7 +211,7 @@ export class ClientSession {
       clearTimeout(timer)
       this.refuse(err)
     } finally {
-      this.phase = SessionPhase.Closed
+      if (this.current !== SessionPhase.Closed) this.dispatch({ kind: 'ended' })
     }
   }
 
@@ -200,8 +223,7 @@ export class ClientSession {
 
   /** Ends the session now, for shutdown: FATAL 57P01 when relaying (unless mid-message). */
   stop(): void {
-    if (this.relay) this.relay.stop('shutdown')
-    else this.socket.destroy()
+    this.dispatch({ kind: 'stop' })
   }
 
   /**
@@ -209,9 +231,98 @@ export class ClientSession {
    * transaction is cut; one still logging in is refused with 57P03 instead of greeted.
    */
   drain(): void {
-    this.draining = true
-    this.waiting?.abort(shuttingDown())
-    if (this.relay?.isIdle || this.mover?.isParked) this.relay?.stop('shutdown')
+    this.dispatch({ kind: 'drain' })
+  }
+
+  /**
+   * The one place a session's phase changes (src/proxy/session-phase.ts): switch on the event,
+   * then on the phase. An (event, phase) pair the table does not allow is a bug: it is logged and
+   * ends this session alone with XX000, through the session's boundary.
+   */
+  private dispatch<E extends SessionEvent>(event: E): Answer<E> {
+    const from = this.current
+    const { relay } = this
+    switch (event.kind) {
+      case 'startup_read':
+      case 'linked':
+      case 'probe_started':
+      case 'move_started':
+      case 'parked':
+      case 'ended':
+        this.enter(event.kind)
+        return undefined as Answer<E>
+      case 'move_ended':
+        this.enter(event.kind, this.shutdownRequested ? SessionPhase.Draining : SessionPhase.Relaying)
+        return undefined as Answer<E>
+      case 'client_message':
+        if (this.enter(event.kind)) {
+          clearTimeout(this.idleTimer)
+          this.idleTimer = undefined
+        }
+        return undefined as Answer<E>
+      case 'client_terminate':
+        // Only a session relaying, with nothing moving and no shutdown, hands its connection to the pool.
+        return (this.enter(event.kind) &&
+          from === SessionPhase.Relaying &&
+          !!this.chosen.pool?.enabled &&
+          !!this.mover) as Answer<E>
+      case 'idle':
+        if (this.enter(event.kind)) this.atIdlePoint()
+        return undefined as Answer<E>
+      case 'upstream_lost': {
+        if (!this.enter(event.kind)) return { kind: 'end' } as Answer<E>
+        // A probe or move under way (or a parked session) owns its connection: the relay just ends.
+        if (from !== SessionPhase.Relaying && from !== SessionPhase.Draining) return { kind: 'end' } as Answer<E>
+        return (this.mover?.onUpstreamLost(event.loss) ?? { kind: 'end' }) as Answer<E>
+      }
+      case 'idle_timeout': {
+        if (!this.enter(event.kind)) return undefined as Answer<E>
+        // Not idle at this instant (a notification half-way through): the next idle point re-arms it.
+        const timeoutMs = this.chosen.settings.idleClientTimeoutMs
+        if (relay && timeoutMs !== undefined && (relay.isIdle || from === SessionPhase.Parked))
+          relay.stop('idle_timeout', idleTimeoutFields(timeoutMs))
+        return undefined as Answer<E>
+      }
+      case 'credential_changed':
+        // The mover plans (or re-plans) its move whatever it is doing, until the session is over.
+        if (this.enter(event.kind) && from !== SessionPhase.Closed) event.act()
+        return undefined as Answer<E>
+      case 'credential_ending':
+        // A probe or move under way settles it (re-arming the check if the session is still on the credential).
+        if (this.enter(event.kind) && (from === SessionPhase.Relaying || from === SessionPhase.Draining)) event.act()
+        return undefined as Answer<E>
+      case 'drain': {
+        this.shutdownRequested = true
+        this.waiting?.abort(shuttingDown())
+        // A session probing or moving keeps its phase until the step ends (move_ended then leads to draining).
+        this.enter(event.kind)
+        if (relay?.isIdle || from === SessionPhase.Parked) relay?.stop('shutdown')
+        return undefined as Answer<E>
+      }
+      case 'stop':
+        this.enter(event.kind)
+        if (relay) relay.stop('shutdown')
+        else this.socket.destroy()
+        return undefined as Answer<E>
+    }
+  }
+
+  /** Moves to the phase `event` leads to (or `to`, if the table allows it); false, and the session failed, on an impossible pair. */
+  private enter(event: SessionEventKind, to?: SessionPhase): boolean {
+    try {
+      this.current = transition(this.current, event, to)
+      return true
+    } catch (err) {
+      this.boundary.fault(err)
+      return false
+    }
+  }
+
+  /** What the mover sees of the session: its phase, and the dispatcher for the steps it reports. */
+  private readonly moverHost: MoverHost = {
+    phase: () => this.current,
+    report: (step) => this.dispatch({ kind: step }),
+    credential: (kind, act) => this.dispatch({ kind, act }),
   }
 
   /**
@@ -222,7 +333,7 @@ export class ClientSession {
     const { pool } = this.chosen
     if (!pool) return this.loginFresh(startup)
     // A new client may wait at pool.max_server_connections; a running session's reconnect never does.
-    const waiting = this.phase === SessionPhase.Relay ? undefined : watchDeparture(this.socket)
+    const waiting = this.relay ? undefined : watchDeparture(this.socket)
     this.waiting = waiting
     try {
       // Each pooled connection that cannot take this client's parameters is destroyed or given back,
@@ -236,7 +347,7 @@ export class ClientSession {
         if (!login) continue
         if (linked.reused) {
           this.reused = true
-          if (this.phase !== SessionPhase.Relay) this.credential = login.credential
+          if (!this.relay) this.credential = login.credential
         }
         return login
       }
@@ -298,7 +409,7 @@ export class ClientSession {
   }
 
   private async connectWith(startup: ClientStartup, credential: DbCredential): Promise<UpstreamLogin> {
-    if (this.phase !== SessionPhase.Relay) this.credential = credential
+    if (!this.relay) this.credential = credential
     const hold = this.chosen.credentials.use(credential)
     try {
       const session = await this.chosen.connector.connect(this.upstreamParameters(startup, credential), credential)
@@ -343,8 +454,13 @@ export class ClientSession {
       // Only a busy session is cancelled: a late cancel must not hit the client's next statement
       // (nor the proxy's own state probe or replay during a move).
       const mover = this.mover
+      // Not while the proxy's own probe or replay runs (a parked session is never busy).
       const stillBusy = (pid: number): boolean =>
-        tracker.isBusy && !!mover && !mover.isMoving && mover.upstream.processId === pid
+        tracker.isBusy &&
+        !!mover &&
+        this.current !== SessionPhase.Probing &&
+        this.current !== SessionPhase.Moving &&
+        mover.upstream.processId === pid
       if (!mover || !stillBusy(mover.upstream.processId)) {
         metrics.cancelRequest('not_busy')
         return
@@ -377,7 +493,7 @@ export class ClientSession {
     )
     this.socket.write(Buffer.concat(greeting))
 
-    this.phase = SessionPhase.Relay
+    this.dispatch({ kind: 'linked' })
     this.log.info(
       {
         upstreamUser: credential.username,
@@ -401,16 +517,16 @@ export class ClientSession {
       clientProcessId: key.processId,
       parameters: clientParameters,
       state,
-      onUpstreamLost: (loss) => this.mover?.onUpstreamLost(loss),
-      onIdle: () => this.onIdle(),
-      onClientData: () => this.onClientData(),
+      onUpstreamLost: (loss) => this.dispatch({ kind: 'upstream_lost', loss }),
+      onIdle: () => this.dispatch({ kind: 'idle' }),
+      onClientData: () => this.dispatch({ kind: 'client_message' }),
       onOutgrown: (why) =>
         this.log.warn({ why }, 'session outgrew what pg-vault-proxy follows: it keeps working, but cannot move'),
-      keepUpstream: () =>
-        !!this.chosen.pool?.enabled && !this.draining && !!this.mover && !this.mover.isMoving && !this.mover.isParked,
+      onClientTerminate: () => this.dispatch({ kind: 'client_terminate' }),
     })
     this.relay = relay
     this.mover = new SessionMover({
+      host: this.moverHost,
       relay,
       state,
       login,
@@ -423,17 +539,17 @@ export class ClientSession {
       settings: settings.rotation,
       metrics,
       log: this.log,
-      idle: () => this.onIdle(),
+      idle: () => this.dispatch({ kind: 'idle' }),
     })
     relay.start()
-    if (relay.isIdle) this.onIdle()
+    if (relay.isIdle) this.dispatch({ kind: 'idle' })
   }
 
   /** The client is waiting outside a transaction: the point where draining ends it, and the idle timeout runs. */
-  private onIdle(): void {
+  private atIdlePoint(): void {
     const { relay } = this
     if (!relay) return
-    if (this.draining) {
+    if (this.shutdownRequested) {
       relay.stop('shutdown')
       return
     }
@@ -442,15 +558,9 @@ export class ClientSession {
     if (timeoutMs === undefined || this.idleTimer !== undefined) return
     this.idleTimer = setTimeout(() => {
       this.idleTimer = undefined
-      // Not idle at this instant (a notification half-way through): the next idle point re-arms it.
-      if (relay.isIdle || this.mover?.isParked) relay.stop('idle_timeout', idleTimeoutFields(timeoutMs))
+      this.dispatch({ kind: 'idle_timeout' })
     }, timeoutMs)
     this.idleTimer.unref()
-  }
-
-  private onClientData(): void {
-    clearTimeout(this.idleTimer)
-    this.idleTimer = undefined
   }
 
   /**

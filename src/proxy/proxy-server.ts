@@ -6,7 +6,7 @@ import { ProxyMetrics, type RelayedBytes } from '../ops/metrics.js'
 import { CredentialPrefetch } from '../vault/credential-prefetch.js'
 import type { CredentialSource, CredentialStatus } from '../vault/credential-source.js'
 import { CancelRegistry } from './cancel-registry.js'
-import { ClientSession, SessionPhase, shuttingDown, type SessionSettings } from './client-session.js'
+import { ClientSession, shuttingDown, type SessionSettings } from './client-session.js'
 import { isLoopbackHost } from './loopback.js'
 import { ProxyError } from './proxy-error.js'
 import { StartupSlots } from './startup-slots.js'
@@ -241,7 +241,7 @@ export class ProxyServer {
   /** Sessions relaying now (connections still in their handshake or login not counted). */
   get activeSessions(): number {
     let n = 0
-    for (const session of this.sessions.keys()) if (session.phase === SessionPhase.Relay) n++
+    for (const session of this.sessions.keys()) if (session.isRelaying) n++
     return n
   }
 

@@ -57,6 +57,15 @@ export interface RelayUpstream {
   processId: number
 }
 
+/**
+ * What the session decided about a lost upstream: take over and reconnect (the relay withholds
+ * the news, suspends, and waits for resume() or stop()), or let the relay end the session, `why`
+ * being added to what the client is told as the reason it was not reconnected.
+ */
+export type LossDecision = { kind: 'reconnect' } | { kind: 'end'; why?: string }
+
+const END: LossDecision = { kind: 'end' }
+
 /** How the upstream went away, for the session to decide whether to reconnect. */
 export interface UpstreamLoss {
   /** The FATAL (or shutdown WARNING) the server sent, if any: '57P01 terminating connection ...'. */
@@ -78,21 +87,18 @@ export interface RelayOptions {
   parameters: Map<string, string>
   /** Told about client messages that may change session state, so it can be rebuilt elsewhere. */
   state?: SessionState
-  /**
-   * The upstream is going away (a FATAL such as 57P01, or its socket closed). Return true to take
-   * over: the relay withholds the news from the client, suspends, and waits for resume() or stop().
-   * A string declines and is added to what the client is told, as the reason it was not reconnected.
-   */
-  onUpstreamLost?: (loss: UpstreamLoss) => boolean | string | undefined
+  /** The upstream is going away (a FATAL such as 57P01, or its socket closed): see LossDecision. */
+  onUpstreamLost?: (loss: UpstreamLoss) => LossDecision
   /** Called after upstream bytes were passed to the client, whenever the session is then idle (see isIdle). */
   onIdle?: () => void
   /** Called for every chunk the client sends. */
   onClientData?: () => void
   /**
-   * The client sent Terminate at an idle point: return true to keep the upstream connection for the
-   * pool. It is then not sent the Terminate, and is detached (not closed) when the relay ends.
+   * The client sent Terminate while nothing was under way on the upstream connection. The session
+   * answers: true keeps that connection for the pool (it is not sent the Terminate, and is detached,
+   * not closed, when the relay ends); false forwards the Terminate as usual.
    */
-  keepUpstream?: () => boolean
+  onClientTerminate?: () => boolean
   /** Once, when the session outgrows what the proxy follows (see TransactionTracker, SESSION_BOUNDS). */
   onOutgrown?: (why: string) => void
 }
@@ -116,7 +122,7 @@ export type RelayEndReason =
 export interface RelayResult {
   reason: RelayEndReason
   detail?: string
-  /** The upstream connection was left open, detached, for the pool (see RelayOptions.keepUpstream). */
+  /** The upstream connection was left open, detached, for the pool (see RelayOptions.onClientTerminate). */
   upstreamKept: boolean
   bytesFromClient: number
   bytesFromUpstream: number
@@ -126,6 +132,11 @@ export interface RelayResult {
  * Relays a running session in both directions, framing by message headers only. Each side is
  * paused while the other cannot take more (backpressure), so a slow reader never makes the proxy
  * buffer without bound. One idempotent `finish` closes both sockets, whichever side ends first.
+ *
+ * A byte pump: it reports what it sees (client data, idle points, a lost upstream, a client's
+ * Terminate) and does what the session answers; what the session does next is decided by the
+ * session's dispatcher (src/proxy/session-phase.ts). It can be suspended from one upstream
+ * connection and resumed on another (a move).
  */
 export class Relay {
   readonly done: Promise<RelayResult>
@@ -150,7 +161,7 @@ export class Relay {
   /** The upstream's FATAL with the proxy's reason added, written in its place. */
   private explainedFatal: Buffer | undefined
   private lossReported = false
-  private lastLossDecision: boolean | string | undefined
+  private lastLossDecision: LossDecision = END
   /** Set while a lost session waits for its client to speak before reconnecting. */
   private wake: (() => void) | undefined
   /** Why the session was not reconnected after its upstream closed without a word. */
@@ -177,7 +188,7 @@ export class Relay {
         if (this.keepingUpstream) return false
         if (code === FrontendCode.Terminate) {
           this.clientSentTerminate = true
-          if (this.mayKeepUpstream() && options.keepUpstream?.()) {
+          if (this.mayKeepUpstream() && options.onClientTerminate?.()) {
             this.keepingUpstream = true
             return false
           }
@@ -250,7 +261,7 @@ export class Relay {
     this.upstreamLost = false
     if (next) {
       this.lossReported = false
-      this.lastLossDecision = undefined
+      this.lastLossDecision = END
       this.upstream = next
       this.upstreamFramer = this.newUpstreamFramer()
     }
@@ -451,16 +462,16 @@ export class Relay {
         if (!fatal && !warned) break
         const announced = `${sqlState ?? '?'} ${fields.get('M') ?? ''}`
         const decision = LOSS_SQLSTATES.has(sqlState ?? '')
-          ? this.options.onUpstreamLost?.({ announced, sqlState })
-          : undefined
-        if (decision === true) {
+          ? (this.options.onUpstreamLost?.({ announced, sqlState }) ?? END)
+          : END
+        if (decision.kind === 'reconnect') {
           this.upstreamLost = true
           return false
         }
         if (fatal) this.upstreamSentFatal = announced
-        if (fatal && typeof decision === 'string') {
+        if (fatal && decision.why !== undefined) {
           // The server's words stay; the proxy says why it could not keep the session.
-          fields.set('D', [fields.get('D'), decision].filter(Boolean).join(' '))
+          fields.set('D', [fields.get('D'), decision.why].filter(Boolean).join(' '))
           this.explainedFatal = encodeErrorResponse(fields)
           return false
         }
@@ -472,10 +483,10 @@ export class Relay {
   }
 
   /** Asks the session about a lost upstream, once per upstream (a shutdown WARNING is followed by the socket's end). */
-  private reportLoss(loss: UpstreamLoss): boolean | string | undefined {
+  private reportLoss(loss: UpstreamLoss): LossDecision {
     if (this.lossReported) return this.lastLossDecision
     this.lossReported = true
-    this.lastLossDecision = this.options.onUpstreamLost?.(loss)
+    this.lastLossDecision = this.options.onUpstreamLost?.(loss) ?? END
     return this.lastLossDecision
   }
 
@@ -522,13 +533,13 @@ export class Relay {
     if (side === 'upstream' && this.upstreamSentFatal === undefined && !this.clientSentTerminate) {
       // Closed without a word (a socket error, a killed server): the session may reconnect.
       const decision = this.upstreamFramer.isMidMessage
-        ? undefined
+        ? END
         : this.reportLoss(err?.code ? { errorCode: err.code } : {})
-      if (decision === true) {
+      if (decision.kind === 'reconnect') {
         this.loseUpstream()
         return
       }
-      if (typeof decision === 'string') this.lossDetail = decision
+      if (decision.why !== undefined) this.lossDetail = decision.why
     }
     if (side === 'client') {
       this.finish(this.clientSentTerminate ? 'client_terminated' : 'client_closed', err?.code)

@@ -8,7 +8,8 @@ import type { CredentialHold, CredentialSource, DbCredential } from '../vault/cr
 import { setLongTimeout, type LongTimer } from '../vault/long-timer.js'
 import { ProxyError } from './proxy-error.js'
 import { releaseWhenClosed } from './release-when-closed.js'
-import { rewriteNotifyPid, type Relay, type UpstreamLoss } from './relay.js'
+import { rewriteNotifyPid, type LossDecision, type Relay, type UpstreamLoss } from './relay.js'
+import { SessionPhase } from './session-phase.js'
 import { SessionState } from './session-state.js'
 import { exchange, ExchangeClosedError } from './upstream-exchange.js'
 import type { UpstreamSession } from './upstream-connector.js'
@@ -28,7 +29,24 @@ export interface UpstreamLogin {
   hold: CredentialHold
 }
 
+/**
+ * The session a mover works for. Its phase says whether a probe or move is under way
+ * (src/proxy/session-phase.ts); the mover keeps no such flag of its own, and reports each step
+ * to the session's dispatcher instead.
+ */
+export interface MoverHost {
+  phase(): SessionPhase
+  report(step: 'probe_started' | 'move_started' | 'parked' | 'move_ended'): void
+  /**
+   * The session's credential was superseded or its end changed (`act` plans the move), or its end
+   * is near (`act` closes the session if it cannot move): the session's dispatcher runs `act` when
+   * its phase calls for it.
+   */
+  credential(event: 'credential_changed' | 'credential_ending', act: () => void): void
+}
+
 export interface SessionMoverOptions {
+  host: MoverHost
   relay: Relay
   state: SessionState
   /** The upstream the session started on. */
@@ -74,10 +92,6 @@ const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
  */
 export class SessionMover {
   private login: UpstreamLogin
-  /** The relay is suspended for a probe, swap or reconnect (or parked until the client speaks). */
-  private busy = false
-  /** Parked after the upstream's idle_session_timeout: no upstream until the client next speaks. */
-  private parked = false
   /** Logging in the next connection ahead of the swap, so the client waits only for probe and replay. */
   private preparing = false
   /** That connection, logged in and waiting for the session's next idle point. */
@@ -89,7 +103,6 @@ export class SessionMover {
   private blockedBy: string | undefined
   private swapTimer: NodeJS.Timeout | undefined
   private endTimer: LongTimer | undefined
-  private closed = false
   moves = 0
 
   constructor(private readonly options: SessionMoverOptions) {
@@ -106,19 +119,25 @@ export class SessionMover {
     return this.login.credential
   }
 
-  /** Suspended for a move: a cancel now could only hit the proxy's own requests. */
-  get isMoving(): boolean {
-    return this.busy && !this.parked
+  /** The relay is suspended for a probe or move, or parked: the session's phase says so. */
+  private get moving(): boolean {
+    const phase = this.options.host.phase()
+    return phase === SessionPhase.Probing || phase === SessionPhase.Moving || phase === SessionPhase.Parked
   }
 
-  /** Waiting, without an upstream, for the client to speak: as idle as a session gets. */
-  get isParked(): boolean {
-    return this.parked
+  /** The session is over: whatever step is still under way must not touch it. */
+  private get ended(): boolean {
+    return this.options.host.phase() === SessionPhase.Closed
+  }
+
+  /** A probe or move is over: the session's dispatcher decides where it goes from here. */
+  private settle(): void {
+    const phase = this.options.host.phase()
+    if (phase === SessionPhase.Probing || phase === SessionPhase.Moving) this.options.host.report('move_ended')
   }
 
   /** The session ended: stop timers and give the credentials back. */
   close(): void {
-    this.closed = true
     clearTimeout(this.swapTimer)
     this.endTimer?.clear()
     // The relay is closing the connection; the lease may be revoked once it has.
@@ -127,15 +146,10 @@ export class SessionMover {
   }
 
   /**
-   * The client ended cleanly at an idle point: hand over the connection serving the session, with
-   * its hold, for the pool; undefined (and closed as usual) when the session was mid-move or parked.
+   * The client ended cleanly at an idle point, not mid-move (the session checks): hand over the
+   * connection serving the session, with its hold, for the pool.
    */
-  detach(): UpstreamLogin | undefined {
-    if (this.busy || this.closed) {
-      this.close()
-      return undefined
-    }
-    this.closed = true
+  detach(): UpstreamLogin {
     clearTimeout(this.swapTimer)
     this.endTimer?.clear()
     this.dropNext()
@@ -144,7 +158,7 @@ export class SessionMover {
 
   /** Called at every idle point of the session (after draining and the idle timeout had their say). */
   onIdle(): void {
-    if (this.busy || this.closed || !this.options.relay.isIdle) return
+    if (this.moving || this.ended || !this.options.relay.isIdle) return
     const { state, settings } = this.options
     if (this.ready) {
       const next = this.ready
@@ -154,40 +168,43 @@ export class SessionMover {
     else if (state.dirty && settings.reconnect && Date.now() >= this.probeAfter) void this.refreshSnapshot()
   }
 
-  /** The relay's hook: the upstream is going away. True takes over (reconnect); a string says why not. */
-  onUpstreamLost(loss: UpstreamLoss): boolean | string | undefined {
-    if (this.closed || this.busy || !this.options.settings.reconnect) return undefined
+  /**
+   * The upstream of a session that is relaying (the session's dispatcher checked) is going away:
+   * reconnect (taking over), or end, saying why when it matters.
+   */
+  onUpstreamLost(loss: UpstreamLoss): LossDecision {
+    if (!this.options.settings.reconnect) return { kind: 'end' }
     return this.takeOver(loss, this.options.relay.isIdle)
   }
 
   /** Decides about a lost upstream; when it can, starts the reconnect (or parks until the client speaks). */
-  private takeOver(loss: UpstreamLoss, idle: boolean): true | string {
-    const { relay, state, metrics, log } = this.options
+  private takeOver(loss: UpstreamLoss, idle: boolean): LossDecision {
+    const { relay, state, metrics, log, host } = this.options
     const why = this.whyNotReconnect(idle)
     if (why !== undefined) {
       metrics.sessionMoved('reconnect', 'declined')
       log.warn({ loss, why }, 'upstream connection lost; not reconnecting')
-      return why
+      return { kind: 'end', why }
     }
-    this.busy = true
     this.dropNext()
     if (loss.sqlState === '57P05' && state.snapshot.listen.length === 0) {
       // The server's idle_session_timeout: reconnecting now would only be timed out again. Wait
       // until the client has something to say (a LISTENing session cannot wait: it must hear).
       log.info({ loss }, 'upstream closed an idle session; reconnecting when the client next speaks')
-      this.parked = true
+      host.report('parked')
       this.login.hold.release()
       setImmediate(() =>
         relay.wakeOnClientData(() => {
-          this.parked = false
+          host.report('move_started')
           void this.reconnect(loss)
         }),
       )
-      return true
+      return { kind: 'reconnect' }
     }
     log.info({ loss, upstreamPid: this.upstream.processId }, 'upstream connection lost at an idle point; reconnecting')
+    host.report('move_started')
     void this.reconnect(loss)
-    return true
+    return { kind: 'reconnect' }
   }
 
   private whyNotReconnect(idle: boolean): string | undefined {
@@ -208,7 +225,7 @@ export class SessionMover {
   /** Follows the session's credential: move once it is superseded, close at its end if it cannot. */
   private watch(hold: CredentialHold): void {
     const plan = (): void => {
-      if (this.closed || hold !== this.login.hold) return
+      if (this.ended || hold !== this.login.hold) return
       this.armEnd(hold)
       if (hold.superseded && this.swapTimer === undefined) {
         const left = hold.endsAt === undefined ? SPREAD_MS * 4 : hold.endsAt - Date.now()
@@ -217,7 +234,7 @@ export class SessionMover {
         this.wakeAfter(delay)
       }
     }
-    hold.onChange(plan)
+    hold.onChange(() => this.options.host.credential('credential_changed', plan))
     plan()
   }
 
@@ -236,9 +253,12 @@ export class SessionMover {
   /** Plans what happens HARD_END_MARGIN_MS before the credential ends (at once, if that time has passed). */
   private armEnd(hold: CredentialHold): void {
     this.endTimer?.clear()
-    if (hold.endsAt === undefined || this.closed) return
+    if (hold.endsAt === undefined || this.ended) return
     // A lease may run for months: a plain setTimeout would fire at once (src/vault/long-timer.ts).
-    this.endTimer = setLongTimeout(() => this.credentialEnding(hold), hold.endsAt - HARD_END_MARGIN_MS - Date.now())
+    this.endTimer = setLongTimeout(
+      () => this.options.host.credential('credential_ending', () => this.credentialEnding(hold)),
+      hold.endsAt - HARD_END_MARGIN_MS - Date.now(),
+    )
   }
 
   private swapDue(): boolean {
@@ -248,7 +268,7 @@ export class SessionMover {
   /** The credential is about to end and the session is still on it. */
   private credentialEnding(hold: CredentialHold): void {
     // A move under way settles it: it re-arms this check if the session is still here afterwards.
-    if (this.closed || hold !== this.login.hold || this.busy) return
+    if (this.ended || hold !== this.login.hold || this.moving) return
     const { relay, settings, log, metrics } = this.options
     const why = this.blockedBy
     // Not strict: a busy session is left alone (it moves at its next idle point, if the server lets it live).
@@ -272,20 +292,20 @@ export class SessionMover {
 
   /** Probes the session's state at an idle point so an unplanned reconnect can rebuild it. */
   private async refreshSnapshot(): Promise<void> {
-    this.busy = true
-    const { relay } = this.options
+    const { relay, host } = this.options
+    host.report('probe_started')
     const socket = relay.suspend()
     try {
       await this.probe(socket, this.upstream)
     } catch (err) {
-      this.busy = false
+      this.settle()
       if (isClosed(socket)) this.lostWhileSuspended(socket, err)
       else this.options.log.warn({ err: (err as Error).message }, 'the session state probe failed')
       if (!relay.isFinished && !isClosed(socket)) relay.resume()
       return
     }
     relay.resume()
-    this.busy = false
+    this.settle()
     this.armEnd(this.login.hold)
     if (relay.isIdle) this.options.idle()
   }
@@ -320,7 +340,7 @@ export class SessionMover {
       let next: UpstreamLogin | undefined
       try {
         const credential = await credentials.get()
-        if (credential !== old.credential && !this.closed) next = await this.options.connect(credential)
+        if (credential !== old.credential && !this.ended) next = await this.options.connect(credential)
       } catch (err) {
         metrics.sessionMoved('swap', 'failed')
         log.warn({ err: (err as Error).message }, 'could not log in with the new credential; will retry')
@@ -331,7 +351,7 @@ export class SessionMover {
         this.retryLater()
         return
       }
-      if (this.closed || this.login !== old) {
+      if (this.ended || this.login !== old) {
         this.discard(next)
         return
       }
@@ -347,12 +367,12 @@ export class SessionMover {
 
   /** The planned move onto `next`, at an idle point. */
   private async swap(next: UpstreamLogin): Promise<void> {
-    const { relay, state, log, metrics } = this.options
-    if (this.busy || this.closed || !relay.isIdle) {
+    const { relay, state, log, metrics, host } = this.options
+    if (this.moving || this.ended || !relay.isIdle) {
       this.discard(next)
       return
     }
-    this.busy = true
+    host.report('probe_started')
     const old = this.login
     const socket = relay.suspend()
     let pending: UpstreamLogin | undefined = next
@@ -370,8 +390,9 @@ export class SessionMover {
         relay.resume()
       } else {
         this.blockedBy = undefined
+        host.report('move_started')
         const rebuilt = await this.rebuild(next)
-        if (relay.isFinished || this.closed) throw new Error('the client left during the move')
+        if (relay.isFinished || this.ended) throw new Error('the client left during the move')
         this.switchTo(next, rebuilt)
         pending = undefined
         this.retire(socket, old)
@@ -382,8 +403,8 @@ export class SessionMover {
         )
       }
     } catch (err) {
-      this.busy = false
-      if (relay.isFinished || this.closed) {
+      this.settle()
+      if (relay.isFinished || this.ended) {
         if (pending) this.discard(pending)
         return
       }
@@ -399,7 +420,7 @@ export class SessionMover {
       relay.resume()
     }
     if (pending) this.discard(pending)
-    this.busy = false
+    this.settle()
     // Still on the old credential (blocked, failed): its end may have come meanwhile.
     if (this.login === old) this.armEnd(old.hold)
     if (relay.isIdle) this.options.idle()
@@ -416,7 +437,7 @@ export class SessionMover {
     try {
       next = await this.loginAgain(deadline)
       const rebuilt = await this.rebuild(next)
-      if (relay.isFinished || this.closed) throw new Error('the client left during the reconnect')
+      if (relay.isFinished || this.ended) throw new Error('the client left during the reconnect')
       this.switchTo(next, rebuilt)
       next = undefined
       old.hold.release()
@@ -424,8 +445,8 @@ export class SessionMover {
       log.info({ upstreamPid: this.upstream.processId, user: this.credential.username }, 'session reconnected')
     } catch (err) {
       if (next) this.discard(next)
-      this.busy = false
-      if (relay.isFinished || this.closed) return
+      this.settle()
+      if (relay.isFinished || this.ended) return
       metrics.sessionMoved('reconnect', 'failed')
       const why = (err as Error).message
       log.warn({ err: why, loss }, 'could not reconnect the session')
@@ -440,7 +461,7 @@ export class SessionMover {
       )
       return
     }
-    this.busy = false
+    this.settle()
     this.options.idle()
   }
 
@@ -449,7 +470,7 @@ export class SessionMover {
     const { relay } = this.options
     let delay = 100
     for (;;) {
-      if (this.closed || relay.isFinished) throw new Error('the session ended')
+      if (this.ended || relay.isFinished) throw new Error('the session ended')
       try {
         return await this.options.relogin()
       } catch (err) {
@@ -558,14 +579,16 @@ export class SessionMover {
   private lostWhileSuspended(socket: Socket, err: unknown): void {
     const { relay, settings } = this.options
     socket.destroy()
-    if (relay.isFinished || this.closed) return
+    if (relay.isFinished || this.ended) return
     const fatal = err instanceof ExchangeClosedError ? err.fatal : undefined
     const sqlState = fatal?.get('C')
     const loss: UpstreamLoss = fatal
       ? { announced: `${sqlState ?? '?'} ${fatal.get('M') ?? ''}`, ...(sqlState ? { sqlState } : {}) }
       : { errorCode: (err as NodeJS.ErrnoException).code ?? 'closed' }
-    const decision = settings.reconnect ? this.takeOver(loss, true) : 'rotation.reconnect is off.'
-    if (decision === true) return
+    const decision: LossDecision = settings.reconnect
+      ? this.takeOver(loss, true)
+      : { kind: 'end', why: 'rotation.reconnect is off.' }
+    if (decision.kind === 'reconnect') return
     const fields =
       fatal ??
       errorFields({
@@ -573,7 +596,7 @@ export class SessionMover {
         sqlState: '08006',
         message: `pg-vault-proxy lost the connection to the upstream server: ${(err as Error).message}`,
       })
-    fields.set('D', [fields.get('D'), decision].filter(Boolean).join(' '))
+    fields.set('D', [fields.get('D'), decision.why].filter(Boolean).join(' '))
     relay.stop('upstream_lost', fields)
   }
 
