@@ -21,7 +21,7 @@ import { ProxyError } from './proxy-error.js'
 import { Relay, type LossDecision, type UpstreamLoss } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
 import { linkRefusedError, linkServer } from './server-link.js'
-import { ServerPool, type Linked, type PoolTarget } from './server-pool.js'
+import { ServerPool, type Linked, type LinkOptions, type PoolTarget } from './server-pool.js'
 import { SessionMover, type MoverHost, type RotationSettings, type UpstreamLogin } from './session-mover.js'
 import { isMoving, SessionPhase, transition, type SessionEventKind } from './session-phase.js'
 import { SessionState } from './session-state.js'
@@ -336,21 +336,15 @@ export class ClientSession {
     const waiting = this.relay ? undefined : watchDeparture(this.socket)
     this.waiting = waiting
     try {
-      // Each pooled connection that cannot take this client's parameters is destroyed or given back,
-      // so this ends: with a linked pooled connection, a refusal, or a fresh login.
-      for (;;) {
-        const linked = await pool.link(this.poolTarget(startup), () => this.loginFresh(startup), {
-          wait: waiting !== undefined,
-          signal: waiting?.signal,
-        })
-        const login = await this.applyClientParameters(startup, linked)
-        if (!login) continue
-        if (linked.reused) {
-          this.reused = true
-          if (!this.relay) this.credential = login.credential
-        }
-        return login
+      const { login, reused } = await this.linkFromPool(pool, startup, () => this.loginFresh(startup), {
+        wait: waiting !== undefined,
+        signal: waiting?.signal,
+      })
+      if (reused) {
+        this.reused = true
+        if (!this.relay) this.credential = login.credential
       }
+      return login
     } finally {
       waiting?.stop()
       this.waiting = undefined
@@ -361,13 +355,25 @@ export class ClientSession {
   private async connectForMove(startup: ClientStartup, credential: DbCredential): Promise<UpstreamLogin> {
     const { pool } = this.chosen
     if (!pool) return this.connectWith(startup, credential)
+    const open = (): Promise<UpstreamLogin> => this.connectWith(startup, credential)
+    return (await this.linkFromPool(pool, startup, open, { wait: false, credential })).login
+  }
+
+  /**
+   * A server connection from the pool with this client's own parameters applied. Each pooled
+   * connection that cannot take them is destroyed or given back, so this ends: with a linked pooled
+   * connection, a refusal, or one that `open` logs in.
+   */
+  private async linkFromPool(
+    pool: ServerPool,
+    startup: ClientStartup,
+    open: () => Promise<UpstreamLogin>,
+    options: LinkOptions,
+  ): Promise<Linked> {
     for (;;) {
-      const linked = await pool.link(this.poolTarget(startup), () => this.connectWith(startup, credential), {
-        wait: false,
-        credential,
-      })
+      const linked = await pool.link(this.poolTarget(startup), open, options)
       const login = await this.applyClientParameters(startup, linked)
-      if (login) return login
+      if (login) return { login, reused: linked.reused }
     }
   }
 
