@@ -62,7 +62,9 @@ function minRemainingMs(lease: Lease): number {
  */
 function endOf(ttlSeconds: number, tokenEnd: number | undefined): { expiresAt: number; tokenBound: boolean } {
   const asked = Date.now() + ttlSeconds * 1000
-  return tokenEnd !== undefined && tokenEnd < asked
+  // `<=`: a lease issued in the same millisecond as its token's login, with the token's TTL, ends
+  // with the token all the same (renewing it cannot extend it).
+  return tokenEnd !== undefined && tokenEnd <= asked
     ? { expiresAt: tokenEnd, tokenBound: true }
     : { expiresAt: asked, tokenBound: false }
 }
