@@ -22,7 +22,8 @@ import { Relay, type LossDecision, type UpstreamLoss } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
 import { linkRefusedError, linkServer } from './server-link.js'
 import { ServerPool, type Linked, type LinkOptions, type PoolTarget } from './server-pool.js'
-import { SessionMover, type MoverHost, type RotationSettings, type UpstreamLogin } from './session-mover.js'
+import { SessionMover, type MoverHost, type RotationSettings } from './session-mover.js'
+import { ServerConnection } from './server-connection.js'
 import { isMoving, SessionPhase, transition, type SessionEventKind } from './session-phase.js'
 import { SessionState } from './session-state.js'
 import { splitClientStartup, type ClientStartup } from './startup-parameters.js'
@@ -203,7 +204,7 @@ export class ClientSession {
         const settled = !isMoving(this.current)
         if (this.relay) this.dispatch({ kind: 'ended' })
         const kept = this.relay?.upstreamKept && settled ? this.mover?.detach() : undefined
-        if (kept && this.clientParameters) void route.pool?.give(this.poolKey(startup), kept, this.clientParameters)
+        if (kept && this.clientParameters) void route.pool?.give(kept, this.clientParameters)
         else if (this.mover) this.mover.close()
         else upstream.hold.release()
       }
@@ -329,7 +330,7 @@ export class ClientSession {
    * Logs in upstream. The credential is held (`use`) from the moment it is handed out, so a lease
    * cannot be revoked while this session is still logging in with it; the caller releases it.
    */
-  private async loginUpstream(startup: ClientStartup): Promise<UpstreamLogin> {
+  private async loginUpstream(startup: ClientStartup): Promise<ServerConnection> {
     const { pool } = this.chosen
     if (!pool) return this.loginFresh(startup)
     // A new client may wait at pool.max_server_connections; a running session's reconnect never does.
@@ -352,10 +353,10 @@ export class ClientSession {
   }
 
   /** A move's connection to `credential`: a pooled one of it if ready, else a login; counted by the pool, never waiting. */
-  private async connectForMove(startup: ClientStartup, credential: DbCredential): Promise<UpstreamLogin> {
+  private async connectForMove(startup: ClientStartup, credential: DbCredential): Promise<ServerConnection> {
     const { pool } = this.chosen
     if (!pool) return this.connectWith(startup, credential)
-    const open = (): Promise<UpstreamLogin> => this.connectWith(startup, credential)
+    const open = (): Promise<ServerConnection> => this.connectWith(startup, credential)
     return (await this.linkFromPool(pool, startup, open, { wait: false, credential })).login
   }
 
@@ -367,7 +368,7 @@ export class ClientSession {
   private async linkFromPool(
     pool: ServerPool,
     startup: ClientStartup,
-    open: () => Promise<UpstreamLogin>,
+    open: () => Promise<ServerConnection>,
     options: LinkOptions,
   ): Promise<Linked> {
     for (;;) {
@@ -383,20 +384,20 @@ export class ClientSession {
    * refuses them goes back to the pool and the client is refused as a fresh login would be; one
    * whose link broke is destroyed, and undefined asks for another connection.
    */
-  private async applyClientParameters(startup: ClientStartup, linked: Linked): Promise<UpstreamLogin | undefined> {
+  private async applyClientParameters(startup: ClientStartup, linked: Linked): Promise<ServerConnection | undefined> {
     if (!linked.reused) return linked.login
     const pooled = linked.login
     const link = await linkServer(pooled.session, startup.forwarded)
     // Superseded while the link's query ran: the pool closes it (give), and never hands it out.
     if (link.linked && !pooled.hold.superseded) return pooled
-    void this.chosen.pool?.give(this.poolKey(startup), pooled, pooled.session.parameters)
+    void this.chosen.pool?.give(pooled, pooled.session.parameters)
     if (link.linked) return undefined
     if (link.refusal) throw linkRefusedError(link.refusal, this.chosen.connector.endpoint.address)
     this.log.debug({ why: link.why }, 'a pooled server connection could not be linked; logging in afresh')
     return undefined
   }
 
-  private async loginFresh(startup: ClientStartup): Promise<UpstreamLogin> {
+  private async loginFresh(startup: ClientStartup): Promise<ServerConnection> {
     const { credentials, pool } = this.chosen
     pool?.countLogin()
     const credential = await credentials.get()
@@ -414,13 +415,13 @@ export class ClientSession {
     }
   }
 
-  private async connectWith(startup: ClientStartup, credential: DbCredential): Promise<UpstreamLogin> {
+  private async connectWith(startup: ClientStartup, credential: DbCredential): Promise<ServerConnection> {
     if (!this.relay) this.credential = credential
     const hold = this.chosen.credentials.use(credential)
     try {
       const session = await this.chosen.connector.connect(this.upstreamParameters(startup, credential), credential)
       this.boundary.enclose(session.socket)
-      return { session, credential, hold }
+      return new ServerConnection(session, credential, hold, this.poolKey(startup), 'linked')
     } catch (err) {
       hold.release()
       throw err
@@ -450,7 +451,12 @@ export class ClientSession {
     )
   }
 
-  private startRelay(login: UpstreamLogin, startup: ClientStartup, minorVersion: number, clientPending: Buffer): void {
+  private startRelay(
+    login: ServerConnection,
+    startup: ClientStartup,
+    minorVersion: number,
+    clientPending: Buffer,
+  ): void {
     const { session: upstream, credential } = login
     const tracker = new TransactionTracker()
     tracker.status = upstream.transactionStatus

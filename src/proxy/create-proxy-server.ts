@@ -102,8 +102,7 @@ export function createServerPool(
     credentials,
     metrics,
     logger.child({ component: 'pool', route }),
-    (target) =>
-      loginForRoute({ credentials, connector, ownerRole: settings.ownerRole }, target.database, target.forwarded),
+    (target) => loginForRoute({ credentials, connector, ownerRole: settings.ownerRole }, target),
   )
 }
 

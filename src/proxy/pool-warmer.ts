@@ -1,6 +1,6 @@
 import type { Logger } from 'pino'
 import type { PoolMetrics } from '../ops/metrics.js'
-import type { UpstreamLogin } from './session-mover.js'
+import type { ServerConnection } from './server-connection.js'
 import type { OpenServer, PoolTarget } from './server-pool.js'
 
 /** Pool keys kept warm: the most recently used ones, so a client with ever new parameters cannot make the pool log in without end. */
@@ -23,7 +23,7 @@ export interface WarmHost {
   /** A login slot is taken for pre-warming. */
   startOpening(): void
   /** That login ended: the pool keeps `login` idle, or closes it and says why; undefined login: it failed. */
-  finishOpening(key: string, login: UpstreamLogin | undefined): string | undefined
+  finishOpening(login: ServerConnection | undefined): string | undefined
 }
 
 interface WarmKey {
@@ -123,12 +123,12 @@ export class PoolWarmer {
     this.host.startOpening()
     this.warmingTotal++
     this.warming.set(key, (this.warming.get(key) ?? 0) + 1)
-    const done = (login: UpstreamLogin | undefined): string | undefined => {
+    const done = (login: ServerConnection | undefined): string | undefined => {
       this.warmingTotal--
       const left = (this.warming.get(key) ?? 1) - 1
       if (left > 0) this.warming.set(key, left)
       else this.warming.delete(key)
-      return this.host.finishOpening(key, login)
+      return this.host.finishOpening(login)
     }
     this.open(target).then(
       (login) => {

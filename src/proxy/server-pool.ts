@@ -5,7 +5,7 @@ import { FrontendCode } from '../pgwire/codes.js'
 import type { StartupParameter } from '../pgwire/startup-packet.js'
 import type { CredentialSource, DbCredential } from '../vault/credential-source.js'
 import { ProxyError } from './proxy-error.js'
-import type { UpstreamLogin } from './session-mover.js'
+import type { ServerConnection } from './server-connection.js'
 import { linkableName } from './linkable-parameters.js'
 import { PoolWarmer, type WarmHost } from './pool-warmer.js'
 import { releaseWhenClosed } from './release-when-closed.js'
@@ -42,7 +42,7 @@ export interface PoolTarget {
  * route's credential, held; the owner role as the `role` startup parameter). Injected by the
  * route's builder, so the pool knows nothing of client sessions.
  */
-export type OpenServer = (target: PoolTarget) => Promise<UpstreamLogin>
+export type OpenServer = (target: PoolTarget) => Promise<ServerConnection>
 
 export interface LinkOptions {
   /**
@@ -58,7 +58,7 @@ export interface LinkOptions {
 }
 
 export interface Linked {
-  login: UpstreamLogin
+  login: ServerConnection
   /** A pooled connection, not a fresh login. */
   reused: boolean
 }
@@ -87,10 +87,9 @@ const RESET_TIMEOUT_MS = 5_000
 const SWEEP_INTERVAL_MS = 1_000
 const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 
+/** An idle connection in the pool, with the listener that takes it out if its socket closes. */
 interface IdleServer {
-  key: string
-  login: UpstreamLogin
-  idleSince: number
+  conn: ServerConnection
   onClose: () => void
 }
 
@@ -98,7 +97,7 @@ interface Waiter {
   target: PoolTarget
   since: number
   /** A pooled connection, or undefined: a login slot is reserved for the waiter. */
-  grant(login: UpstreamLogin | undefined): void
+  grant(login: ServerConnection | undefined): void
   fail(err: unknown): void
 }
 
@@ -132,12 +131,10 @@ export class ServerPool {
   private readonly idle = new Map<string, IdleServer[]>()
   private idleCount = 0
   /** Every open server connection of the route that the pool counts: idle ones and those linked to a client. */
-  private readonly members = new Set<Socket>()
+  private readonly members = new Set<ServerConnection>()
   /** Logins under way (clients' and pre-warming), each holding a slot. */
   private opening = 0
   private readonly waiters: Waiter[] = []
-  /** When each connection first came back to the pool (or was pre-warmed), for server_lifetime_ms. */
-  private readonly firstPooled = new WeakMap<UpstreamLogin['session'], number>()
   /** pool.min_idle; none without an `open`. */
   private readonly warmer: PoolWarmer | undefined
   private pumping = false
@@ -206,7 +203,7 @@ export class ServerPool {
    * `login` opens, within max_server_connections. At the limit a new client waits in line (FIFO) for
    * a connection to come back or close, and after wait_timeout_ms is refused with 53300.
    */
-  async link(target: PoolTarget, login: () => Promise<UpstreamLogin>, options: LinkOptions): Promise<Linked> {
+  async link(target: PoolTarget, login: () => Promise<ServerConnection>, options: LinkOptions): Promise<Linked> {
     const linked = await this.linkOnce(target, login, options)
     // Kept warm from now on; not before, so pre-warming never competes with a key's first login
     // (for the server's connection slots, or for a role's CONNECTION LIMIT).
@@ -217,7 +214,7 @@ export class ServerPool {
 
   private async linkOnce(
     target: PoolTarget,
-    login: () => Promise<UpstreamLogin>,
+    login: () => Promise<ServerConnection>,
     options: LinkOptions,
   ): Promise<Linked> {
     const inLine = options.wait && this.waiters.length > 0
@@ -230,7 +227,7 @@ export class ServerPool {
         if (granted) return { login: granted, reused: true }
       } else this.opening++ // a move or reconnect: counted, beyond the limit if need be
     } else this.opening++
-    let opened: UpstreamLogin
+    let opened: ServerConnection
     try {
       opened = await login()
     } catch (err) {
@@ -239,17 +236,17 @@ export class ServerPool {
       throw err
     }
     this.opening--
-    this.track(opened.session.socket)
+    this.track(opened)
     this.changed()
     return { login: opened, reused: false }
   }
 
   /**
    * The connection's client ended cleanly at an idle point: reset it and keep it for the next
-   * client, or close it. `parameters` are the ParameterStatus values as the client last saw them.
-   * Resolves once the connection is pooled or closed; never rejects.
+   * client of its key, or close it. `parameters` are the ParameterStatus values as the client last
+   * saw them. Resolves once the connection is pooled or closed; never rejects.
    */
-  async give(key: string, login: UpstreamLogin, parameters: ReadonlyMap<string, string>): Promise<void> {
+  async give(login: ServerConnection, parameters: ReadonlyMap<string, string>): Promise<void> {
     guardErrors(login.session.socket)
     const why = this.closed
       ? 'the pool is closed'
@@ -259,6 +256,7 @@ export class ServerPool {
       return
     }
     const { session } = login
+    login.enter('resetting')
     let changed: Map<string, string>
     try {
       changed = await resetServer(session.socket, this.settings.resetQuery, RESET_TIMEOUT_MS)
@@ -280,7 +278,8 @@ export class ServerPool {
     // registered (a hold cannot unregister them), so nothing accumulates over a connection's reuses.
     const hold = this.credentials.use(login.credential)
     login.hold.release()
-    this.keep(key, { ...login, hold })
+    login.hold = hold
+    this.keep(login)
   }
 
   /** Closes every idle connection and stops pre-warming (shutdown, or a reload that replaced the route). */
@@ -295,13 +294,13 @@ export class ServerPool {
   }
 
   /** Puts a reset (or freshly pre-warmed) connection among the idle ones, and hands it to a waiting client if one fits. */
-  private keep(key: string, login: UpstreamLogin): void {
-    const { session, hold } = login
-    if (!this.firstPooled.has(session)) this.firstPooled.set(session, Date.now())
+  private keep(conn: ServerConnection): void {
+    const { session, hold, key } = conn
+    conn.enter('idle')
+    conn.idleSince = Date.now()
+    conn.firstPooledAt ??= conn.idleSince
     const entry: IdleServer = {
-      key,
-      login,
-      idleSince: Date.now(),
+      conn,
       onClose: () => {
         if (!this.remove(entry)) return
         hold.release()
@@ -324,22 +323,24 @@ export class ServerPool {
   }
 
   /** A reset, logged-in connection for `key` (and `credential`, if given), or undefined when none is ready. */
-  private takeIdle(key: string, credential?: DbCredential): UpstreamLogin | undefined {
+  private takeIdle(key: string, credential?: DbCredential): ServerConnection | undefined {
     if (!this.enabled) return undefined
     const stack = this.idle.get(key)
     for (let i = (stack?.length ?? 0) - 1; stack && i >= 0; i--) {
       const entry = stack[i] as IdleServer
-      if (credential !== undefined && entry.login.credential !== credential) continue
+      const { conn } = entry
+      if (credential !== undefined && conn.credential !== credential) continue
       stack.splice(i, 1)
       this.forget(entry, stack)
-      const why = this.unusable(entry.login)
+      const why = this.unusable(conn)
       if (why) {
-        this.retire(entry.login, why)
+        this.retire(conn, why)
         continue
       }
+      conn.enter('linked')
       this.metrics.poolReused(this.route)
       this.changed()
-      return entry.login
+      return conn
     }
     return undefined
   }
@@ -350,7 +351,7 @@ export class ServerPool {
     let oldest: IdleServer | undefined
     for (const stack of this.idle.values()) {
       const bottom = stack[0]
-      if (bottom && (!oldest || bottom.idleSince < oldest.idleSince)) oldest = bottom
+      if (bottom && (!oldest || bottom.conn.idleSince < oldest.conn.idleSince)) oldest = bottom
     }
     if (!oldest) return false
     // pgbouncer does the same: an idle connection of another key gives way to a waiting client.
@@ -359,7 +360,7 @@ export class ServerPool {
   }
 
   /** Waits for a pooled connection of the key, or for a login slot (reserved in `opening`), in FIFO order. */
-  private waitInLine(target: PoolTarget, signal: AbortSignal | undefined): Promise<UpstreamLogin | undefined> {
+  private waitInLine(target: PoolTarget, signal: AbortSignal | undefined): Promise<ServerConnection | undefined> {
     return new Promise((resolve, reject) => {
       const since = Date.now()
       const leave = (): void => {
@@ -428,17 +429,18 @@ export class ServerPool {
   }
 
   /** Counts a connection until it closes (or the pool retires it). */
-  private track(socket: Socket): void {
-    if (this.members.has(socket)) return
-    this.members.add(socket)
+  private track(conn: ServerConnection): void {
+    if (this.members.has(conn)) return
+    this.members.add(conn)
+    const { socket } = conn.session
     guardErrors(socket)
     socket.once('close', () => {
-      if (this.members.delete(socket)) this.changed()
+      if (this.members.delete(conn)) this.changed()
     })
   }
 
   /** Why a connection must not be (re)used, or undefined. */
-  private unusable(login: UpstreamLogin): string | undefined {
+  private unusable(login: ServerConnection): string | undefined {
     const { session, hold } = login
     if (session.socket.destroyed || !session.socket.writable) return 'its socket is closed'
     // Anything the server said while pooled (a FATAL before it closes, a shutdown WARNING) is not for a new client.
@@ -447,19 +449,19 @@ export class ServerPool {
     if (hold.superseded) return 'its credential was superseded'
     if (hold.endsAt !== undefined && hold.endsAt - Date.now() < CREDENTIAL_END_MARGIN_MS)
       return 'its credential ends soon'
-    const first = this.firstPooled.get(session)
+    const first = login.firstPooledAt
     if (first !== undefined && Date.now() - first >= this.settings.serverLifetimeMs)
       return 'pool.server_lifetime_ms reached'
     return undefined
   }
 
   private evict(entry: IdleServer, why: string): void {
-    if (this.remove(entry)) this.retire(entry.login, why)
+    if (this.remove(entry)) this.retire(entry.conn, why)
   }
 
   /** Takes an entry out of the pool; false when it was not in it. */
   private remove(entry: IdleServer): boolean {
-    const stack = this.idle.get(entry.key)
+    const stack = this.idle.get(entry.conn.key)
     const index = stack?.indexOf(entry) ?? -1
     if (!stack || index < 0) return false
     stack.splice(index, 1)
@@ -469,25 +471,26 @@ export class ServerPool {
 
   /** Takes an entry's bookkeeping off (it is no longer idle in the pool). */
   private forget(entry: IdleServer, stack: IdleServer[]): void {
-    entry.login.session.socket.off('close', entry.onClose)
+    entry.conn.session.socket.off('close', entry.onClose)
     this.idleCount--
-    if (stack.length === 0) this.idle.delete(entry.key)
+    if (stack.length === 0) this.idle.delete(entry.conn.key)
   }
 
   /**
    * Closes a connection politely and gives its credential back (which may revoke the lease). Its
    * slot is free at once: the backend ends on Terminate.
    */
-  private retire(login: UpstreamLogin, why: string): void {
+  private retire(login: ServerConnection, why: string): void {
     this.metrics.poolClosed(this.route)
     this.log.debug({ upstreamPid: login.session.processId, why }, 'closing a server connection instead of pooling it')
+    login.enter('closing')
     const { socket } = login.session
     guardErrors(socket)
     if (!socket.destroyed) socket.end(TERMINATE)
     // Not at once: released before the backend has gone, the last hold of a superseded lease would
     // have the revocation terminate it mid-exit (test/integration/pool-rotation.test.ts).
     releaseWhenClosed(socket, login.hold, RESET_TIMEOUT_MS)
-    if (this.members.delete(socket)) this.changed()
+    if (this.members.delete(login)) this.changed()
   }
 
   private ensureSweep(): void {
@@ -506,8 +509,8 @@ export class ServerPool {
     for (const [key, stack] of [...this.idle]) {
       const spared = this.warmer?.spared(key) ?? 0
       stack.slice().forEach((entry, index) => {
-        const timedOut = now - entry.idleSince >= this.settings.idleTimeoutMs && index < stack.length - spared
-        const why = timedOut ? 'pool.idle_timeout_ms reached' : this.unusable(entry.login)
+        const timedOut = now - entry.conn.idleSince >= this.settings.idleTimeoutMs && index < stack.length - spared
+        const why = timedOut ? 'pool.idle_timeout_ms reached' : this.unusable(entry.conn)
         if (why) this.evict(entry, why)
       })
     }
@@ -531,16 +534,16 @@ export class ServerPool {
         this.members.size + this.opening < this.settings.maxServerConnections &&
         this.idleCount + warming < this.settings.maxIdle,
       startOpening: () => void this.opening++,
-      finishOpening: (key, login) => {
+      finishOpening: (login) => {
         this.opening--
         if (!login) {
           this.changed()
           return undefined
         }
-        this.track(login.session.socket)
+        this.track(login)
         const why = this.closed ? 'the pool is closed' : this.unusable(login)
         if (why) this.retire(login, why)
-        else this.keep(key, login)
+        else this.keep(login)
         return why
       },
     }

@@ -8,6 +8,7 @@ import type { CredentialHold, CredentialSource, DbCredential } from '../vault/cr
 import { setLongTimeout, type LongTimer } from '../vault/long-timer.js'
 import { ProxyError } from './proxy-error.js'
 import { releaseWhenClosed } from './release-when-closed.js'
+import type { ServerConnection } from './server-connection.js'
 import { rewriteNotifyPid, type LossDecision, type Relay, type UpstreamLoss } from './relay.js'
 import { SessionPhase } from './session-phase.js'
 import { SessionState } from './session-state.js'
@@ -20,13 +21,6 @@ export interface RotationSettings {
   reconnect: boolean
   /** Close every session still on a credential at its end, busy or not (default false). */
   strict: boolean
-}
-
-/** A session's upstream connection and the credential it logged in with. */
-export interface UpstreamLogin {
-  session: UpstreamSession
-  credential: DbCredential
-  hold: CredentialHold
 }
 
 /**
@@ -50,12 +44,12 @@ export interface SessionMoverOptions {
   relay: Relay
   state: SessionState
   /** The upstream the session started on. */
-  login: UpstreamLogin
+  login: ServerConnection
   credentials: CredentialSource
   /** Logs in a new upstream connection with `credential` and the session's startup parameters. */
-  connect(credential: DbCredential): Promise<UpstreamLogin>
+  connect(credential: DbCredential): Promise<ServerConnection>
   /** The session's login: the current credential, and one fresh one if the upstream refuses it. */
-  relogin(): Promise<UpstreamLogin>
+  relogin(): Promise<ServerConnection>
   ownerRole: string
   /** The client's view of ParameterStatus values (the relay keeps it current). */
   clientParameters: Map<string, string>
@@ -91,11 +85,11 @@ const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
  * replayed.
  */
 export class SessionMover {
-  private login: UpstreamLogin
+  private login: ServerConnection
   /** Logging in the next connection ahead of the swap, so the client waits only for probe and replay. */
   private preparing = false
   /** That connection, logged in and waiting for the session's next idle point. */
-  private ready: UpstreamLogin | undefined
+  private ready: ServerConnection | undefined
   /** When a swap may next be tried (spread, or after a failure). */
   private swapAfter = 0
   private probeAfter = 0
@@ -149,7 +143,7 @@ export class SessionMover {
    * The client ended cleanly at an idle point, not mid-move (the session checks): hand over the
    * connection serving the session, with its hold, for the pool.
    */
-  detach(): UpstreamLogin {
+  detach(): ServerConnection {
     clearTimeout(this.swapTimer)
     this.endTimer?.clear()
     this.dropNext()
@@ -337,7 +331,7 @@ export class SessionMover {
     const { credentials, log, metrics, relay } = this.options
     const old = this.login
     void (async () => {
-      let next: UpstreamLogin | undefined
+      let next: ServerConnection | undefined
       try {
         const credential = await credentials.get()
         if (credential !== old.credential && !this.ended) next = await this.options.connect(credential)
@@ -366,7 +360,7 @@ export class SessionMover {
   }
 
   /** The planned move onto `next`, at an idle point. */
-  private async swap(next: UpstreamLogin): Promise<void> {
+  private async swap(next: ServerConnection): Promise<void> {
     const { relay, state, log, metrics, host } = this.options
     if (this.moving || this.ended || !relay.isIdle) {
       this.discard(next)
@@ -375,7 +369,7 @@ export class SessionMover {
     host.report('probe_started')
     const old = this.login
     const socket = relay.suspend()
-    let pending: UpstreamLogin | undefined = next
+    let pending: ServerConnection | undefined = next
     try {
       await this.probe(socket, old.session)
       const unmovable =
@@ -431,7 +425,7 @@ export class SessionMover {
     const { relay, metrics, log } = this.options
     const old = this.login
     const deadline = Date.now() + RECONNECT_BUDGET_MS
-    let next: UpstreamLogin | undefined
+    let next: ServerConnection | undefined
     // pg_terminate_backend may be the start of the credential's revocation: log in with another.
     if (loss.sqlState === '57P01') this.options.credentials.distrust?.(old.credential)
     try {
@@ -466,7 +460,7 @@ export class SessionMover {
   }
 
   /** The session's own login (a refused credential gets one fresh credential); an unreachable or starting server is retried until the deadline. */
-  private async loginAgain(deadline: number): Promise<UpstreamLogin> {
+  private async loginAgain(deadline: number): Promise<ServerConnection> {
     const { relay } = this.options
     let delay = 100
     for (;;) {
@@ -486,7 +480,7 @@ export class SessionMover {
 
   /** Replays the session's state on a fresh connection; anything but a clean ReadyForQuery 'I' fails the move. */
   private async rebuild(
-    next: UpstreamLogin,
+    next: ServerConnection,
   ): Promise<{ parameters: Map<string, string>; notifications: Buffer[]; pending: Buffer }> {
     const { state, ownerRole, clientParameters } = this.options
     const replay = state.replay(state.snapshot, ownerRole, clientParameters.get('client_encoding'))
@@ -511,7 +505,7 @@ export class SessionMover {
 
   /** Points the relay (and so cancels) at the new connection and tells the client what changed. */
   private switchTo(
-    next: UpstreamLogin,
+    next: ServerConnection,
     rebuilt: { parameters: Map<string, string>; notifications: Buffer[]; pending: Buffer },
   ): void {
     const { relay } = this.options
@@ -526,7 +520,7 @@ export class SessionMover {
    * Ends the old connection politely, passing on notifications it still delivers until it closes,
    * then gives its credential back (which may revoke the lease).
    */
-  private retire(socket: Socket, old: UpstreamLogin): void {
+  private retire(socket: Socket, old: ServerConnection): void {
     let done = false
     const finish = (): void => {
       if (done) return
@@ -556,7 +550,7 @@ export class SessionMover {
       .finally(finish)
   }
 
-  private discard(next: UpstreamLogin): void {
+  private discard(next: ServerConnection): void {
     next.session.socket.end(TERMINATE)
     releaseWhenClosed(next.session.socket, next.hold, STEP_TIMEOUT_MS)
   }

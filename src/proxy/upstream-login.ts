@@ -1,7 +1,7 @@
 import type { StartupParameter } from '../pgwire/startup-packet.js'
 import type { CredentialSource, DbCredential } from '../vault/credential-source.js'
 import { UpstreamRefusedError } from './proxy-error.js'
-import type { UpstreamLogin } from './session-mover.js'
+import { ServerConnection } from './server-connection.js'
 import type { UpstreamConnector } from './upstream-connector.js'
 
 /**
@@ -38,20 +38,20 @@ export interface RouteLogin {
 }
 
 /**
- * Logs in a server connection for `database` and `forwarded` with the route's current credential,
+ * Logs in a server connection for a pool `target` with the route's current credential,
  * held from the moment it is handed out; a refused credential gets one fresh credential and one
  * retry, as a client's login does (ClientSession.loginUpstream).
  */
 export async function loginForRoute(
   route: RouteLogin,
-  database: string,
-  forwarded: readonly StartupParameter[],
-): Promise<UpstreamLogin> {
-  const attempt = async (credential: DbCredential): Promise<UpstreamLogin> => {
+  target: { key: string; database: string; forwarded: readonly StartupParameter[] },
+): Promise<ServerConnection> {
+  const attempt = async (credential: DbCredential): Promise<ServerConnection> => {
     const hold = route.credentials.use(credential)
     try {
-      const parameters = upstreamStartupParameters(credential, database, forwarded, route.ownerRole)
-      return { session: await route.connector.connect(parameters, credential), credential, hold }
+      const parameters = upstreamStartupParameters(credential, target.database, target.forwarded, route.ownerRole)
+      const session = await route.connector.connect(parameters, credential)
+      return new ServerConnection(session, credential, hold, target.key, 'opened')
     } catch (err) {
       hold.release()
       throw err
