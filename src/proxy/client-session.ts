@@ -387,7 +387,9 @@ export class ClientSession {
   private async applyClientParameters(startup: ClientStartup, linked: Linked): Promise<ServerConnection | undefined> {
     if (!linked.reused) return linked.login
     const pooled = linked.login
-    const link = await linkServer(pooled.session, startup.forwarded)
+    const check = this.chosen.pool?.needsCheck(pooled) ?? true
+    const link = await linkServer(pooled.session, startup.forwarded, check)
+    if (check && link.linked) pooled.checkedAt = Date.now()
     // Superseded while the link's query ran: the pool closes it (give), and never hands it out.
     if (link.linked && !pooled.hold.superseded) return pooled
     void this.chosen.pool?.give(pooled, pooled.session.parameters)

@@ -98,6 +98,7 @@ export function createServerPool(
       maxServerConnections: pool.max_server_connections,
       waitTimeoutMs: pool.wait_timeout_ms,
       minIdle: pool.min_idle,
+      serverCheckDelayMs: pool.server_check_delay_ms,
     },
     credentials,
     metrics,

@@ -51,9 +51,11 @@ export type LinkOutcome =
   | { linked: false; refusal: undefined; why: string }
 
 /**
- * Checks that a pooled connection (reset, idle) still runs as its login role, and gives it the
- * linkable startup parameters of its new client with one simple Query of set_config() calls (https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADMIN-SET):
- * set_config, unlike `SET name TO 'value'`, takes the value as the startup packet does, a list
+ * Gives a pooled connection (reset, idle) the linkable startup parameters of its new client with
+ * one simple Query of set_config() calls (https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADMIN-SET),
+ * with `check` first checking that it still runs as its login role (the pool's reset checked that
+ * too; pool.server_check_delay_ms says when that check is too old). With nothing to set and nothing
+ * to check it sends nothing at all. set_config, unlike `SET name TO 'value'`, takes the value as the startup packet does, a list
  * (search_path) included. The ParameterStatus messages that answer update `session.parameters`, so
  * the client's greeting carries its own values. One statement runs in one implicit transaction: if
  * any value is refused none is applied, and the connection is idle and unchanged afterwards.
@@ -61,8 +63,10 @@ export type LinkOutcome =
 export async function linkServer(
   session: UpstreamSession,
   forwarded: readonly StartupParameter[],
+  check: boolean,
 ): Promise<LinkOutcome> {
   const settings = linkSettings(session.parameters, forwarded)
+  if (!check && settings.length === 0) return { linked: true }
   const encoding = session.parameters.get('client_encoding')
   if (encoding !== 'UTF8' && encoding !== 'SQL_ASCII' && settings.some(([, value]) => !isAscii(value))) {
     // The query text is UTF-8, and the server would convert it from another client_encoding.
@@ -71,15 +75,18 @@ export async function linkServer(
   // First, whether the connection's login role still exists: a lease revoked behind the proxy's
   // back (`vault lease revoke`) drops the role without ending its sessions, and such a session
   // fails later with "invalid role OID" (GetUserNameFromId, src/backend/utils/init/miscinit.c).
-  let sql = 'SELECT session_user'
+  const statements = check ? ['SELECT session_user'] : []
   if (settings.length > 0)
-    sql += `; SELECT ${settings.map(([name, value]) => `pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`).join(', ')}`
+    statements.push(
+      `SELECT ${settings.map(([name, value]) => `pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`).join(', ')}`,
+    )
+  const sql = statements.join('; ')
   const { socket } = session
   if (session.pending.length > 0) socket.unshift(session.pending)
   const reader = new MessageReader(socket)
   const timer = setTimeout(() => socket.destroy(new Error(`no answer within ${LINK_TIMEOUT_MS} ms`)), LINK_TIMEOUT_MS)
   let refusal: ErrorFields | undefined
-  let checked = false
+  let checked = !check
   let received = 0
   try {
     socket.write(serialize.query(sql))

@@ -28,6 +28,11 @@ export interface PoolSettings {
   waitTimeoutMs: number
   /** Idle connections kept logged in for each recently used key (pool.min_idle). */
   minIdle: number
+  /**
+   * A pooled connection whose login role was last seen to exist longer ago than this is checked
+   * again when it is linked (pool.server_check_delay_ms, as pgbouncer's server_check_delay).
+   */
+  serverCheckDelayMs: number
 }
 
 /** What a client is linked to: its pool key, and what a login for that key sends upstream. */
@@ -266,6 +271,7 @@ export class ServerPool {
       return
     }
     this.metrics.poolReset(this.route, 'ok')
+    login.checkedAt = Date.now()
     if (this.closed || this.idleCount >= this.settings.maxIdle) {
       this.retire(login, this.closed ? 'the pool is closed' : 'pool.max_idle reached')
       return
@@ -280,6 +286,14 @@ export class ServerPool {
     login.hold.release()
     login.hold = hold
     this.keep(login)
+  }
+
+  /**
+   * Whether linking `conn` to a client must first check that its login role still exists: its last
+   * check (at login, or with its reset) is older than pool.server_check_delay_ms.
+   */
+  needsCheck(conn: ServerConnection): boolean {
+    return Date.now() - conn.checkedAt >= this.settings.serverCheckDelayMs
   }
 
   /** Closes every idle connection and stops pre-warming (shutdown, or a reload that replaced the route). */

@@ -515,6 +515,80 @@ void t.test('a reset query that fails closes the connection; the next client log
   t.equal(upstream.connections.length, 2)
 })
 
+/** The simple-Query texts a fake connection received, in order. */
+function queries(connection: FakeConnection): string[] {
+  return connection.messages.filter((m) => m.type === 'Q').map((m) => cstrings(m.body)[0] ?? '')
+}
+
+/** What PostgreSQL answers `select session_user` in a session whose login role was dropped (GetUserNameFromId). */
+function roleGone(connection: FakeConnection): true {
+  connection.send(errorResponse('ERROR', '42704', 'invalid role OID: 16399'))
+  connection.ready()
+  return true
+}
+
+void t.test(
+  'the role check rides with the reset; within pool.server_check_delay_ms a link sends nothing',
+  async (t) => {
+    const { upstream, proxy, pool } = await setup(t)
+    const a = await watchedClient(proxy)
+    const first = connectionOf(upstream, await pid(a.client))
+    await a.client.end()
+    await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+    t.same(queries(first).slice(-2), ['DISCARD ALL', 'SELECT session_user'], 'the reset, then the role check')
+    const before = first.messages.length
+    const b = await watchedClient(proxy)
+    t.equal(await pid(b.client), first.processId, 'reused')
+    t.same(
+      queries(first).slice(-1),
+      ['select pg_backend_pid()'],
+      "nothing between the check and the client's own query",
+    )
+    t.equal(first.messages.length, before + 1, 'the link sent no message of its own')
+    t.same(b.errors, [])
+    await b.client.end()
+  },
+)
+
+void t.test('a login role found gone by the reset: the connection is closed, the next client logs in', async (t) => {
+  const { upstream, proxy, pool } = await setup(t)
+  upstream.script = (message, connection) =>
+    message.type === 'Q' && cstrings(message.body)[0] === 'SELECT session_user' ? roleGone(connection) : undefined
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  await a.client.end()
+  await until(t, 'the connection closed', () => first.closed)
+  t.equal(pool.idleConnections, 0, 'not pooled')
+  const metrics = await proxy.server.metrics.registry.metrics()
+  t.equal(sample(metrics, 'pg_vault_proxy_pool_resets_total', { outcome: 'failed' }), 1)
+  const b = await watchedClient(proxy)
+  t.not(await pid(b.client), first.processId, 'the next client got a fresh login')
+  t.same(b.errors, [])
+})
+
+void t.test(
+  'past pool.server_check_delay_ms the link checks the role again; one gone meanwhile is not handed out',
+  async (t) => {
+    const { upstream, proxy, pool } = await setup(t, { pool: { server_check_delay_ms: 0 } })
+    let gone = false
+    upstream.script = (message, connection) =>
+      gone && message.type === 'Q' && /^SELECT session_user/.test(cstrings(message.body)[0] ?? '')
+        ? roleGone(connection)
+        : undefined
+    const a = await watchedClient(proxy)
+    const first = connectionOf(upstream, await pid(a.client))
+    await a.client.end()
+    await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+    gone = true
+    const b = await watchedClient(proxy)
+    t.not(await pid(b.client), first.processId, 'a fresh login, not the connection whose role is gone')
+    t.equal(queries(first).at(-1), 'SELECT session_user', 'the link asked')
+    await until(t, 'the connection closed', () => first.closed)
+    t.same(b.errors, [])
+    t.same(b.notices, [])
+  },
+)
+
 void t.test('a malformed message from the upstream mid-relay ends that session only', async (t) => {
   const { upstream, proxy, source, pool } = await setup(t)
   const broken = { 'a bad length': [0x44, 0, 0, 0, 2], 'an unknown type': [0x79, 0, 0, 0, 4] }
