@@ -334,12 +334,17 @@ export class ClientSession {
     const { pool } = this.chosen
     if (!pool) return this.loginFresh(startup)
     // A new client may wait at pool.max_server_connections; a running session's reconnect never does.
-    const waiting = this.relay ? undefined : watchDeparture(this.socket)
-    this.waiting = waiting
+    const wait = !this.relay
+    // Watched only once it waits in line: a drain that came first ends the wait at once.
+    const signal = (): AbortSignal => {
+      this.waiting ??= watchDeparture(this.socket)
+      if (this.shutdownRequested) this.waiting.abort(shuttingDown())
+      return this.waiting.signal
+    }
     try {
       const { login, reused } = await this.linkFromPool(pool, startup, () => this.loginFresh(startup), {
-        wait: waiting !== undefined,
-        signal: waiting?.signal,
+        wait,
+        signal: wait ? signal : undefined,
       })
       if (reused) {
         this.reused = true
@@ -347,7 +352,7 @@ export class ClientSession {
       }
       return login
     } finally {
-      waiting?.stop()
+      this.waiting?.stop()
       this.waiting = undefined
     }
   }

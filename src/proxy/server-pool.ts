@@ -56,8 +56,11 @@ export interface LinkOptions {
    * for a slot held by sessions that wait in turn could deadlock).
    */
   wait: boolean
-  /** A wait ends with the signal's reason when it aborts (the client left). */
-  signal?: AbortSignal | undefined
+  /**
+   * Asked for only when the client must wait in line: a wait ends with the signal's reason when it
+   * aborts (the client left, the proxy drains). Most clients never wait, and pay nothing for it.
+   */
+  signal?: (() => AbortSignal) | undefined
   /** Only a pooled connection logged in with this credential will do (a move to it). */
   credential?: DbCredential | undefined
 }
@@ -228,7 +231,7 @@ export class ServerPool {
     if (inLine || !this.makeRoom()) {
       if (options.wait) {
         // Granted a pooled connection, or a login slot (already counted in `opening`).
-        const granted = await this.waitInLine(target, options.signal)
+        const granted = await this.waitInLine(target, options.signal?.())
         if (granted) return { login: granted, reused: true }
       } else this.opening++ // a move or reconnect: counted, beyond the limit if need be
     } else this.opening++
