@@ -99,7 +99,11 @@ export async function startPgbouncer(psql: string, cluster: PgCluster, maxClient
   return { entry, port, pid, logFile }
 }
 
-/** A proxy configuration in front of `cluster` with static SCRAM credentials; `maxClients` is max_client_connections. */
+/**
+ * A proxy configuration in front of `cluster` with static SCRAM credentials; `maxClients` is
+ * max_client_connections, and pool.max_server_connections too (each client session holds a server
+ * connection: a lower limit would make the idle-memory benchmark's clients wait, then get 53300).
+ */
 export async function writeProxyConfig(
   cluster: PgCluster,
   maxClients = 100,
@@ -115,6 +119,8 @@ export async function writeProxyConfig(
       `listen: ${HOST}:${port}`,
       `owner_role: ${cluster.ownerRole}`,
       `max_client_connections: ${maxClients}`,
+      'pool:',
+      `  max_server_connections: ${maxClients}`,
       ...clusterUpstreamYaml(cluster, passwordFile),
       'log:',
       '  level: warn',
