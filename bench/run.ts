@@ -77,8 +77,10 @@ let pinned: { load: string; intermediary: string } | undefined
 /** The targets the issue sets: 16-client TPS ratio to pgbouncer, and single-client added latency. */
 const TPS_RATIO_TARGET = 0.9
 
-type TargetName = 'direct' | 'pgbouncer' | 'proxy' | 'node-relay'
-const TARGETS: TargetName[] = ['direct', 'pgbouncer', 'proxy', 'node-relay']
+type TargetName = 'direct' | 'pgbouncer' | 'proxy' | 'node-relay' | 'node-pooler'
+const TARGETS: TargetName[] = ['direct', 'pgbouncer', 'proxy', 'node-relay', 'node-pooler']
+/** The minimal Node.js pooler (bench/node-pooler.ts) is the floor for a new connection per transaction only. */
+const runsIn = (target: TargetName, mode: Mode['id']): boolean => target !== 'node-pooler' || mode === 'c8conn'
 
 interface Mode {
   id: 'c16' | 'c1' | 'c8conn'
@@ -162,6 +164,34 @@ async function startNodeRelay(psql: string, cluster: PgCluster): Promise<Started
   const entry = track({ child, group: false })
   const { user, password } = cluster.users.scram
   await waitReady(psql, 'node-relay', port, user, child, logFile, password)
+  return { entry, port, pid: () => child.pid, logFile }
+}
+
+/**
+ * The minimal Node.js session pooler (bench/node-pooler.ts): the runtime's floor for a new
+ * connection per transaction, where the bare relay logs in afresh every time.
+ */
+async function startNodePooler(psql: string, cluster: PgCluster): Promise<Started> {
+  const port = await freePort()
+  const logFile = path.join(await tempDir('pgvp-bench-pooler-'), 'node-pooler.log')
+  const out = openSync(logFile, 'a')
+  const { user, password } = cluster.users.scram
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.join(ROOT, 'bench', 'node-pooler.ts'),
+      String(port),
+      cluster.host,
+      String(cluster.port),
+      user,
+      'appdb',
+    ],
+    { cwd: ROOT, stdio: ['ignore', out, out], env: clientEnv({ PGVP_BENCH_PASSWORD: password }) },
+  )
+  const entry = track({ child, group: false })
+  await waitReady(psql, 'node-pooler', port, user, child, logFile)
   return { entry, port, pid: () => child.pid, logFile }
 }
 
@@ -405,24 +435,26 @@ async function main(): Promise<void> {
 
     console.log('starting pgbouncer, pg-vault-proxy and the bare Node.js relay ...')
     const proxyConfig = await writeProxyConfig(cluster)
-    const [bouncer, proxy, relay] = await Promise.all([
+    const [bouncer, proxy, relay, pooler] = await Promise.all([
       startPgbouncer(psql, cluster),
       startProxy(psql, cluster, proxyConfig),
       startNodeRelay(psql, cluster),
+      startNodePooler(psql, cluster),
     ])
     const postmasterPid = Number(readFileSync(path.join(cluster.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0])
     if (pinned) {
       const { load, intermediary } = pinned
       pin(postmasterPid, load)
-      for (const pid of [bouncer.pid(), proxy.pid(), relay.pid()]) pin(pid, intermediary)
+      for (const pid of [bouncer.pid(), proxy.pid(), relay.pid(), pooler.pid()]) pin(pid, intermediary)
       console.log(`pinned: pgbench and PostgreSQL on CPU ${load}, each intermediary alone on CPU ${intermediary}`)
     }
-    const ours: Ours = { postmasterPid, pids: () => [bouncer.pid(), proxy.pid(), relay.pid()] }
+    const ours: Ours = { postmasterPid, pids: () => [bouncer.pid(), proxy.pid(), relay.pid(), pooler.pid()] }
     const targets: Target[] = [
       { name: 'direct', port: cluster.port, password },
       { name: 'pgbouncer', port: bouncer.port, pid: bouncer.pid },
       { name: 'proxy', port: proxy.port, pid: proxy.pid },
       { name: 'node-relay', port: relay.port, password, pid: relay.pid },
+      { name: 'node-pooler', port: pooler.port, pid: pooler.pid },
     ]
 
     // Every target reaches the same tables, as the expected role.
@@ -459,15 +491,16 @@ async function main(): Promise<void> {
 
     const samples = new Map<string, Sample[]>()
     const key = (t: TargetName, m: Mode['id']): string => `${t}/${m}`
-    const total = ROUNDS * MODES.length * targets.length
+    const total = ROUNDS * MODES.reduce((n, m) => n + targets.filter((t) => runsIn(t.name, m.id)).length, 0)
     let done = 0
     console.log(
-      `measuring: ${ROUNDS} rounds x ${MODES.length} modes x ${targets.length} targets x ${SECONDS} s (~${Math.ceil((total * (SECONDS + 2)) / 60)} min)`,
+      `measuring: ${ROUNDS} rounds x ${MODES.length} modes x ${targets.length - 1} targets (+ node-pooler with -C) x ${SECONDS} s (~${Math.ceil((total * (SECONDS + 2)) / 60)} min)`,
     )
     for (let round = 0; round < ROUNDS; round++) {
       for (const mode of MODES) {
         // Rotate the order each round, so no target always runs first (or right after another).
-        const order = targets.map((_, i) => targets[(i + round) % targets.length] as Target)
+        const here = targets.filter((t) => runsIn(t.name, mode.id))
+        const order = here.map((_, i) => here[(i + round) % here.length] as Target)
         if (round % 2 === 1) order.reverse()
         for (const target of order) {
           done++
@@ -524,6 +557,7 @@ async function main(): Promise<void> {
     ]
     for (const mode of MODES) {
       for (const t of TARGETS) {
+        if (!runsIn(t, mode.id)) continue
         const list = samples.get(key(t, mode.id)) ?? []
         const tpsMedian = med(t, mode.id, (s) => s.tps)
         const latencyMedian = med(t, mode.id, (s) => s.latencyMs)
@@ -596,6 +630,11 @@ async function main(): Promise<void> {
     lines.push(
       `new connection per transaction (-C -c 8): proxy/pgbouncer TPS = ${ratioBouncerConn.toFixed(3)}; mean connection time: proxy ${connect('proxy').toFixed(3)} ms, pgbouncer ${connect('pgbouncer').toFixed(3)} ms, direct ${connect('direct').toFixed(3)} ms`,
     )
+    const cpuConn = (t: TargetName): number =>
+      med(t, 'c8conn', (s) => (s.cpuUserUsPerTx ?? NaN) + (s.cpuSysUsPerTx ?? NaN))
+    lines.push(
+      `runtime floor with -C: proxy/node-pooler TPS = ${(tps('proxy', 'c8conn') / tps('node-pooler', 'c8conn')).toFixed(3)}, node-pooler/pgbouncer TPS = ${(tps('node-pooler', 'c8conn') / tps('pgbouncer', 'c8conn')).toFixed(3)}; CPU per connection: proxy ${cpuConn('proxy').toFixed(0)} us, node-pooler ${cpuConn('node-pooler').toFixed(0)} us, pgbouncer ${cpuConn('pgbouncer').toFixed(0)} us; mean connection time node-pooler ${connect('node-pooler').toFixed(3)} ms`,
+    )
     lines.push(
       `target: proxy TPS >= ${TPS_RATIO_TARGET} x pgbouncer at 16 clients: ${met(ratioBouncer16 >= TPS_RATIO_TARGET)} (${ratioBouncer16.toFixed(3)})`,
     )
@@ -632,7 +671,12 @@ async function main(): Promise<void> {
       console.log(await profileProxy(pgbenchBin, psql, cluster, proxyConfig, proxy, postmasterPid))
     }
 
-    await Promise.all([stopChild(bouncer.entry), stopChild(proxy.entry), stopChild(relay.entry)])
+    await Promise.all([
+      stopChild(bouncer.entry),
+      stopChild(proxy.entry),
+      stopChild(relay.entry),
+      stopChild(pooler.entry),
+    ])
   } finally {
     await stopAll()
     await cluster.stop()
