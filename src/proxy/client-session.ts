@@ -13,7 +13,7 @@ import {
 import { FrontendCode } from '../pgwire/codes.js'
 import { ConnectionClosedError, FramingError } from '../pgwire/message-reader.js'
 import { StartupPacketError, type StartupParameter } from '../pgwire/startup-packet.js'
-import type { CredentialSource, DbCredential } from '../vault/credential-source.js'
+import type { CredentialHold, CredentialSource, DbCredential } from '../vault/credential-source.js'
 import type { CancelRegistry } from './cancel-registry.js'
 import { readClientGreeting, startupRefusal } from './client-handshake.js'
 import { watchDeparture } from './client-departure.js'
@@ -22,7 +22,8 @@ import { Relay, type LossDecision, type UpstreamLoss } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
 import { linkRefusedError, linkServer } from './server-link.js'
 import { ServerPool, type Linked, type LinkOptions, type PoolTarget } from './server-pool.js'
-import { SessionMover, type MoverHost, type RotationSettings } from './session-mover.js'
+import { MovePlan, type PlanHost, type RotationSettings } from './move-plan.js'
+import { SessionMover } from './session-mover.js'
 import { ServerConnection } from './server-connection.js'
 import { isMoving, SessionPhase, transition, type SessionEventKind } from './session-phase.js'
 import { SessionState } from './session-state.js'
@@ -67,7 +68,7 @@ const TERMINATE = Buffer.from([FrontendCode.Terminate, 0, 0, 0, 4])
 /** What happens to a session; the dispatcher switches on the kind, then on the phase. */
 export type SessionEvent =
   | { kind: 'upstream_lost'; loss: UpstreamLoss }
-  | { kind: 'credential_changed' | 'credential_ending'; act: () => void }
+  | { kind: 'credential_changed' | 'credential_ending'; hold: CredentialHold }
   | { kind: Exclude<SessionEventKind, 'upstream_lost' | 'credential_changed' | 'credential_ending'> }
 
 /** What an event is answered with: the relay asks about a lost upstream and a client's Terminate. */
@@ -87,7 +88,10 @@ export class ClientSession {
   /** Changed only by `dispatch`, as src/proxy/session-phase.ts allows. */
   private current: SessionPhase = SessionPhase.Handshake
   private relay: Relay | undefined
+  /** The steps of a move, and the connection serving the session (its credential, its upstream for cancels). */
   private mover: SessionMover | undefined
+  /** When the session moves: driven by this dispatcher (idle points, a lost upstream, the credential's news). */
+  private plan: MovePlan | undefined
   private readonly startedAt = Date.now()
   private readonly log: Logger
   /** Known once read, for the audit line. */
@@ -203,9 +207,9 @@ export class ClientSession {
         // A connection left mid-move (or parked) is not the pool's to keep.
         const settled = !isMoving(this.current)
         if (this.relay) this.dispatch({ kind: 'ended' })
-        const kept = this.relay?.upstreamKept && settled ? this.mover?.detach() : undefined
+        const kept = this.relay?.upstreamKept && settled ? this.plan?.detach() : undefined
         if (kept && this.clientParameters) void route.pool?.give(kept, this.clientParameters)
-        else if (this.mover) this.mover.close()
+        else if (this.plan) this.plan.close()
         else upstream.hold.release()
       }
     } catch (err) {
@@ -266,7 +270,7 @@ export class ClientSession {
         return (this.enter(event.kind) &&
           from === SessionPhase.Relaying &&
           !!this.chosen.pool?.enabled &&
-          !!this.mover) as Answer<E>
+          !!this.plan) as Answer<E>
       case 'idle':
         if (this.enter(event.kind)) this.atIdlePoint()
         return undefined as Answer<E>
@@ -274,7 +278,7 @@ export class ClientSession {
         if (!this.enter(event.kind)) return { kind: 'end' } as Answer<E>
         // A probe or move under way (or a parked session) owns its connection: the relay just ends.
         if (from !== SessionPhase.Relaying && from !== SessionPhase.Draining) return { kind: 'end' } as Answer<E>
-        return (this.mover?.onUpstreamLost(event.loss) ?? { kind: 'end' }) as Answer<E>
+        return (this.plan?.onUpstreamLost(event.loss) ?? { kind: 'end' }) as Answer<E>
       }
       case 'idle_timeout': {
         if (!this.enter(event.kind)) return undefined as Answer<E>
@@ -285,12 +289,13 @@ export class ClientSession {
         return undefined as Answer<E>
       }
       case 'credential_changed':
-        // The mover plans (or re-plans) its move whatever it is doing, until the session is over.
-        if (this.enter(event.kind) && from !== SessionPhase.Closed) event.act()
+        // The plan (re-)plans the move whatever the session is doing, until it is over.
+        if (this.enter(event.kind) && from !== SessionPhase.Closed) this.plan?.credentialChanged(event.hold)
         return undefined as Answer<E>
       case 'credential_ending':
         // A probe or move under way settles it (re-arming the check if the session is still on the credential).
-        if (this.enter(event.kind) && (from === SessionPhase.Relaying || from === SessionPhase.Draining)) event.act()
+        if (this.enter(event.kind) && (from === SessionPhase.Relaying || from === SessionPhase.Draining))
+          this.plan?.credentialEnding(event.hold)
         return undefined as Answer<E>
       case 'drain': {
         this.shutdownRequested = true
@@ -319,11 +324,11 @@ export class ClientSession {
     }
   }
 
-  /** What the mover sees of the session: its phase, and the dispatcher for the steps it reports. */
-  private readonly moverHost: MoverHost = {
+  /** What the move plan sees of the session: its phase, and the dispatcher for the steps and news it reports. */
+  private readonly planHost: PlanHost = {
     phase: () => this.current,
     report: (step) => this.dispatch({ kind: step }),
-    credential: (kind, act) => this.dispatch({ kind, act }),
+    credential: (kind, hold) => this.dispatch({ kind, hold }),
   }
 
   /**
@@ -544,17 +549,24 @@ export class ClientSession {
       onClientTerminate: () => this.dispatch({ kind: 'client_terminate' }),
     })
     this.relay = relay
-    this.mover = new SessionMover({
-      host: this.moverHost,
+    const mover = new SessionMover({
       relay,
       state,
       login,
-      credentials,
       connect: (next) => this.connectForMove(startup, next),
       relogin: () => this.loginUpstream(startup),
       ownerRole: settings.ownerRole,
       clientParameters,
       clientProcessId: key.processId,
+      isOver: () => this.current === SessionPhase.Closed,
+    })
+    this.mover = mover
+    this.plan = new MovePlan({
+      host: this.planHost,
+      mover,
+      relay,
+      state,
+      credentials,
       settings: settings.rotation,
       metrics,
       log: this.log,
@@ -572,7 +584,7 @@ export class ClientSession {
       relay.stop('shutdown')
       return
     }
-    this.mover?.onIdle()
+    this.plan?.onIdle()
     const timeoutMs = this.chosen.settings.idleClientTimeoutMs
     if (timeoutMs === undefined || this.idleTimer !== undefined) return
     this.idleTimer = setTimeout(() => {

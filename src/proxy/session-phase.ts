@@ -49,11 +49,11 @@ export const SESSION_EVENTS = [
   'credential_changed',
   /** The session's credential ends within a second and the session is still on it. */
   'credential_ending',
-  /** The mover suspended the relay to probe the session's state. */
+  /** The move plan suspended the relay to probe the session's state. */
   'probe_started',
-  /** The mover switches the session to another server connection (swap, or reconnect). */
+  /** The move plan switches the session to another server connection (swap, or reconnect). */
   'move_started',
-  /** The server closed an idle session; the mover waits for the client before reconnecting. */
+  /** The server closed an idle session; the move plan waits for the client before reconnecting. */
   'parked',
   /** The probe or move is over (done, blocked or failed): the relay runs again, or the session ends. */
   'move_ended',
@@ -91,7 +91,7 @@ export const TRANSITIONS: Table = {
     client_message: [Relaying],
     client_terminate: [Relaying],
     idle: [Relaying],
-    // Reconnect or park: the mover's move_started or parked does the transition.
+    // Reconnect or park: the move plan's move_started or parked does the transition.
     upstream_lost: [Relaying],
     idle_timeout: [Relaying],
     credential_changed: [Relaying],
