@@ -76,8 +76,8 @@ export const configSchema = z
         wait_timeout_ms: z.number().int().min(0).default(5_000),
         // Idle connections kept logged in ahead of clients, for each of the 8 most recently used keys.
         min_idle: z.number().int().min(0).default(1),
-        // A pooled connection whose role was last checked longer ago is checked again on link.
-        server_check_delay_ms: z.number().int().min(0).default(30_000),
+        // A pooled connection whose role was last checked longer ago is checked again on link (0: always).
+        server_check_delay_ms: z.number().int().min(0).default(0),
       })
       .strict()
       .default({
@@ -89,7 +89,7 @@ export const configSchema = z
         max_server_connections: 100,
         wait_timeout_ms: 5_000,
         min_idle: 1,
-        server_check_delay_ms: 30_000,
+        server_check_delay_ms: 0,
       }),
     ops: z
       .object({

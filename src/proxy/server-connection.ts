@@ -39,8 +39,12 @@ export class ImpossibleServerTransition extends Error {
  */
 export class ServerConnection {
   private current: ServerState
-  /** When the server last showed that the login role exists: at login, and by the check after each reset. */
-  checkedAt = Date.now()
+  /**
+   * When the server last showed that the login role exists: at a client's login, and by the check
+   * after each reset. Never for a pre-warmed connection: logged in for nobody, it may have logged
+   * in between a revocation's pg_terminate_backend and its DROP ROLE, so its first link checks.
+   */
+  checkedAt: number
   /** When it first went idle in the pool (or was pre-warmed), for pool.server_lifetime_ms. */
   firstPooledAt: number | undefined
   /** When it last went idle in the pool, for pool.idle_timeout_ms. */
@@ -57,6 +61,7 @@ export class ServerConnection {
     initial: 'linked' | 'opened',
   ) {
     this.current = initial
+    this.checkedAt = initial === 'linked' ? Date.now() : 0
     // However it ends (Terminate, the server, a hostile peer), a closed socket is never used again.
     session.socket.once('close', () => {
       this.current = 'closing'

@@ -527,26 +527,56 @@ function roleGone(connection: FakeConnection): true {
   return true
 }
 
+void t.test('by default every link checks the role; the check also rides with the reset', async (t) => {
+  const { upstream, proxy, pool } = await setup(t)
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  await a.client.end()
+  await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+  t.same(queries(first).slice(-2), ['DISCARD ALL', 'SELECT session_user'], 'the reset, then the role check')
+  const b = await watchedClient(proxy)
+  t.equal(await pid(b.client), first.processId, 'reused')
+  t.same(
+    queries(first).slice(-2),
+    ['SELECT session_user', 'select pg_backend_pid()'],
+    "the link's check, then the client's own query",
+  )
+  t.same(b.errors, [])
+  await b.client.end()
+})
+
+void t.test('within pool.server_check_delay_ms a link sends nothing', async (t) => {
+  const { upstream, proxy, pool } = await setup(t, { pool: { server_check_delay_ms: 30_000 } })
+  const a = await watchedClient(proxy)
+  const first = connectionOf(upstream, await pid(a.client))
+  await a.client.end()
+  await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+  t.same(queries(first).slice(-2), ['DISCARD ALL', 'SELECT session_user'], 'the reset, then the role check')
+  const before = first.messages.length
+  const b = await watchedClient(proxy)
+  t.equal(await pid(b.client), first.processId, 'reused')
+  t.same(queries(first).slice(-1), ['select pg_backend_pid()'], "nothing between the check and the client's own query")
+  t.equal(first.messages.length, before + 1, 'the link sent no message of its own')
+  t.same(b.errors, [])
+  await b.client.end()
+})
+
 void t.test(
-  'the role check rides with the reset; within pool.server_check_delay_ms a link sends nothing',
+  'a pre-warmed connection is checked at its first link, whatever pool.server_check_delay_ms says',
   async (t) => {
-    const { upstream, proxy, pool } = await setup(t)
+    const { upstream, proxy, pool } = await setup(t, { pool: { server_check_delay_ms: 30_000, min_idle: 1 } })
     const a = await watchedClient(proxy)
-    const first = connectionOf(upstream, await pid(a.client))
-    await a.client.end()
-    await until(t, 'the connection pooled', () => pool.idleConnections === 1)
-    t.same(queries(first).slice(-2), ['DISCARD ALL', 'SELECT session_user'], 'the reset, then the role check')
-    const before = first.messages.length
+    await pid(a.client)
+    // A's login made the key warm: the pool logs in one more connection, for nobody yet.
+    await until(t, 'a connection pre-warmed', () => pool.idleConnections === 1)
+    const warmed = upstream.connections[1]
+    if (!warmed) throw new Error('no pre-warmed connection')
+    t.same(queries(warmed), [], 'nothing sent to it yet')
     const b = await watchedClient(proxy)
-    t.equal(await pid(b.client), first.processId, 'reused')
-    t.same(
-      queries(first).slice(-1),
-      ['select pg_backend_pid()'],
-      "nothing between the check and the client's own query",
-    )
-    t.equal(first.messages.length, before + 1, 'the link sent no message of its own')
+    t.equal(await pid(b.client), warmed.processId, 'the next client got the pre-warmed connection')
+    t.same(queries(warmed), ['SELECT session_user', 'select pg_backend_pid()'], 'checked before the greeting')
     t.same(b.errors, [])
-    await b.client.end()
+    await Promise.all([a.client.end(), b.client.end()])
   },
 )
 
@@ -567,9 +597,9 @@ void t.test('a login role found gone by the reset: the connection is closed, the
 })
 
 void t.test(
-  'past pool.server_check_delay_ms the link checks the role again; one gone meanwhile is not handed out',
+  'a login role gone between the reset and the link: the link finds it, the connection is not handed out',
   async (t) => {
-    const { upstream, proxy, pool } = await setup(t, { pool: { server_check_delay_ms: 0 } })
+    const { upstream, proxy, pool } = await setup(t)
     let gone = false
     upstream.script = (message, connection) =>
       gone && message.type === 'Q' && /^SELECT session_user/.test(cstrings(message.body)[0] ?? '')
