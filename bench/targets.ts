@@ -121,6 +121,10 @@ export async function writeProxyConfig(
       `max_client_connections: ${maxClients}`,
       'pool:',
       `  max_server_connections: ${maxClients}`,
+      // BENCH_SERVER_CHECK_DELAY_MS: measure the trade pool.server_check_delay_ms offers (default 0).
+      ...(process.env.BENCH_SERVER_CHECK_DELAY_MS
+        ? [`  server_check_delay_ms: ${Number(process.env.BENCH_SERVER_CHECK_DELAY_MS)}`]
+        : []),
       ...clusterUpstreamYaml(cluster, passwordFile),
       'log:',
       '  level: warn',
