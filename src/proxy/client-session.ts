@@ -18,8 +18,9 @@ import type { CancelRegistry } from './cancel-registry.js'
 import { readClientGreeting, startupRefusal } from './client-handshake.js'
 import { watchDeparture } from './client-departure.js'
 import { ProxyError } from './proxy-error.js'
-import { Relay, type LossDecision, type UpstreamLoss } from './relay.js'
+import { Relay } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
+import { shutdownFarewell, violationFarewell } from './session-farewell.js'
 import { linkRefusedError, linkServer } from './server-link.js'
 import { ServerPool, type Linked, type LinkOptions, type PoolTarget } from './server-pool.js'
 import { MovePlan, type PlanHost, type RotationSettings } from './move-plan.js'
@@ -29,6 +30,7 @@ import { isMoving, SessionPhase, transition, type SessionEventKind } from './ses
 import { SessionState } from './session-state.js'
 import { splitClientStartup, type ClientStartup } from './startup-parameters.js'
 import { TransactionTracker } from './transaction-tracker.js'
+import { answerUpstreamClosed, answerUpstreamNotice, type LossDecision, type UpstreamLoss } from './upstream-loss.js'
 import type { UpstreamConnector } from './upstream-connector.js'
 import { refusedCredential, upstreamStartupParameters } from './upstream-login.js'
 
@@ -285,7 +287,7 @@ export class ClientSession {
         // Not idle at this instant (a notification half-way through): the next idle point re-arms it.
         const timeoutMs = this.chosen.settings.idleClientTimeoutMs
         if (relay && timeoutMs !== undefined && (relay.isIdle || from === SessionPhase.Parked))
-          relay.stop('idle_timeout', idleTimeoutFields(timeoutMs))
+          relay.stop('idle_timeout', encodeErrorResponse(idleTimeoutFields(timeoutMs)))
         return undefined as Answer<E>
       }
       case 'credential_changed':
@@ -302,12 +304,12 @@ export class ClientSession {
         this.waiting?.abort(shuttingDown())
         // A session probing or moving keeps its phase until the step ends (move_ended then leads to draining).
         this.enter(event.kind)
-        if (relay?.isIdle || from === SessionPhase.Parked) relay?.stop('shutdown')
+        if (relay?.isIdle || from === SessionPhase.Parked) relay?.stop('shutdown', shutdownFarewell())
         return undefined as Answer<E>
       }
       case 'stop':
         this.enter(event.kind)
-        if (relay) relay.stop('shutdown')
+        if (relay) relay.stop('shutdown', shutdownFarewell())
         else this.socket.destroy()
         return undefined as Answer<E>
     }
@@ -323,6 +325,9 @@ export class ClientSession {
       return false
     }
   }
+
+  /** The relay's upstream is going away (announced, or closed without a word): the dispatcher decides. */
+  private readonly upstreamLost = (loss: UpstreamLoss): LossDecision => this.dispatch({ kind: 'upstream_lost', loss })
 
   /** What the move plan sees of the session: its phase, and the dispatcher for the steps and news it reports. */
   private readonly planHost: PlanHost = {
@@ -541,7 +546,9 @@ export class ClientSession {
       clientProcessId: key.processId,
       parameters: clientParameters,
       state,
-      onUpstreamLost: (loss) => this.dispatch({ kind: 'upstream_lost', loss }),
+      onUpstreamNotice: (code, fields) => answerUpstreamNotice(code, fields, this.upstreamLost),
+      onUpstreamClosed: (errorCode) => answerUpstreamClosed(errorCode, this.upstreamLost),
+      violationFarewell,
       onIdle: () => this.dispatch({ kind: 'idle' }),
       onClientData: () => this.dispatch({ kind: 'client_message' }),
       onOutgrown: (why) =>
@@ -581,7 +588,7 @@ export class ClientSession {
     const { relay } = this
     if (!relay) return
     if (this.shutdownRequested) {
-      relay.stop('shutdown')
+      relay.stop('shutdown', shutdownFarewell())
       return
     }
     this.plan?.onIdle()
@@ -604,7 +611,7 @@ export class ClientSession {
     if (relay && !relay.isFinished) {
       try {
         // serve() then records and audits the end (reason internal_error).
-        relay.stop('internal_error', internalErrorFields(this.id))
+        relay.stop('internal_error', encodeErrorResponse(internalErrorFields(this.id)))
       } catch (stopErr) {
         this.log.error({ err: stopErr }, 'could not end a failed session cleanly')
         this.socket.destroy()

@@ -1,14 +1,15 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { SessionMetrics } from '../ops/metrics.js'
-import { errorFields } from '../pgwire/backend-messages.js'
+import { encodeErrorResponse, errorFields } from '../pgwire/backend-messages.js'
 import type { CredentialHold, CredentialSource } from '../vault/credential-source.js'
 import { setLongTimeout, type LongTimer } from '../vault/long-timer.js'
-import type { LossDecision, Relay, UpstreamLoss } from './relay.js'
+import type { Relay } from './relay.js'
 import type { ServerConnection } from './server-connection.js'
 import { isClosed, lossOf, type Rebuilt, type SessionMover } from './session-mover.js'
 import { SessionPhase } from './session-phase.js'
 import { SessionState } from './session-state.js'
+import { explainedFatal, type LossDecision, type UpstreamLoss } from './upstream-loss.js'
 
 /** rotation.* in the configuration. */
 export interface RotationSettings {
@@ -170,15 +171,17 @@ export class MovePlan {
     metrics.sessionMoved('swap', 'closed')
     relay.stop(
       'credential_expired',
-      errorFields({
-        severity: 'FATAL',
-        sqlState: '57P01',
-        message: `terminating connection: its upstream credential (${mover.credential.origin}) ends, and pg-vault-proxy could not move the session to a new one because ${why !== undefined ? `it held ${why}` : reason}`,
-        hint:
-          why !== undefined
-            ? 'Reconnect. Sessions that hold temporary tables, WITH HOLD cursors or advisory locks cannot move to a new credential; see docs/rotation.md.'
-            : 'Reconnect. rotation.strict is on, so sessions still busy when their credential ends are closed; see docs/rotation.md.',
-      }),
+      encodeErrorResponse(
+        errorFields({
+          severity: 'FATAL',
+          sqlState: '57P01',
+          message: `terminating connection: its upstream credential (${mover.credential.origin}) ends, and pg-vault-proxy could not move the session to a new one because ${why !== undefined ? `it held ${why}` : reason}`,
+          hint:
+            why !== undefined
+              ? 'Reconnect. Sessions that hold temporary tables, WITH HOLD cursors or advisory locks cannot move to a new credential; see docs/rotation.md.'
+              : 'Reconnect. rotation.strict is on, so sessions still busy when their credential ends are closed; see docs/rotation.md.',
+        }),
+      ),
     )
   }
 
@@ -421,12 +424,14 @@ export class MovePlan {
       log.warn({ err: why, loss }, 'could not reconnect the session')
       relay.stop(
         'upstream_lost',
-        errorFields({
-          severity: 'FATAL',
-          sqlState: loss.sqlState ?? '08006',
-          message: `pg-vault-proxy lost the connection to the upstream server (${loss.announced ?? loss.errorCode ?? 'closed'}) and could not reconnect: ${why}`,
-          hint: 'Reconnect.',
-        }),
+        encodeErrorResponse(
+          errorFields({
+            severity: 'FATAL',
+            sqlState: loss.sqlState ?? '08006',
+            message: `pg-vault-proxy lost the connection to the upstream server (${loss.announced ?? loss.errorCode ?? 'closed'}) and could not reconnect: ${why}`,
+            hint: 'Reconnect.',
+          }),
+        ),
       )
       return
     }
@@ -451,7 +456,6 @@ export class MovePlan {
         sqlState: '08006',
         message: `pg-vault-proxy lost the connection to the upstream server: ${(err as Error).message}`,
       })
-    fields.set('D', [fields.get('D'), decision.why].filter(Boolean).join(' '))
-    relay.stop('upstream_lost', fields)
+    relay.stop('upstream_lost', encodeErrorResponse(explainedFatal(fields, decision.why ?? '')))
   }
 }

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net'
-import { decodeErrorFields, encodeErrorResponse, errorFields } from '../pgwire/backend-messages.js'
+import { decodeErrorFields, type ErrorFields } from '../pgwire/backend-messages.js'
 import { BackendCode, FrontendCode, type TransactionStatus } from '../pgwire/codes.js'
 import { MessageFramer, ProtocolViolation } from '../pgwire/message-framer.js'
 import type { SessionState } from './session-state.js'
@@ -46,8 +46,6 @@ const UPSTREAM_FRAMING = {
     code === BackendCode.ParameterStatus,
   maxInspectLength: MAX_INSPECTED,
 } as const
-/** What the upstream sends when it is about to go away: SQLSTATEs of class 57 (src/backend/utils/errcodes.txt; ProcessInterrupts in src/backend/tcop/postgres.c). */
-const LOSS_SQLSTATES = new Set(['57P01', '57P02', '57P05'])
 
 /** The upstream connection a relay runs on; replaced when the session moves (docs/rotation.md). */
 export interface RelayUpstream {
@@ -58,22 +56,16 @@ export interface RelayUpstream {
 }
 
 /**
- * What the session decided about a lost upstream: take over and reconnect (the relay withholds
- * the news, suspends, and waits for resume() or stop()), or let the relay end the session, `why`
- * being added to what the client is told as the reason it was not reconnected.
+ * What to do with an upstream ErrorResponse or NoticeResponse. `fatal` (the server's words) says
+ * the upstream ends the session: it is the end's detail, and the connection is not kept for the
+ * pool. `replace` writes `bytes` in the message's place; `take_over` withholds it, and the relay
+ * drops the upstream and waits, suspended, for resume() or stop().
  */
-export type LossDecision = { kind: 'reconnect' } | { kind: 'end'; why?: string }
+export type UpstreamAnswer =
+  { kind: 'forward'; fatal?: string } | { kind: 'replace'; bytes: Buffer; fatal: string } | { kind: 'take_over' }
 
-const END: LossDecision = { kind: 'end' }
-
-/** How the upstream went away, for the session to decide whether to reconnect. */
-export interface UpstreamLoss {
-  /** The FATAL (or shutdown WARNING) the server sent, if any: '57P01 terminating connection ...'. */
-  announced?: string
-  sqlState?: string
-  /** The socket error code, if it broke. */
-  errorCode?: string
-}
+/** What to do once the upstream closed without a word: take over as above, or end with `farewell` written to the client. */
+export type UpstreamClosedAnswer = 'take_over' | { farewell: Buffer }
 
 export interface RelayOptions {
   client: Socket
@@ -87,8 +79,15 @@ export interface RelayOptions {
   parameters: Map<string, string>
   /** Told about client messages that may change session state, so it can be rebuilt elsewhere. */
   state?: SessionState
-  /** The upstream is going away (a FATAL such as 57P01, or its socket closed): see LossDecision. */
-  onUpstreamLost?: (loss: UpstreamLoss) => LossDecision
+  /** Every upstream ErrorResponse and NoticeResponse (read whole, fields decoded): see UpstreamAnswer. */
+  onUpstreamNotice: (code: number, fields: ErrorFields) => UpstreamAnswer
+  /**
+   * The upstream closed, or its socket failed (`errorCode`), with nothing said: not after a FATAL,
+   * nor the client's Terminate, nor half-way through a message (then the relay just ends).
+   */
+  onUpstreamClosed: (errorCode: string | undefined) => UpstreamClosedAnswer
+  /** The FATAL to write to the client when a side broke the protocol (`what`: the framer's words). */
+  violationFarewell: (side: 'client' | 'upstream', what: string) => Buffer
   /** Called after upstream bytes were passed to the client, whenever the session is then idle (see isIdle). */
   onIdle?: () => void
   /** Called for every chunk the client sends. */
@@ -133,10 +132,11 @@ export interface RelayResult {
  * paused while the other cannot take more (backpressure), so a slow reader never makes the proxy
  * buffer without bound. One idempotent `finish` closes both sockets, whichever side ends first.
  *
- * A byte pump: it reports what it sees (client data, idle points, a lost upstream, a client's
- * Terminate) and does what the session answers; what the session does next is decided by the
- * session's dispatcher (src/proxy/session-phase.ts). It can be suspended from one upstream
- * connection and resumed on another (a move).
+ * A byte pump that decides nothing: it reports what it sees (client data, idle points, the
+ * upstream's errors and notices, its close, a client's Terminate) and does what the session
+ * answers, writing the bytes the session gives it; the session's dispatcher decides
+ * (src/proxy/client-session.ts, src/proxy/upstream-loss.ts). It can be suspended from one
+ * upstream connection and resumed on another (a move).
  */
 export class Relay {
   readonly done: Promise<RelayResult>
@@ -158,14 +158,10 @@ export class Relay {
   private suspended = false
   /** The upstream announced its end and the session took over: the rest of its bytes are ignored. */
   private upstreamLost = false
-  /** The upstream's FATAL with the proxy's reason added, written in its place. */
-  private explainedFatal: Buffer | undefined
-  private lossReported = false
-  private lastLossDecision: LossDecision = END
+  /** What the session wrote in place of an upstream message, written after the bytes before it. */
+  private replacement: Buffer | undefined
   /** Set while a lost session waits for its client to speak before reconnecting. */
   private wake: (() => void) | undefined
-  /** Why the session was not reconnected after its upstream closed without a word. */
-  private lossDetail: string | undefined
   /** Messages for the client that must wait for a message boundary in the upstream stream. */
   private readonly toClient: Buffer[] = []
   private readonly upstreamListeners = {
@@ -260,8 +256,6 @@ export class Relay {
     this.suspended = false
     this.upstreamLost = false
     if (next) {
-      this.lossReported = false
-      this.lastLossDecision = END
       this.upstream = next
       this.upstreamFramer = this.newUpstreamFramer()
     }
@@ -373,9 +367,9 @@ export class Relay {
         if (!this.suspended && this.upstream.socket === upstream) upstream.resume()
       })
     }
-    if (this.explainedFatal) {
-      client.write(this.explainedFatal)
-      this.explainedFatal = undefined
+    if (this.replacement) {
+      client.write(this.replacement)
+      this.replacement = undefined
     }
     if (this.upstreamLost) {
       // The session took over after the upstream announced its end: stop listening to it.
@@ -421,21 +415,17 @@ export class Relay {
     )
   }
 
-  /** Ends the session from outside: the client is told why (unless mid-message), the upstream gets Terminate. */
+  /** Ends the session from outside: the client is sent `farewell` (unless mid-message), the upstream gets Terminate. */
   stop(
-    reason: 'shutdown' | 'idle_timeout' | 'upstream_lost' | 'credential_expired' | 'internal_error' = 'shutdown',
-    fields = errorFields({
-      severity: 'FATAL',
-      sqlState: '57P01',
-      message: 'terminating connection: pg-vault-proxy is shutting down',
-    }),
+    reason: 'shutdown' | 'idle_timeout' | 'upstream_lost' | 'credential_expired' | 'internal_error',
+    farewell: Buffer,
   ): void {
     if (this.finished) return
-    if (!this.upstreamFramer.isMidMessage) this.options.client.write(encodeErrorResponse(fields))
+    if (!this.upstreamFramer.isMidMessage) this.options.client.write(farewell)
     this.finish(reason)
   }
 
-  /** Returns false to keep a message from the client (a loss announcement the session takes over). */
+  /** Returns false to keep a message from the client (withheld or replaced, as the session answered). */
   private onUpstreamMessage(code: number, whole: Buffer | undefined): boolean {
     const { tracker } = this.options
     if (this.upstreamLost) return false
@@ -452,27 +442,14 @@ export class Relay {
       case BackendCode.ErrorResponse:
       case BackendCode.NoticeResponse: {
         if (!whole) break
-        const fields = decodeErrorFields(whole.subarray(5))
-        const severity = fields.get('V') ?? fields.get('S')
-        const sqlState = fields.get('C')
-        const fatal = code === BackendCode.ErrorResponse && (severity === 'FATAL' || severity === 'PANIC')
-        // An immediate shutdown or a crash elsewhere is announced with a WARNING, then the socket closes.
-        const warned =
-          code === BackendCode.NoticeResponse && severity === 'WARNING' && LOSS_SQLSTATES.has(sqlState ?? '')
-        if (!fatal && !warned) break
-        const announced = `${sqlState ?? '?'} ${fields.get('M') ?? ''}`
-        const decision = LOSS_SQLSTATES.has(sqlState ?? '')
-          ? (this.options.onUpstreamLost?.({ announced, sqlState }) ?? END)
-          : END
-        if (decision.kind === 'reconnect') {
+        const answer = this.options.onUpstreamNotice(code, decodeErrorFields(whole.subarray(5)))
+        if (answer.kind === 'take_over') {
           this.upstreamLost = true
           return false
         }
-        if (fatal) this.upstreamSentFatal = announced
-        if (fatal && decision.why !== undefined) {
-          // The server's words stay; the proxy says why it could not keep the session.
-          fields.set('D', [fields.get('D'), decision.why].filter(Boolean).join(' '))
-          this.explainedFatal = encodeErrorResponse(fields)
+        if (answer.fatal !== undefined) this.upstreamSentFatal = answer.fatal
+        if (answer.kind === 'replace') {
+          this.replacement = answer.bytes
           return false
         }
         break
@@ -480,14 +457,6 @@ export class Relay {
     }
     tracker.onBackend(code)
     return true
-  }
-
-  /** Asks the session about a lost upstream, once per upstream (a shutdown WARNING is followed by the socket's end). */
-  private reportLoss(loss: UpstreamLoss): LossDecision {
-    if (this.lossReported) return this.lastLossDecision
-    this.lossReported = true
-    this.lastLossDecision = this.options.onUpstreamLost?.(loss) ?? END
-    return this.lastLossDecision
   }
 
   private noteParameter(message: Buffer): void {
@@ -508,39 +477,18 @@ export class Relay {
   }
 
   private violation(side: 'client' | 'upstream', err: ProtocolViolation): void {
-    const { client } = this.options
+    const { client, violationFarewell } = this.options
     if (side === 'client') {
-      if (!this.upstreamFramer.isMidMessage) {
-        client.write(encodeErrorResponse(errorFields({ severity: 'FATAL', sqlState: '08P01', message: err.message })))
-      }
+      if (!this.upstreamFramer.isMidMessage) client.write(violationFarewell('client', err.message))
       this.finish('client_protocol_violation', err.message)
     } else {
-      client.write(
-        encodeErrorResponse(
-          errorFields({
-            severity: 'FATAL',
-            sqlState: '08006',
-            message: `pg-vault-proxy lost the connection to the upstream server: it sent an ${err.message}`,
-          }),
-        ),
-      )
+      client.write(violationFarewell('upstream', err.message))
       this.finish('upstream_protocol_violation', err.message)
     }
   }
 
   private sideEnded(side: 'client' | 'upstream', err?: NodeJS.ErrnoException): void {
     if (this.finished) return
-    if (side === 'upstream' && this.upstreamSentFatal === undefined && !this.clientSentTerminate) {
-      // Closed without a word (a socket error, a killed server): the session may reconnect.
-      const decision = this.upstreamFramer.isMidMessage
-        ? END
-        : this.reportLoss(err?.code ? { errorCode: err.code } : {})
-      if (decision.kind === 'reconnect') {
-        this.loseUpstream()
-        return
-      }
-      if (decision.why !== undefined) this.lossDetail = decision.why
-    }
     if (side === 'client') {
       this.finish(this.clientSentTerminate ? 'client_terminated' : 'client_closed', err?.code)
       return
@@ -554,19 +502,15 @@ export class Relay {
       this.finish('client_terminated')
       return
     }
-    // The upstream vanished without a word: tell the client, unless that would land mid-message.
+    // The upstream vanished without a word (a socket error, a killed server): the session may take
+    // over, or says what to tell the client. Half-way through a message, nothing more can be said.
     if (!this.upstreamFramer.isMidMessage) {
-      this.options.client.write(
-        encodeErrorResponse(
-          errorFields({
-            severity: 'FATAL',
-            sqlState: '08006',
-            message: `pg-vault-proxy lost the connection to the upstream server${err?.code ? ` (${err.code})` : ''}`,
-            detail: this.lossDetail,
-            hint: 'The server may have restarted or the network failed; reconnect.',
-          }),
-        ),
-      )
+      const answer = this.options.onUpstreamClosed(err?.code)
+      if (answer === 'take_over') {
+        this.loseUpstream()
+        return
+      }
+      this.options.client.write(answer.farewell)
     }
     this.finish('upstream_closed', err?.code)
   }

@@ -6,9 +6,10 @@ import type { DbCredential } from '../vault/credential-source.js'
 import { ProxyError } from './proxy-error.js'
 import { releaseWhenClosed } from './release-when-closed.js'
 import type { ServerConnection } from './server-connection.js'
-import { rewriteNotifyPid, type Relay, type UpstreamLoss } from './relay.js'
+import { rewriteNotifyPid, type Relay } from './relay.js'
 import type { SessionState } from './session-state.js'
 import { exchange, ExchangeClosedError } from './upstream-exchange.js'
+import { announcement, type UpstreamLoss } from './upstream-loss.js'
 import type { UpstreamSession } from './upstream-connector.js'
 
 export interface SessionMoverOptions {
@@ -223,7 +224,7 @@ export function lossOf(err: unknown): { loss: UpstreamLoss; fatal: ErrorFields |
   const fatal = err instanceof ExchangeClosedError ? err.fatal : undefined
   const sqlState = fatal?.get('C')
   const loss: UpstreamLoss = fatal
-    ? { announced: `${sqlState ?? '?'} ${fatal.get('M') ?? ''}`, ...(sqlState ? { sqlState } : {}) }
+    ? { announced: announcement(fatal), ...(sqlState ? { sqlState } : {}) }
     : { errorCode: (err as NodeJS.ErrnoException).code ?? 'closed' }
   return { loss, fatal }
 }

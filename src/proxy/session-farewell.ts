@@ -1,0 +1,44 @@
+import { encodeErrorResponse, errorFields } from '../pgwire/backend-messages.js'
+
+// The FATALs pg-vault-proxy writes to a client whose relayed session it ends. The relay writes the
+// bytes; the words are the session's. SQLSTATEs as PostgreSQL uses them (src/backend/utils/errcodes.txt).
+
+/** The upstream closed without a word (a socket error, a killed server) and the session was not reconnected. */
+export function lostUpstreamFarewell(errorCode: string | undefined, why: string | undefined): Buffer {
+  return encodeErrorResponse(
+    errorFields({
+      severity: 'FATAL',
+      sqlState: '08006',
+      message: `pg-vault-proxy lost the connection to the upstream server${errorCode ? ` (${errorCode})` : ''}`,
+      detail: why,
+      hint: 'The server may have restarted or the network failed; reconnect.',
+    }),
+  )
+}
+
+/**
+ * A side broke the protocol (`what`: the framer's words). The client's fault is 08P01
+ * protocol_violation, as PostgreSQL answers it; an upstream's is, to the client, a lost connection.
+ */
+export function violationFarewell(side: 'client' | 'upstream', what: string): Buffer {
+  return encodeErrorResponse(
+    side === 'client'
+      ? errorFields({ severity: 'FATAL', sqlState: '08P01', message: what })
+      : errorFields({
+          severity: 'FATAL',
+          sqlState: '08006',
+          message: `pg-vault-proxy lost the connection to the upstream server: it sent an ${what}`,
+        }),
+  )
+}
+
+/** The proxy ends the session as it shuts down: 57P01 admin_shutdown, as a backend does at a fast shutdown (ProcessInterrupts in src/backend/tcop/postgres.c). */
+export function shutdownFarewell(): Buffer {
+  return encodeErrorResponse(
+    errorFields({
+      severity: 'FATAL',
+      sqlState: '57P01',
+      message: 'terminating connection: pg-vault-proxy is shutting down',
+    }),
+  )
+}
