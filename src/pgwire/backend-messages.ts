@@ -36,6 +36,55 @@ export function encodeReadyForQuery(status: TransactionStatus): Buffer {
   return encodeMessage(BackendCode.ReadyForQuery, Buffer.from(status, 'latin1'))
 }
 
+/** What a client is sent once its session is ready (protocol docs, "Start-up"). */
+export interface Greeting {
+  /** NegotiateProtocolVersion, when the client asked for a newer minor version or unknown options. */
+  negotiate?: Buffer | undefined
+  parameters: ReadonlyMap<string, string>
+  processId: number
+  secretKey: Buffer
+  /** Whole NoticeResponse messages the server sent during the login. */
+  notices: readonly Buffer[]
+  status: TransactionStatus
+}
+
+/**
+ * AuthenticationOk, the ParameterStatus set, BackendKeyData, any notices and ReadyForQuery, in
+ * one buffer written in one call: a new connection per request makes this the proxy's most
+ * frequent message, so it is not built from a buffer per message and a concat.
+ */
+export function encodeGreeting(greeting: Greeting): Buffer {
+  const { negotiate, parameters, secretKey, notices } = greeting
+  let size = (negotiate?.length ?? 0) + 9 + 9 + secretKey.length + 6
+  for (const [name, value] of parameters) size += 7 + Buffer.byteLength(name) + Buffer.byteLength(value)
+  for (const notice of notices) size += notice.length
+  const out = Buffer.allocUnsafe(size)
+  let at = negotiate ? negotiate.copy(out, 0) : 0
+  out[at] = BackendCode.Authentication
+  out.writeUInt32BE(8, at + 1)
+  out.writeUInt32BE(0, at + 5)
+  at += 9
+  for (const [name, value] of parameters) {
+    const start = at
+    out[at] = BackendCode.ParameterStatus
+    at += 5
+    at += out.write(name, at, 'utf8')
+    out[at++] = 0
+    at += out.write(value, at, 'utf8')
+    out[at++] = 0
+    out.writeUInt32BE(at - start - 1, start + 1)
+  }
+  out[at] = BackendCode.BackendKeyData
+  out.writeUInt32BE(8 + secretKey.length, at + 1)
+  out.writeUInt32BE(greeting.processId, at + 5)
+  at += 9 + secretKey.copy(out, at + 9)
+  for (const notice of notices) at += notice.copy(out, at)
+  out[at] = BackendCode.ReadyForQuery
+  out.writeUInt32BE(5, at + 1)
+  out.write(greeting.status, at + 5, 'latin1')
+  return out
+}
+
 /** NegotiateProtocolVersion: the newest minor version we speak and the `_pq_.` options we did not recognise. */
 export function encodeNegotiateProtocolVersion(minorVersion: number, unrecognisedOptions: readonly string[]): Buffer {
   const head = Buffer.allocUnsafe(8)

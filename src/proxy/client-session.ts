@@ -1,13 +1,11 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { RelayedBytes, SessionMetrics } from '../ops/metrics.js'
+import { SessionLog } from '../ops/session-log.js'
 import {
-  encodeAuthenticationOk,
-  encodeBackendKeyData,
   encodeErrorResponse,
+  encodeGreeting,
   encodeNegotiateProtocolVersion,
-  encodeParameterStatus,
-  encodeReadyForQuery,
   errorFields,
 } from '../pgwire/backend-messages.js'
 import { FrontendCode } from '../pgwire/codes.js'
@@ -95,7 +93,7 @@ export class ClientSession {
   /** When the session moves: driven by this dispatcher (idle points, a lost upstream, the credential's news). */
   private plan: MovePlan | undefined
   private readonly startedAt = Date.now()
-  private readonly log: Logger
+  private readonly log: SessionLog
   /** Known once read, for the audit line. */
   private startup: ClientStartup | undefined
   private credential: DbCredential | undefined
@@ -126,7 +124,7 @@ export class ClientSession {
     private readonly context: SessionContext,
     readonly id: number,
   ) {
-    this.log = context.logger.child({ session: id, client: describePeer(socket) })
+    this.log = new SessionLog(context.logger, id, describePeer(socket))
     this.boundary.enclose(socket)
   }
 
@@ -509,18 +507,20 @@ export class ClientSession {
     })
     this.socket.once('close', () => cancels.unregister(key.processId))
 
-    const greeting: Buffer[] = []
-    if (minorVersion > 0 || startup.unsupportedProtocolOptions.length > 0) {
-      greeting.push(encodeNegotiateProtocolVersion(0, startup.unsupportedProtocolOptions))
-    }
-    greeting.push(encodeAuthenticationOk())
-    for (const [name, value] of upstream.parameters) greeting.push(encodeParameterStatus(name, value))
-    greeting.push(
-      encodeBackendKeyData(key.processId, key.secretKey),
-      ...upstream.notices,
-      encodeReadyForQuery(upstream.transactionStatus),
+    const negotiate =
+      minorVersion > 0 || startup.unsupportedProtocolOptions.length > 0
+        ? encodeNegotiateProtocolVersion(0, startup.unsupportedProtocolOptions)
+        : undefined
+    this.socket.write(
+      encodeGreeting({
+        negotiate,
+        parameters: upstream.parameters,
+        processId: key.processId,
+        secretKey: key.secretKey,
+        notices: upstream.notices,
+        status: upstream.transactionStatus,
+      }),
     )
-    this.socket.write(Buffer.concat(greeting))
 
     this.dispatch({ kind: 'linked' })
     this.log.info(
@@ -659,7 +659,7 @@ export class ClientSession {
 
   /**
    * The session's audit line, exactly one per client session (CancelRequest connections have none).
-   * The client address is on the session's child logger; no field ever holds a secret.
+   * The client address is on every line of the session's log (SessionLog); no field ever holds a secret.
    */
   private audit(
     level: 'debug' | 'info' | 'warn' | 'error',
@@ -674,7 +674,8 @@ export class ClientSession {
     bytes: { bytesFromClient: number; bytesFromUpstream: number } = { bytesFromClient: 0, bytesFromUpstream: 0 },
   ): void {
     const { startup, credential } = this
-    this.log[level](
+    this.log.write(
+      level,
       {
         route: this.route?.name,
         clientUser: startup?.clientUser,

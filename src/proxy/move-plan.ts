@@ -1,9 +1,9 @@
 import type { Socket } from 'node:net'
-import type { Logger } from 'pino'
 import type { SessionMetrics } from '../ops/metrics.js'
 import { encodeErrorResponse, errorFields } from '../pgwire/backend-messages.js'
 import type { CredentialHold, CredentialSource } from '../vault/credential-source.js'
 import { setLongTimeout, type LongTimer } from '../vault/long-timer.js'
+import type { SessionLog } from '../ops/session-log.js'
 import type { Relay } from './relay.js'
 import type { ServerConnection } from './server-connection.js'
 import { isClosed, lossOf, type Rebuilt, type SessionMover } from './session-mover.js'
@@ -42,7 +42,7 @@ export interface MovePlanOptions {
   credentials: CredentialSource
   settings: RotationSettings
   metrics: SessionMetrics
-  log: Logger
+  log: SessionLog
   /** The session is idle again after a probe, move or reconnect (where a drain ends it, for one). */
   idle(): void
 }

@@ -2,7 +2,7 @@ import { serialize } from 'pg-protocol'
 import type { ErrorFields } from '../pgwire/backend-messages.js'
 import { decodeErrorFields } from '../pgwire/backend-messages.js'
 import { BackendCode } from '../pgwire/codes.js'
-import { MessageReader } from '../pgwire/message-reader.js'
+import { ReplyScanner } from '../pgwire/reply-scanner.js'
 import { quoteLiteral } from '../pgwire/sql-text.js'
 import type { StartupParameter } from '../pgwire/startup-packet.js'
 import { linkableName } from './linkable-parameters.js'
@@ -12,6 +12,8 @@ import type { UpstreamSession } from './upstream-connector.js'
 /** The answer is a DataRow, a CommandComplete, a few ParameterStatus and a ReadyForQuery: far less than this. */
 const MAX_LINK_BYTES = 64 * 1024
 const LINK_TIMEOUT_MS = 5_000
+/** Zero bytes, shared. */
+const NO_BYTES = Buffer.alloc(0)
 
 /**
  * The linkable parameters a client sent that its pooled connection does not have yet, as one
@@ -60,17 +62,19 @@ export type LinkOutcome =
  * the client's greeting carries its own values. One statement runs in one implicit transaction: if
  * any value is refused none is applied, and the connection is idle and unchanged afterwards.
  */
-export async function linkServer(
+export function linkServer(
   session: UpstreamSession,
   forwarded: readonly StartupParameter[],
   check: boolean,
 ): Promise<LinkOutcome> {
   const settings = linkSettings(session.parameters, forwarded)
-  if (!check && settings.length === 0) return { linked: true }
+  if (!check && settings.length === 0) return Promise.resolve({ linked: true })
   const encoding = session.parameters.get('client_encoding')
   if (encoding !== 'UTF8' && encoding !== 'SQL_ASCII' && settings.some(([, value]) => !isAscii(value))) {
     // The query text is UTF-8, and the server would convert it from another client_encoding.
-    return broken(session, `a non-ASCII value cannot be sent while client_encoding is ${encoding ?? 'unknown'}`)
+    return Promise.resolve(
+      broken(session, `a non-ASCII value cannot be sent while client_encoding is ${encoding ?? 'unknown'}`),
+    )
   }
   // First, whether the connection's login role still exists: a lease revoked behind the proxy's
   // back (`vault lease revoke`) drops the role without ending its sessions, and such a session
@@ -82,40 +86,60 @@ export async function linkServer(
     )
   const sql = statements.join('; ')
   const { socket } = session
-  if (session.pending.length > 0) socket.unshift(session.pending)
-  const reader = new MessageReader(socket)
-  const timer = setTimeout(() => socket.destroy(new Error(`no answer within ${LINK_TIMEOUT_MS} ms`)), LINK_TIMEOUT_MS)
   let refusal: ErrorFields | undefined
   let checked = !check
-  let received = 0
-  try {
-    socket.write(serialize.query(sql))
-    for (;;) {
-      const { code, body } = await reader.readMessage(MAX_LINK_BYTES)
-      received += 5 + body.length
-      if (received > MAX_LINK_BYTES) throw new Error(`the server sent more than ${MAX_LINK_BYTES} bytes in answer`)
-      if (code === BackendCode.ErrorResponse) {
-        const fields = decodeErrorFields(body)
-        if (!checked) throw new Error(`its login role is gone: ${fields.get('M') ?? 'no message'}`)
-        refusal ??= fields
-      } else if (code === BackendCode.CommandComplete) checked = true
-      else if (code === BackendCode.ParameterStatus) {
-        const nameEnd = body.indexOf(0)
-        session.parameters.set(body.toString('utf8', 0, nameEnd), body.toString('utf8', nameEnd + 1, body.length - 1))
-      } else if (code === BackendCode.ReadyForQuery) {
-        if (body[0] !== 0x49)
-          throw new Error(`the server is not idle afterwards (status ${String.fromCharCode(body[0] ?? 0)})`)
-        break
-      }
+  let why: string | undefined
+  const scanner = new ReplyScanner(MAX_LINK_BYTES, (code, body) => {
+    if (code === BackendCode.ErrorResponse) {
+      const fields = decodeErrorFields(body)
+      if (!checked) why ??= `its login role is gone: ${fields.get('M') ?? 'no message'}`
+      refusal ??= fields
+    } else if (code === BackendCode.CommandComplete) checked = true
+    else if (code === BackendCode.ParameterStatus) {
+      const nameEnd = body.indexOf(0)
+      session.parameters.set(body.toString('utf8', 0, nameEnd), body.toString('utf8', nameEnd + 1, body.length - 1))
+    } else if (code === BackendCode.ReadyForQuery) {
+      if (body[0] !== 0x49) why ??= `the server is not idle afterwards (status ${String.fromCharCode(body[0] ?? 0)})`
+      return true
     }
-  } catch (err) {
-    reader.detach()
-    return broken(session, (err as Error).message)
-  } finally {
-    clearTimeout(timer)
-  }
-  session.pending = reader.detach()
-  return refusal ? { linked: false, refusal } : { linked: true }
+    return false
+  })
+  return new Promise<LinkOutcome>((resolve) => {
+    let ended = false
+    const end = (outcome: LinkOutcome): void => {
+      ended = true
+      clearTimeout(timer)
+      socket.off('data', onData)
+      socket.off('close', onClose)
+      socket.off('error', onClose)
+      socket.pause()
+      resolve(outcome)
+    }
+    const onData = (chunk: Buffer): void => {
+      let rest: Buffer | undefined
+      try {
+        rest = scanner.push(chunk)
+      } catch (err) {
+        end(broken(session, (err as Error).message))
+        return
+      }
+      if (rest === undefined) return
+      session.pending = rest
+      if (why !== undefined) end(broken(session, why))
+      else end(refusal ? { linked: false, refusal } : { linked: true })
+    }
+    const onClose = (): void => end(broken(session, 'the server closed the connection'))
+    const timer = setTimeout(() => end(broken(session, `no answer within ${LINK_TIMEOUT_MS} ms`)), LINK_TIMEOUT_MS)
+    socket.on('data', onData)
+    socket.on('close', onClose)
+    socket.on('error', onClose)
+    socket.write(serialize.query(sql))
+    // Bytes read after the reset (a notice, a ParameterStatus) come before the answer.
+    const { pending } = session
+    session.pending = NO_BYTES
+    if (pending.length > 0) onData(pending)
+    if (!ended) socket.resume()
+  })
 }
 
 function broken(session: UpstreamSession, why: string): LinkOutcome {

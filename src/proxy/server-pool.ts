@@ -265,9 +265,11 @@ export class ServerPool {
     }
     const { session } = login
     login.enter('resetting')
-    let changed: Map<string, string>
+    // Usually the very map the client's session kept current (its greeting's, the login's): updated
+    // in place, as nobody else reads it once the session is over.
+    const current = parameters === session.parameters ? session.parameters : new Map(parameters)
     try {
-      changed = await resetServer(session.socket, this.settings.resetQuery, RESET_TIMEOUT_MS)
+      await resetServer(session.socket, this.settings.resetQuery, RESET_TIMEOUT_MS, current)
     } catch (err) {
       this.metrics.poolReset(this.route, 'failed')
       this.retire(login, `the reset query failed: ${(err as Error).message}`)
@@ -279,7 +281,7 @@ export class ServerPool {
       this.retire(login, this.closed ? 'the pool is closed' : 'pool.max_idle reached')
       return
     }
-    session.parameters = new Map([...parameters, ...changed])
+    session.parameters = current
     session.notices = []
     session.pending = Buffer.alloc(0)
     session.transactionStatus = 'I'

@@ -1,12 +1,8 @@
 import type { Socket } from 'node:net'
 import { serialize } from 'pg-protocol'
-import type {
-  BackendMessage,
-  DatabaseError,
-  ParameterStatusMessage,
-  ReadyForQueryMessage,
-} from 'pg-protocol/dist/messages.js'
-import { Parser } from 'pg-protocol/dist/parser.js'
+import { decodeErrorFields } from '../pgwire/backend-messages.js'
+import { BackendCode } from '../pgwire/codes.js'
+import { ReplyScanner } from '../pgwire/reply-scanner.js'
 
 /** A reset answers with a CommandComplete, a few ParameterStatus and a ReadyForQuery: far less than this. */
 const MAX_RESET_BYTES = 64 * 1024
@@ -21,19 +17,35 @@ const ROLE_CHECK = serialize.query('SELECT session_user')
 
 /**
  * Runs the pool's reset query on an idle server connection whose client has left, then checks
- * that its login role still exists, and returns the ParameterStatus values the reset changed
- * (RESET ALL reports the settings it put back). Fails when the server answers either with an
+ * that its login role still exists, and writes the ParameterStatus values the reset changed
+ * (RESET ALL reports the settings it put back) into `parameters`. Fails when the server answers either with an
  * error, is not idle afterwards, says more than a reset can, goes away, or takes longer than
  * `timeoutMs`: the caller then closes the connection instead of pooling it. Notifications for the
  * departed client that arrive meanwhile are dropped with it.
  */
-export function resetServer(socket: Socket, resetQuery: string, timeoutMs: number): Promise<Map<string, string>> {
-  const parser = new Parser()
-  const changed = new Map<string, string>()
+export function resetServer(
+  socket: Socket,
+  resetQuery: string,
+  timeoutMs: number,
+  parameters: Map<string, string>,
+): Promise<void> {
   let failure: Error | undefined
-  let received = 0
   /** ReadyForQuery answers still to come: the reset's, then the role check's. */
   let awaited = 2
+  const scanner = new ReplyScanner(MAX_RESET_BYTES, (code, body) => {
+    if (code === BackendCode.ParameterStatus) {
+      const nameEnd = body.indexOf(0)
+      parameters.set(body.toString('utf8', 0, nameEnd), body.toString('utf8', nameEnd + 1, body.length - 1))
+    } else if (code === BackendCode.ErrorResponse) {
+      const text = decodeErrorFields(body).get('M') ?? 'no message'
+      failure ??= new Error(awaited === 1 ? `its login role is gone: ${text}` : text)
+    } else if (code === BackendCode.ReadyForQuery) {
+      const status = String.fromCharCode(body[0] ?? 0)
+      if (status !== 'I') failure ??= new Error(`the server is not idle afterwards (status ${status})`)
+      return --awaited === 0
+    }
+    return false
+  })
   return new Promise((resolve, reject) => {
     const done = (err?: Error): void => {
       clearTimeout(timer)
@@ -41,29 +53,16 @@ export function resetServer(socket: Socket, resetQuery: string, timeoutMs: numbe
       socket.off('close', onClose)
       socket.pause()
       if (err) reject(err)
-      else resolve(changed)
+      else resolve()
     }
     const timer = setTimeout(() => done(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
-    const onMessage = (message: BackendMessage): void => {
-      if (message.name === 'parameterStatus') {
-        const { parameterName, parameterValue } = message as ParameterStatusMessage
-        changed.set(parameterName, parameterValue)
-      } else if (message.name === 'error') {
-        const { message: text } = message as DatabaseError
-        failure ??= new Error(awaited === 1 ? `its login role is gone: ${text}` : text)
-      } else if (message.name === 'readyForQuery') {
-        const { status } = message as ReadyForQueryMessage
-        if (status !== 'I') failure ??= new Error(`the server is not idle afterwards (status ${status})`)
-        if (--awaited === 0) done(failure)
-      }
-    }
     const onData = (chunk: Buffer): void => {
-      received += chunk.length
-      if (received > MAX_RESET_BYTES) {
-        done(new Error(`the server sent more than ${MAX_RESET_BYTES} bytes in answer`))
-        return
+      try {
+        // What follows the last answer (nothing, from an idle server) is dropped with the departed client.
+        if (scanner.push(chunk) !== undefined) done(failure)
+      } catch (err) {
+        done(err as Error)
       }
-      parser.parse(chunk, onMessage)
     }
     const onClose = (): void => done(new Error('the server closed the connection'))
     socket.on('data', onData)
