@@ -134,8 +134,13 @@ export async function writeProxyConfig(
   return { config, port }
 }
 
-/** Node flags the proxy runs with in production (bin/pg-vault-proxy.js's shebang, the Dockerfile's ENTRYPOINT). */
-export const PROXY_NODE_FLAGS = ['--max-semi-space-size=1']
+/**
+ * Node flags the proxy runs with in production (bin/pg-vault-proxy.js's shebang, the Dockerfile's
+ * ENTRYPOINT); BENCH_PROXY_NODE_FLAGS (space-separated) replaces them, to measure another trade.
+ */
+export const PROXY_NODE_FLAGS = process.env.BENCH_PROXY_NODE_FLAGS?.split(' ').filter(Boolean) ?? [
+  '--max-semi-space-size=1',
+]
 
 export async function startProxy(
   psql: string,
