@@ -2,12 +2,7 @@ import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { RelayedBytes, SessionMetrics } from '../ops/metrics.js'
 import { SessionLog } from '../ops/session-log.js'
-import {
-  encodeErrorResponse,
-  encodeGreeting,
-  encodeNegotiateProtocolVersion,
-  errorFields,
-} from '../pgwire/backend-messages.js'
+import { encodeErrorResponse, encodeGreeting, encodeNegotiateProtocolVersion } from '../pgwire/backend-messages.js'
 import { FrontendCode } from '../pgwire/codes.js'
 import { ConnectionClosedError, FramingError } from '../pgwire/message-reader.js'
 import { StartupPacketError, type StartupParameter } from '../pgwire/startup-packet.js'
@@ -18,7 +13,7 @@ import { watchDeparture } from './client-departure.js'
 import { ProxyError } from './proxy-error.js'
 import { Relay } from './relay.js'
 import { SessionBoundary } from './session-boundary.js'
-import { shutdownFarewell, violationFarewell } from './session-farewell.js'
+import { idleTimeoutFarewell, internalErrorFarewell, shutdownFarewell, violationFarewell } from './session-farewell.js'
 import { linkRefusedError, linkServer } from './server-link.js'
 import { ServerPool, type Linked, type LinkOptions, type PoolTarget } from './server-pool.js'
 import { MovePlan, type PlanHost, type RotationSettings } from './move-plan.js'
@@ -285,7 +280,7 @@ export class ClientSession {
         // Not idle at this instant (a notification half-way through): the next idle point re-arms it.
         const timeoutMs = this.chosen.settings.idleClientTimeoutMs
         if (relay && timeoutMs !== undefined && (relay.isIdle || from === SessionPhase.Parked))
-          relay.stop('idle_timeout', encodeErrorResponse(idleTimeoutFields(timeoutMs)))
+          relay.stop('idle_timeout', idleTimeoutFarewell(timeoutMs))
         return undefined as Answer<E>
       }
       case 'credential_changed':
@@ -611,7 +606,7 @@ export class ClientSession {
     if (relay && !relay.isFinished) {
       try {
         // serve() then records and audits the end (reason internal_error).
-        relay.stop('internal_error', encodeErrorResponse(internalErrorFields(this.id)))
+        relay.stop('internal_error', internalErrorFarewell(this.id))
       } catch (stopErr) {
         this.log.error({ err: stopErr }, 'could not end a failed session cleanly')
         this.socket.destroy()
@@ -654,7 +649,7 @@ export class ClientSession {
     this.context.metrics.sessionRefused('internal_error')
     if (!this.boundary.hasFaulted) this.log.error({ err }, 'internal error in session')
     this.audit('error', { reason: 'internal_error' })
-    socket.end(encodeErrorResponse(internalErrorFields(this.id)))
+    socket.end(internalErrorFarewell(this.id))
   }
 
   /**
@@ -699,25 +694,6 @@ export function shuttingDown(): ProxyError {
     sqlState: '57P03',
     message: 'the database system is shutting down (pg-vault-proxy is draining and accepts no new sessions)',
     hint: 'Connect again in a moment, to this proxy once it has restarted or to another instance.',
-  })
-}
-
-/** What a client is told when its session failed inside the proxy; the error itself is only in the log. */
-function internalErrorFields(sessionId: number): ReturnType<typeof errorFields> {
-  return errorFields({
-    severity: 'FATAL',
-    sqlState: 'XX000',
-    message: `pg-vault-proxy internal error (session ${sessionId}); see the proxy log`,
-    hint: 'Reconnect. Other sessions are not affected; please report the log line to the proxy maintainers.',
-  })
-}
-
-function idleTimeoutFields(timeoutMs: number): ReturnType<typeof errorFields> {
-  return errorFields({
-    severity: 'FATAL',
-    sqlState: '57P05',
-    message: `terminating connection due to idle-session timeout (pg-vault-proxy idle_client_timeout_ms = ${timeoutMs})`,
-    hint: 'Reconnect; raise or unset idle_client_timeout_ms in the proxy configuration to keep idle clients longer.',
   })
 }
 

@@ -1,6 +1,6 @@
 import { encodeErrorResponse, errorFields } from '../pgwire/backend-messages.js'
 
-// The FATALs pg-vault-proxy writes to a client whose relayed session it ends. The relay writes the
+// The FATALs pg-vault-proxy writes to a client whose session it ends. The relay writes the
 // bytes; the words are the session's. SQLSTATEs as PostgreSQL uses them (src/backend/utils/errcodes.txt).
 
 /** The upstream closed without a word (a socket error, a killed server) and the session was not reconnected. */
@@ -39,6 +39,30 @@ export function shutdownFarewell(): Buffer {
       severity: 'FATAL',
       sqlState: '57P01',
       message: 'terminating connection: pg-vault-proxy is shutting down',
+    }),
+  )
+}
+
+/** The client sat idle longer than idle_client_timeout_ms: 57P05, as PostgreSQL's idle_session_timeout says it. */
+export function idleTimeoutFarewell(timeoutMs: number): Buffer {
+  return encodeErrorResponse(
+    errorFields({
+      severity: 'FATAL',
+      sqlState: '57P05',
+      message: `terminating connection due to idle-session timeout (pg-vault-proxy idle_client_timeout_ms = ${timeoutMs})`,
+      hint: 'Reconnect; raise or unset idle_client_timeout_ms in the proxy configuration to keep idle clients longer.',
+    }),
+  )
+}
+
+/** The session failed inside the proxy (XX000 internal_error); the error itself is only in the log. */
+export function internalErrorFarewell(sessionId: number): Buffer {
+  return encodeErrorResponse(
+    errorFields({
+      severity: 'FATAL',
+      sqlState: 'XX000',
+      message: `pg-vault-proxy internal error (session ${sessionId}); see the proxy log`,
+      hint: 'Reconnect. Other sessions are not affected; please report the log line to the proxy maintainers.',
     }),
   )
 }
