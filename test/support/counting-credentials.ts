@@ -78,6 +78,15 @@ export class CountingCredentialSource implements CredentialSource {
     return this.current
   }
 
+  /**
+   * The current credential ends in `inMs` with no newer one yet, as a lease at its max_ttl does
+   * before the source's next lease is issued: its live holds are told so, and not superseded.
+   */
+  endsIn(inMs: number): void {
+    const endsAt = Date.now() + inMs
+    for (const hold of this.live) if (hold.credential === this.current) hold.change(false, endsAt)
+  }
+
   get(): Promise<DbCredential> {
     return Promise.resolve(this.current)
   }

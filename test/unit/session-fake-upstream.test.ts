@@ -82,6 +82,15 @@ async function until(t: Test, what: string, check: () => boolean): Promise<void>
   t.fail(`never happened: ${what}`)
 }
 
+/** One client queries and leaves cleanly; resolves with its upstream connection once the pool keeps it. */
+async function pooledByOneClient(t: Test, { upstream, proxy, pool }: Setup): Promise<FakeConnection> {
+  const a = await watchedClient(proxy)
+  const connection = connectionOf(upstream, await pid(a.client))
+  await a.client.end()
+  await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+  return connection
+}
+
 /** What node-postgres reports of an ErrorResponse (pg's DatabaseError). */
 type ServerError = Error & { code?: string; detail?: string; severity?: string }
 
@@ -450,11 +459,9 @@ void t.test('a pooled connection whose server spoke while pooled is never handed
   }
   for (const [what, say] of Object.entries(says)) {
     await t.test(what, async (t) => {
-      const { upstream, proxy, pool } = await setup(t)
-      const a = await watchedClient(proxy)
-      const pooled = connectionOf(upstream, await pid(a.client))
-      await a.client.end()
-      await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+      const fixture = await setup(t)
+      const { upstream, proxy, pool } = fixture
+      const pooled = await pooledByOneClient(t, fixture)
       say(pooled)
       // The loopback write is in the proxy's receive queue when write() returns; one turn of the
       // event loop reads it into the pooled socket's buffer, before the next client is even accepted.
@@ -477,11 +484,9 @@ void t.test('a pooled connection whose server spoke while pooled is never handed
 })
 
 void t.test('a pooled connection whose server closed without a word: the next client does not notice', async (t) => {
-  const { upstream, proxy, pool } = await setup(t)
-  const a = await watchedClient(proxy)
-  const pooled = connectionOf(upstream, await pid(a.client))
-  await a.client.end()
-  await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+  const fixture = await setup(t)
+  const { upstream, proxy, pool } = fixture
+  const pooled = await pooledByOneClient(t, fixture)
   pooled.drop()
   await new Promise((resolve) => setImmediate(resolve))
   const b = await watchedClient(proxy)
@@ -515,6 +520,54 @@ void t.test('a reset query that fails closes the connection; the next client log
   t.equal(upstream.connections.length, 2)
 })
 
+void t.test('pool.idle_timeout_ms: a connection idle that long is closed; the next client logs in', async (t) => {
+  const fixture = await setup(t, { pool: { idle_timeout_ms: 100 } })
+  const { upstream, proxy, pool } = fixture
+  const first = await pooledByOneClient(t, fixture)
+  await until(t, 'the idle connection closed', () => first.closed)
+  t.equal(first.messageTypes.at(-1), 'X', 'ended with Terminate')
+  t.equal(pool.idleConnections, 0)
+  const b = await watchedClient(proxy)
+  t.not(await pid(b.client), first.processId, 'a fresh login')
+  t.equal(upstream.connections.length, 2)
+  t.same(b.errors, [])
+  await b.client.end()
+})
+
+void t.test(
+  'pool.server_lifetime_ms: an old connection keeps its client, and is closed when it next goes idle',
+  async (t) => {
+    const lifetimeMs = 3_000
+    const fixture = await setup(t, { pool: { server_lifetime_ms: lifetimeMs } })
+    const { proxy, pool } = fixture
+    const first = await pooledByOneClient(t, fixture)
+    const pooledAt = Date.now()
+    const b = await watchedClient(proxy)
+    t.equal(await pid(b.client), first.processId, 'reused while younger than its lifetime')
+    await new Promise((resolve) => setTimeout(resolve, pooledAt + lifetimeMs + 100 - Date.now()))
+    t.equal(await pid(b.client), first.processId, 'past its lifetime, the linked session goes on where it was')
+    t.same(b.errors, [])
+    await b.client.end()
+    await until(t, 'the old connection closed instead of pooled', () => first.closed)
+    t.equal(pool.idleConnections, 0)
+  },
+)
+
+void t.test('a pooled connection whose credential ends soon is closed, never handed out', async (t) => {
+  const fixture = await setup(t)
+  const { source, proxy, pool } = fixture
+  const first = await pooledByOneClient(t, fixture)
+  t.equal(source.liveHolds, 1, 'the pool alone holds the credential')
+  source.endsIn(1_000)
+  await until(t, 'the connection closed', () => first.closed)
+  t.equal(pool.idleConnections, 0)
+  const b = await watchedClient(proxy)
+  t.not(await pid(b.client), first.processId, 'the next client got a fresh login')
+  const metrics = await proxy.server.metrics.registry.metrics()
+  t.equal(sample(metrics, 'pg_vault_proxy_pool_reuses_total') ?? 0, 0, 'nothing handed out')
+  await b.client.end()
+})
+
 /** The simple-Query texts a fake connection received, in order. */
 function queries(connection: FakeConnection): string[] {
   return connection.messages.filter((m) => m.type === 'Q').map((m) => cstrings(m.body)[0] ?? '')
@@ -528,11 +581,9 @@ function roleGone(connection: FakeConnection): true {
 }
 
 void t.test('by default every link checks the role; the check also rides with the reset', async (t) => {
-  const { upstream, proxy, pool } = await setup(t)
-  const a = await watchedClient(proxy)
-  const first = connectionOf(upstream, await pid(a.client))
-  await a.client.end()
-  await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+  const fixture = await setup(t)
+  const { proxy } = fixture
+  const first = await pooledByOneClient(t, fixture)
   t.same(queries(first).slice(-2), ['DISCARD ALL', 'SELECT session_user'], 'the reset, then the role check')
   const b = await watchedClient(proxy)
   t.equal(await pid(b.client), first.processId, 'reused')
@@ -546,11 +597,9 @@ void t.test('by default every link checks the role; the check also rides with th
 })
 
 void t.test('within pool.server_check_delay_ms a link sends nothing', async (t) => {
-  const { upstream, proxy, pool } = await setup(t, { pool: { server_check_delay_ms: 30_000 } })
-  const a = await watchedClient(proxy)
-  const first = connectionOf(upstream, await pid(a.client))
-  await a.client.end()
-  await until(t, 'the connection pooled', () => pool.idleConnections === 1)
+  const fixture = await setup(t, { pool: { server_check_delay_ms: 30_000 } })
+  const { proxy } = fixture
+  const first = await pooledByOneClient(t, fixture)
   t.same(queries(first).slice(-2), ['DISCARD ALL', 'SELECT session_user'], 'the reset, then the role check')
   const before = first.messages.length
   const b = await watchedClient(proxy)
