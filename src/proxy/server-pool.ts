@@ -328,8 +328,10 @@ export class ServerPool {
         this.warmer?.pause()
       },
     }
+    // Superseded, or ending within the margin: the same test as at every take and sweep.
     hold.onChange(() => {
-      if (hold.superseded) this.evict(entry, 'its credential was superseded')
+      const why = this.unusable(conn)
+      if (why) this.evict(entry, why)
     })
     session.socket.on('close', entry.onClose)
     guardErrors(session.socket)
