@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { clusterFor } from '../support/pg-cluster.js'
@@ -437,6 +438,81 @@ void t.test('unclean ends close the connection instead of pooling it', async (t)
     0,
     'the open transaction was rolled back, not handed on',
   )
+})
+
+void t.test('a failed transaction, a Terminate mid-COPY, and a client gone mid-COPY: nothing is pooled', async (t) => {
+  const proxy = await startPool(t)
+  // Made outside the proxy, so that no pooled connection exists before the three clients below.
+  await cluster.query(`create table pool_copy_in (id int); alter table pool_copy_in owner to ${cluster.ownerRole}`)
+  /** Waits (bounded) until the backend `pid` runs a COPY. */
+  const copying = async (backend: number): Promise<void> => {
+    for (let i = 0; i < 250; i++) {
+      const rows = await cluster.query(
+        `select 1 from pg_stat_activity where pid = ${backend} and state = 'active' and query ilike 'copy%'`,
+      )
+      if (rows.length > 0) return
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    throw new Error(`backend ${backend} never started its COPY`)
+  }
+
+  // Terminate while the transaction is failed (ReadyForQuery status E).
+  const failed = await once(proxy, async (client) => {
+    const backend = await pid(client)
+    await client.query('begin')
+    await client.query('select 1/0').catch(() => undefined)
+    return backend
+  })
+
+  // Terminate while the server is still sending a COPY ... TO STDOUT.
+  const copyOut = new pg.Client({ host: proxy.host, port: proxy.port, user: 'app', database: cluster.database })
+  copyOut.on('error', () => {})
+  await copyOut.connect()
+  const copyOutPid = await pid(copyOut)
+  const unfinished = copyOut
+    .query("copy (select g, repeat('x', 100) from generate_series(1, 20000000) g) to stdout")
+    .catch(() => undefined)
+  await copying(copyOutPid)
+  await copyOut.end()
+  void unfinished
+
+  // psql killed half-way through a COPY ... FROM STDIN.
+  const args = ['-X', '-h', proxy.host, '-p', String(proxy.port), '-U', 'anyone', '-d', cluster.database]
+  const psql = spawn('psql', [...args, '-c', 'copy pool_copy_in from stdin'], {
+    env: { ...process.env, PGCONNECT_TIMEOUT: '10' },
+  })
+  psql.stdin.write('1\n2\n')
+  let copyInPid: number | undefined
+  for (let i = 0; i < 250 && copyInPid === undefined; i++) {
+    const rows = await cluster.query<{ pid: number }>(
+      "select pid from pg_stat_activity where query = 'copy pool_copy_in from stdin' and state = 'active'",
+    )
+    copyInPid = rows[0]?.pid
+    if (copyInPid === undefined) await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  t.ok(copyInPid !== undefined, 'psql began its COPY')
+  const exited = new Promise((resolve) => psql.once('close', resolve))
+  psql.kill('SIGKILL')
+  await exited
+
+  const ended = [failed, copyOutPid, copyInPid ?? -1]
+  for (let i = 0; i < 250; i++) {
+    const rows = await cluster.query(`select 1 from pg_stat_activity where pid in (${ended.join(', ')})`)
+    if (rows.length === 0) break
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  t.same(
+    await cluster.query(`select pid from pg_stat_activity where pid in (${ended.join(', ')})`),
+    [],
+    'all three backends ended',
+  )
+  t.equal(proxy.server.status().routes[0]?.pool.idle, 0, 'none of their connections was pooled')
+  // Closed where the session ended, not by a reset that failed afterwards: none was offered to the pool.
+  for (const outcome of ['ok', 'failed'])
+    t.equal(await metric(proxy, 'pg_vault_proxy_pool_resets_total', `outcome="${outcome}"`), 0, `no reset ${outcome}`)
+  const next = await once(proxy, pid)
+  t.notOk(ended.includes(next), 'the next client is on none of them')
+  t.equal((await cluster.query('select 1 from pool_copy_in')).length, 0, 'the cut COPY stored nothing')
 })
 
 void t.test('a reset that fails closes the connection', async (t) => {
