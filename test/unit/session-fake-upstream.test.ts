@@ -1,3 +1,5 @@
+import { once } from 'node:events'
+import net from 'node:net'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { ServerPool } from '../../src/proxy/server-pool.js'
@@ -20,6 +22,7 @@ import {
   type FakeUpstream,
 } from '../support/fake-upstream.js'
 import { sample } from '../support/ops-probe.js'
+import { BufferList, startupMessage } from '../support/wire-builder.js'
 import { startProxyWith, type RunningProxy } from '../support/proxy-harness.js'
 
 // The session, relay, mover and pool against a scripted upstream (test/support/fake-upstream.ts):
@@ -566,6 +569,43 @@ void t.test('a pooled connection whose credential ends soon is closed, never han
   const metrics = await proxy.server.metrics.registry.metrics()
   t.equal(sample(metrics, 'pg_vault_proxy_pool_reuses_total') ?? 0, 0, 'nothing handed out')
   await b.client.end()
+})
+
+void t.test('a client that leaves half-way through a message: its connection is closed, not pooled', async (t) => {
+  const { upstream, proxy, pool } = await setup(t)
+  const client = net.connect(proxy.port, proxy.host)
+  client.on('error', () => {})
+  await once(client, 'connect')
+  client.write(startupMessage({ user: 'app', database: 'app' }))
+  // Read up to the greeting's ReadyForQuery (type Z, length 5, status): the session is relaying.
+  await new Promise<void>((resolve) => {
+    let received = Buffer.alloc(0)
+    const onData = (chunk: Buffer): void => {
+      received = Buffer.concat([received, chunk])
+      if (received.length < 6 || received[received.length - 6] !== 0x5a) return
+      client.off('data', onData)
+      resolve()
+    }
+    client.on('data', onData)
+  })
+  const query = new BufferList().cstring('select 1').message('Q')
+  client.write(query.subarray(0, 8))
+  // The relay counts what it read from the client: once it holds the 8 bytes, the client goes.
+  let relayed = 0
+  for (let i = 0; i < 1000 && relayed < 8; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 5))
+    relayed =
+      sample(await proxy.server.metrics.registry.metrics(), 'pg_vault_proxy_bytes_total', {
+        direction: 'client_to_upstream',
+      }) ?? 0
+  }
+  t.equal(relayed, 8, 'the proxy read half a Query')
+  client.destroy()
+  const first = upstream.connections[0] as FakeConnection
+  await until(t, 'the connection closed', () => first.closed)
+  t.equal(pool.idleConnections, 0, 'not pooled')
+  const metrics = await proxy.server.metrics.registry.metrics()
+  t.equal(sample(metrics, 'pg_vault_proxy_pool_resets_total', { outcome: 'ok' }) ?? 0, 0, 'never offered to the pool')
 })
 
 /** The simple-Query texts a fake connection received, in order. */
