@@ -16,6 +16,17 @@ function cstring(value: string): Buffer {
   return Buffer.from(`${value}\0`, 'utf8')
 }
 
+/**
+ * A ParameterStatus body: the name and value, each NUL-terminated; undefined when either
+ * terminator is missing.
+ */
+export function decodeParameterStatus(body: Buffer): [name: string, value: string] | undefined {
+  const nameEnd = body.indexOf(0)
+  const valueEnd = nameEnd < 0 ? -1 : body.indexOf(0, nameEnd + 1)
+  if (valueEnd < 0) return undefined
+  return [body.toString('utf8', 0, nameEnd), body.toString('utf8', nameEnd + 1, valueEnd)]
+}
+
 export function encodeAuthenticationOk(): Buffer {
   const body = Buffer.alloc(4) // code 0
   return encodeMessage(BackendCode.Authentication, body)

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net'
-import { decodeErrorFields, type ErrorFields } from '../pgwire/backend-messages.js'
+import { decodeErrorFields, decodeParameterStatus, type ErrorFields } from '../pgwire/backend-messages.js'
 import { BackendCode, FrontendCode, type TransactionStatus } from '../pgwire/codes.js'
 import { MessageFramer, ProtocolViolation } from '../pgwire/message-framer.js'
 import type { SessionState } from './session-state.js'
@@ -460,12 +460,8 @@ export class Relay {
   }
 
   private noteParameter(message: Buffer): void {
-    const nameEnd = message.indexOf(0, 5)
-    if (nameEnd < 0) return
-    this.options.parameters.set(
-      message.toString('utf8', 5, nameEnd),
-      message.toString('utf8', nameEnd + 1, message.length - 1),
-    )
+    const reported = decodeParameterStatus(message.subarray(5))
+    if (reported) this.options.parameters.set(...reported)
   }
 
   /** The session took over a lost upstream: drop it, keep the client waiting (paused) for resume() or stop(). */

@@ -1,6 +1,6 @@
 import { serialize } from 'pg-protocol'
 import type { ErrorFields } from '../pgwire/backend-messages.js'
-import { decodeErrorFields } from '../pgwire/backend-messages.js'
+import { decodeErrorFields, decodeParameterStatus } from '../pgwire/backend-messages.js'
 import { BackendCode } from '../pgwire/codes.js'
 import { ReplyScanner } from '../pgwire/reply-scanner.js'
 import { quoteLiteral } from '../pgwire/sql-text.js'
@@ -96,8 +96,8 @@ export function linkServer(
       refusal ??= fields
     } else if (code === BackendCode.CommandComplete) checked = true
     else if (code === BackendCode.ParameterStatus) {
-      const nameEnd = body.indexOf(0)
-      session.parameters.set(body.toString('utf8', 0, nameEnd), body.toString('utf8', nameEnd + 1, body.length - 1))
+      const reported = decodeParameterStatus(body)
+      if (reported) session.parameters.set(...reported)
     } else if (code === BackendCode.ReadyForQuery) {
       if (body[0] !== 0x49) why ??= `the server is not idle afterwards (status ${String.fromCharCode(body[0] ?? 0)})`
       return true

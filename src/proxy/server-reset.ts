@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net'
 import { serialize } from 'pg-protocol'
-import { decodeErrorFields } from '../pgwire/backend-messages.js'
+import { decodeErrorFields, decodeParameterStatus } from '../pgwire/backend-messages.js'
 import { BackendCode } from '../pgwire/codes.js'
 import { ReplyScanner } from '../pgwire/reply-scanner.js'
 
@@ -34,8 +34,8 @@ export function resetServer(
   let awaited = 2
   const scanner = new ReplyScanner(MAX_RESET_BYTES, (code, body) => {
     if (code === BackendCode.ParameterStatus) {
-      const nameEnd = body.indexOf(0)
-      parameters.set(body.toString('utf8', 0, nameEnd), body.toString('utf8', nameEnd + 1, body.length - 1))
+      const reported = decodeParameterStatus(body)
+      if (reported) parameters.set(...reported)
     } else if (code === BackendCode.ErrorResponse) {
       const text = decodeErrorFields(body).get('M') ?? 'no message'
       failure ??= new Error(awaited === 1 ? `its login role is gone: ${text}` : text)

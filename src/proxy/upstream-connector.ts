@@ -1,7 +1,12 @@
 import type { Socket } from 'node:net'
 import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import { serialize } from 'pg-protocol'
-import { decodeErrorFields, encodeMessage, type ErrorFields } from '../pgwire/backend-messages.js'
+import {
+  decodeErrorFields,
+  decodeParameterStatus,
+  encodeMessage,
+  type ErrorFields,
+} from '../pgwire/backend-messages.js'
 import { AuthCode, BackendCode, MAX_STARTUP_PACKET_BODY, type TransactionStatus } from '../pgwire/codes.js'
 import { encodeStartupMessage } from '../pgwire/frontend-messages.js'
 import { md5PasswordResponse } from '../pgwire/md5-password.js'
@@ -231,12 +236,11 @@ export class UpstreamConnector {
           notices.push(encodeMessage(code, body))
           break
         case BackendCode.ParameterStatus: {
-          const nameEnd = body.indexOf(0)
-          const valueEnd = body.indexOf(0, nameEnd + 1)
-          if (nameEnd < 0 || valueEnd < 0) throw this.protocolError('malformed ParameterStatus')
-          const name = sharedParameterString(body.toString('utf8', 0, nameEnd))
+          const reported = decodeParameterStatus(body)
+          if (!reported) throw this.protocolError('malformed ParameterStatus')
+          const name = sharedParameterString(reported[0])
           parameters.delete(name) // keep arrival order of the latest value
-          parameters.set(name, sharedParameterString(body.toString('utf8', nameEnd + 1, valueEnd)))
+          parameters.set(name, sharedParameterString(reported[1]))
           break
         }
         case BackendCode.BackendKeyData:

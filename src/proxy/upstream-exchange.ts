@@ -1,5 +1,10 @@
 import type { Socket } from 'node:net'
-import { decodeErrorFields, encodeMessage, type ErrorFields } from '../pgwire/backend-messages.js'
+import {
+  decodeErrorFields,
+  decodeParameterStatus,
+  encodeMessage,
+  type ErrorFields,
+} from '../pgwire/backend-messages.js'
 import { BackendCode, type TransactionStatus } from '../pgwire/codes.js'
 import { ConnectionClosedError, MessageReader } from '../pgwire/message-reader.js'
 
@@ -75,8 +80,8 @@ export async function exchange(
           result.error ??= decodeErrorFields(body)
           break
         case BackendCode.ParameterStatus: {
-          const nameEnd = body.indexOf(0)
-          result.parameters.set(body.toString('utf8', 0, nameEnd), body.toString('utf8', nameEnd + 1, body.length - 1))
+          const reported = decodeParameterStatus(body)
+          if (reported) result.parameters.set(...reported)
           break
         }
         case BackendCode.NotificationResponse:

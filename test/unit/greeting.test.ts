@@ -2,7 +2,7 @@ import { Parser } from 'pg-protocol/dist/parser.js'
 import type { BackendMessage } from 'pg-protocol/dist/messages.js'
 import t from 'tap'
 import {
-  encodeAuthenticationOk,
+  decodeParameterStatus,
   encodeBackendKeyData,
   encodeGreeting,
   encodeMessage,
@@ -33,7 +33,7 @@ void t.test('the greeting is the messages it stands for, in order, in one buffer
   })
   const parts = Buffer.concat([
     negotiate,
-    encodeAuthenticationOk(),
+    encodeMessage(BackendCode.Authentication, Buffer.alloc(4)),
     ...[...parameters].map(([name, value]) => encodeParameterStatus(name, value)),
     encodeBackendKeyData(0x7fff_fff0, secretKey),
     notice,
@@ -64,3 +64,13 @@ void t.test('a client library reads it: parameters with multi-byte values, key, 
   t.equal(key.secretKey, 0x01020304)
   t.equal((seen.at(-1) as unknown as { status: string }).status, 'I')
 })
+
+void t.test(
+  'decodeParameterStatus reads what encodeParameterStatus writes, and refuses a body without its terminators',
+  async (t) => {
+    for (const [name, value] of parameters)
+      t.same(decodeParameterStatus(encodeParameterStatus(name, value).subarray(5)), [name, value], name)
+    t.equal(decodeParameterStatus(Buffer.from('TimeZone')), undefined, 'no terminator')
+    t.equal(decodeParameterStatus(Buffer.from('TimeZone\0UTC')), undefined, 'the value unterminated')
+  },
+)
