@@ -51,3 +51,17 @@ void t.test('an answer longer than the bound is refused before it is all held', 
   t.equal(scanner.push(huge), undefined)
   t.throws(() => scanner.push(Buffer.alloc(200)), /more than 100 bytes/)
 })
+
+void t.test('a long message sent a byte at a time is read whole, once', async (t) => {
+  const row = encodeMessage(BackendCode.DataRow, Buffer.alloc(20_000, 0x61))
+  const seen: number[] = []
+  const scanner = new ReplyScanner(64 * 1024, (code, body) => {
+    seen.push(body.length)
+    return code === BackendCode.ReadyForQuery
+  })
+  const answer = Buffer.concat([row, ready])
+  let rest: Buffer | undefined
+  for (let at = 0; at < answer.length && rest === undefined; at++) rest = scanner.push(answer.subarray(at, at + 1))
+  t.same(seen, [20_000, 1], 'the row, then ReadyForQuery')
+  t.same(rest, Buffer.alloc(0))
+})
