@@ -44,7 +44,14 @@ interface SocketListeners {
 const NO_BYTES = Buffer.alloc(0)
 
 export class MessageReader {
+  /** Received and not yet consumed: `buffered`, then the chunks in `arrived`, joined only once a read needs them. */
   private buffered: Buffer = NO_BYTES
+  /**
+   * Chunks received since the last join. Kept apart so a peer that sends a packet a byte at a time
+   * costs linear time, not a copy of everything held so far per byte.
+   */
+  private arrived: Buffer[] = []
+  private arrivedBytes = 0
   private ended: Error | undefined
   private wake: (() => void) | undefined
   /**
@@ -68,7 +75,7 @@ export class MessageReader {
 
   /** How many bytes were received and not yet consumed. */
   get pendingBytes(): number {
-    return this.buffered.length
+    return this.buffered.length + this.arrivedBytes
   }
 
   /** Reads exactly one byte (the answer to SSLRequest). */
@@ -116,6 +123,7 @@ export class MessageReader {
    */
   detach(): Buffer {
     this.detachListeners()
+    this.join()
     const rest = this.buffered
     this.buffered = NO_BYTES
     return rest.length > 0 ? rest : NO_BYTES
@@ -124,7 +132,8 @@ export class MessageReader {
   private attach(socket: Socket): void {
     const listeners: SocketListeners = {
       data: (chunk) => {
-        this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk])
+        this.arrived.push(chunk)
+        this.arrivedBytes += chunk.length
         this.socket.pause()
         this.notify()
       },
@@ -157,13 +166,23 @@ export class MessageReader {
   }
 
   private async fill(wanted: number): Promise<void> {
-    while (this.buffered.length < wanted) {
+    while (this.buffered.length + this.arrivedBytes < wanted) {
       if (this.ended) throw this.ended
       await new Promise<void>((resolve) => {
         this.wake = resolve
         this.socket.resume()
       })
     }
+    this.join()
+  }
+
+  /** Puts the chunks that arrived after `buffered` into it. */
+  private join(): void {
+    if (this.arrived.length === 0) return
+    const parts = this.buffered.length === 0 ? this.arrived : [this.buffered, ...this.arrived]
+    this.buffered = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts)
+    this.arrived = []
+    this.arrivedBytes = 0
   }
 
   private consume(n: number): void {
