@@ -1,6 +1,5 @@
 import type { Socket } from 'node:net'
 import type { SessionMetrics } from '../ops/metrics.js'
-import { encodeErrorResponse, errorFields } from '../pgwire/backend-messages.js'
 import type { CredentialHold, CredentialSource } from '../vault/credential-source.js'
 import { setLongTimeout, type LongTimer } from '../vault/long-timer.js'
 import type { SessionLog } from '../ops/session-log.js'
@@ -9,7 +8,8 @@ import type { ServerConnection } from './server-connection.js'
 import { isClosed, lossOf, type Rebuilt, type SessionMover } from './session-mover.js'
 import { SessionPhase } from './session-phase.js'
 import { SessionState } from './session-state.js'
-import { explainedFatal, type LossDecision, type UpstreamLoss } from './upstream-loss.js'
+import { credentialEndedFarewell, lostWhileMovingFarewell, reconnectFailedFarewell } from './session-farewell.js'
+import type { LossDecision, UpstreamLoss } from './upstream-loss.js'
 
 /** rotation.* in the configuration. */
 export interface RotationSettings {
@@ -169,20 +169,7 @@ export class MovePlan {
     const reason = why ?? (relay.isIdle ? 'it could not be moved' : 'it was busy (a transaction or a long query)')
     log.warn({ leaseId: mover.credential.leaseId, why: reason }, 'closing a session whose credential ends')
     metrics.sessionMoved('swap', 'closed')
-    relay.stop(
-      'credential_expired',
-      encodeErrorResponse(
-        errorFields({
-          severity: 'FATAL',
-          sqlState: '57P01',
-          message: `terminating connection: its upstream credential (${mover.credential.origin}) ends, and pg-vault-proxy could not move the session to a new one because ${why !== undefined ? `it held ${why}` : reason}`,
-          hint:
-            why !== undefined
-              ? 'Reconnect. Sessions that hold temporary tables, WITH HOLD cursors or advisory locks cannot move to a new credential; see docs/rotation.md.'
-              : 'Reconnect. rotation.strict is on, so sessions still busy when their credential ends are closed; see docs/rotation.md.',
-        }),
-      ),
-    )
+    relay.stop('credential_expired', credentialEndedFarewell(mover.credential.origin, why, reason))
   }
 
   /** Follows the credential of the connection serving the session, through the session's dispatcher. */
@@ -422,17 +409,7 @@ export class MovePlan {
       metrics.sessionMoved('reconnect', 'failed')
       const why = (err as Error).message
       log.warn({ err: why, loss }, 'could not reconnect the session')
-      relay.stop(
-        'upstream_lost',
-        encodeErrorResponse(
-          errorFields({
-            severity: 'FATAL',
-            sqlState: loss.sqlState ?? '08006',
-            message: `pg-vault-proxy lost the connection to the upstream server (${loss.announced ?? loss.errorCode ?? 'closed'}) and could not reconnect: ${why}`,
-            hint: 'Reconnect.',
-          }),
-        ),
-      )
+      relay.stop('upstream_lost', reconnectFailedFarewell(loss, why))
       return
     }
     this.settle()
@@ -449,13 +426,6 @@ export class MovePlan {
       ? this.takeOver(loss, true)
       : { kind: 'end', why: 'rotation.reconnect is off.' }
     if (decision.kind === 'reconnect') return
-    const fields =
-      fatal ??
-      errorFields({
-        severity: 'FATAL',
-        sqlState: '08006',
-        message: `pg-vault-proxy lost the connection to the upstream server: ${(err as Error).message}`,
-      })
-    relay.stop('upstream_lost', encodeErrorResponse(explainedFatal(fields, decision.why ?? '')))
+    relay.stop('upstream_lost', lostWhileMovingFarewell(fatal, (err as Error).message, decision.why))
   }
 }

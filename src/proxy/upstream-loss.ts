@@ -1,7 +1,7 @@
 import { encodeErrorResponse, type ErrorFields } from '../pgwire/backend-messages.js'
 import { BackendCode } from '../pgwire/codes.js'
 import type { UpstreamAnswer, UpstreamClosedAnswer } from './relay.js'
-import { lostUpstreamFarewell } from './session-farewell.js'
+import { explainedFatal, lostUpstreamFarewell } from './session-farewell.js'
 
 /** What the upstream sends when it is about to go away: SQLSTATEs of class 57 (src/backend/utils/errcodes.txt; ProcessInterrupts in src/backend/tcop/postgres.c). */
 export const LOSS_SQLSTATES: ReadonlySet<string> = new Set(['57P01', '57P02', '57P05'])
@@ -51,14 +51,6 @@ export function classifyUpstreamNotice(code: number, fields: ErrorFields): Upstr
   if (!fatal && !warned) return NOTHING
   const announced = announcement(fields)
   return LOSS_SQLSTATES.has(sqlState) ? { kind: 'loss', announced, sqlState, fatal } : { kind: 'fatal', announced }
-}
-
-/** The server's FATAL with the proxy's reason for not keeping the session added to its Detail. */
-export function explainedFatal(fields: ErrorFields, why: string): ErrorFields {
-  const explained = new Map(fields)
-  // The server's words stay; the proxy's follow.
-  explained.set('D', [fields.get('D'), why].filter(Boolean).join(' '))
-  return explained
 }
 
 /**

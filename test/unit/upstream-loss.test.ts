@@ -6,12 +6,11 @@ import {
   type ErrorFields,
 } from '../../src/pgwire/backend-messages.js'
 import { BackendCode } from '../../src/pgwire/codes.js'
-import { lostUpstreamFarewell } from '../../src/proxy/session-farewell.js'
+import { explainedFatal, lostUpstreamFarewell } from '../../src/proxy/session-farewell.js'
 import {
   answerUpstreamClosed,
   answerUpstreamNotice,
   classifyUpstreamNotice,
-  explainedFatal,
   type LossDecision,
   type UpstreamLoss,
 } from '../../src/proxy/upstream-loss.js'
